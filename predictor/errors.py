@@ -1,0 +1,50 @@
+"""Typed exceptions: each names the bad input and, where there is one, the fix.
+
+Every error the package raises on bad user input derives from `PredictorError`,
+so the CLI can turn it into one clear line and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+
+class PredictorError(Exception):
+    """Base class of every user-facing error of the package."""
+
+
+class ModelNotFoundError(PredictorError, FileNotFoundError):
+    """A model path that does not exist."""
+
+
+class InvalidModelError(PredictorError, ValueError):
+    """A file or object that is not a valid ONNX model (or cannot be exported to one)."""
+
+
+class EmptyGraphError(InvalidModelError):
+    """A model with no compute operator."""
+
+
+class DynamicShapeError(PredictorError, ValueError):
+    """Shapes that stay unknown after shape inference; fix with an explicit input shape."""
+
+
+class UnsupportedOpError(PredictorError, ValueError):
+    """An operator a particular consumer (e.g. an FPGA metric) cannot handle."""
+
+
+class SchemaMismatchError(PredictorError, ValueError):
+    """A feature schema (e.g. stored in a checkpoint) that differs from the package's."""
+
+
+class InvalidArchError(PredictorError, ValueError):
+    """A search-space architecture spec that is malformed or uses unknown operations."""
+
+
+class DataError(PredictorError, ValueError):
+    """A missing, partial or corrupt data directory, table or cache entry."""
+
+
+class UnknownDeviceError(PredictorError, KeyError):
+    """A device name that is neither in the registry nor calibrated."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the message quoted
+        return str(self.args[0]) if self.args else ""
