@@ -1,0 +1,123 @@
+"""`latpred`: one console command with thin subcommands over the library.
+
+Every handler calls library functions that the tests call too; any `PredictorError`
+becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from predictor import __version__
+from predictor.errors import PredictorError
+
+log = logging.getLogger("predictor")
+
+EXIT_USER_ERROR = 2
+
+
+def _add_input_shape(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input-shape", metavar="SHAPE",
+        help="fixed shape of the first input for models with dynamic dims, e.g. 1,3,224,224",
+    )
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3f}{unit}"
+    return f"{n:g}"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from predictor.graph import extract_graph
+    from predictor.onnx_io import parse_shape
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    results = []
+    for model in args.models:
+        summary = extract_graph(model, input_shape=shape).summary()
+        summary = {"model": str(model), **summary}
+        results.append(summary)
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+        return 0
+    for s in results:
+        print(f"{s['model']}")
+        print(f"  inputs         {s['input_shapes']}")
+        print(f"  MACs           {_human(s['macs'])}  (Conv, ConvTranspose, Gemm, MatMul)")
+        print(f"  other FLOPs    {_human(s['other_flops'])}")
+        print(f"  parameters     {_human(s['params'])}")
+        print(f"  memory traffic {_human(s['memory_bytes'])}B "
+              f"(weights {_human(s['weight_bytes'])}B, activations {_human(s['activation_bytes'])}B)")
+        print(f"  nodes {s['nodes']}, edges {s['edges']}, depth {s['depth']}")
+        print("  op histogram   " + ", ".join(f"{k} {v}" for k, v in s["op_counts"].items()))
+        unknown = s["unknown_ops"]
+        print("  unsupported    " + (", ".join(f"{k} {v}" for k, v in unknown.items())
+                                     if unknown else "none"))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from predictor import model_zoo
+    from predictor.onnx_io import parse_shape
+    from predictor.storage import atomic_write_bytes
+
+    shape = parse_shape(args.input_shape) if args.input_shape else model_zoo.DEFAULT_INPUT_SHAPE
+    atomic_write_bytes(Path(args.out), model_zoo.export(args.name, shape))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latpred", description="Meta-learned hardware latency predictor for ONNX models.")
+    parser.add_argument("--version", action="version", version=f"latpred {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="operator graph summary of ONNX models")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx")
+    _add_input_shape(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object per model")
+    p.set_defaults(handler=cmd_inspect)
+
+    from predictor import model_zoo
+
+    p = sub.add_parser("export", help="export a built-in network to ONNX")
+    p.add_argument("name", choices=sorted(model_zoo.BUILDERS))
+    p.add_argument("out", metavar="OUT.onnx")
+    _add_input_shape(p)
+    p.set_defaults(handler=cmd_export)
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Subcommands defined in other modules register here (keeps this file thin).
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except PredictorError as exc:
+        print(f"latpred: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("latpred: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,490 @@
+"""Operator-graph extraction: a shape-inferred ONNX model in, an `OpGraph` out.
+
+One `OpNode` per compute op as an inference runtime executes it, one edge per data
+dependency between compute ops. Extraction is pure: no files, no globals.
+
+What is dropped, because runtimes do not execute it per inference:
+- constants and everything computed only from constants and static shapes
+  (`Constant`, `Shape`, and shape arithmetic on them: runtimes fold these at load time);
+- `Identity` and `Dropout` (no-ops at inference).
+
+What is fused into the producing node, as ONNX Runtime does at its default
+optimisation level (the fused ops are listed in `OpNode.fused`):
+- `BatchNormalization` after `Conv` / `ConvTranspose` / `Gemm` (folded into the weights);
+- an activation (`Relu`, `Clip`, `LeakyRelu`, `Sigmoid`, `HardSigmoid`, `HardSwish`,
+  `Tanh`, `Gelu`, ...) after `Conv` / `ConvTranspose` / `Gemm` / `MatMul`;
+- a constant bias `Add` after `MatMul` (MatMul + Add -> Gemm).
+Fusion only happens when the intermediate tensor has a single consumer and is not a
+graph output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+from onnx import helper
+
+from predictor.errors import DynamicShapeError, EmptyGraphError
+from predictor.onnx_io import InputShapes, ModelSource, activation_inputs, load_model
+
+Shape = tuple[int, ...]
+
+# Ops that only forward their input at inference.
+PASSTHROUGH_OPS = frozenset({"Identity", "Dropout"})
+# Ops whose output depends only on static shapes, never on activation values.
+SHAPE_OPS = frozenset({"Shape", "Size"})
+ACTIVATION_OPS = frozenset({
+    "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu",
+    "Elu", "Selu", "Softplus", "Mish", "PRelu",
+})
+_FUSE_BN_INTO = frozenset({"Conv", "ConvTranspose", "Gemm"})
+_FUSE_ACT_INTO = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+_FLOAT_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+})
+# Arithmetic per output element for ops outside MAC_OPS (rough, for `other_flops`).
+_FLOPS_PER_ELEMENT = {
+    "Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 8, "GroupNormalization": 8,
+    "InstanceNormalization": 8, "BatchNormalization": 2, "Gelu": 8, "Erf": 8, "Mish": 6,
+    "Softplus": 4, "Sigmoid": 4, "Tanh": 4, "HardSwish": 3, "HardSigmoid": 2, "Elu": 3,
+    "Selu": 3, "Exp": 4, "Sqrt": 2, "Pow": 4, "Div": 1, "Clip": 1,
+}
+_ZERO_FLOP_OPS = frozenset({
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice",
+    "Gather", "Expand", "Tile", "Pad", "Cast", "DepthToSpace", "SpaceToDepth",
+})
+
+
+@dataclass(frozen=True)
+class OpNode:
+    """One compute op as a runtime executes it (after fusion).
+
+    Sizes are element counts, bytes are bytes; shapes are of the first activation
+    input and the first output, () when the op has no activation input.
+    """
+
+    name: str
+    op_type: str  # ONNX op type; "domain::Type" for ops outside the default domain
+    fused: tuple[str, ...] = ()  # op types folded into this node, in order
+    activation: str = ""  # fused activation op type, "" if none
+    input_shape: Shape = ()
+    output_shape: Shape = ()
+    kernel: Shape = ()  # spatial kernel size (Conv/ConvTranspose/pools)
+    stride: Shape = ()
+    dilation: Shape = ()
+    groups: int = 1
+    depthwise: bool = False
+    macs: int = 0  # multiply-accumulates (Conv, ConvTranspose, Gemm, MatMul only)
+    other_flops: int = 0  # rough arithmetic of every other op
+    params: int = 0  # float weight elements (initializers) this node reads
+    weight_bytes: int = 0
+    read_bytes: int = 0  # activation bytes read
+    write_bytes: int = 0  # activation bytes written
+
+
+@dataclass
+class OpGraph:
+    """A model's operator graph: compute nodes in topological order and data edges."""
+
+    nodes: list[OpNode]
+    edges: list[tuple[int, int]]  # (producer index, consumer index)
+    input_shapes: dict[str, Shape]
+    unknown_ops: dict[str, int] = field(default_factory=dict)
+    params: int = 0  # unique float weight elements of the model (shared weights once)
+
+    @property
+    def macs(self) -> int:
+        return sum(n.macs for n in self.nodes)
+
+    @property
+    def other_flops(self) -> int:
+        return sum(n.other_flops for n in self.nodes)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Total traffic: activations read and written plus weights read, in bytes."""
+        return sum(n.read_bytes + n.write_bytes + n.weight_bytes for n in self.nodes)
+
+    @property
+    def depth(self) -> int:
+        """Number of compute nodes on the longest input-to-output path."""
+        longest = [1] * len(self.nodes)
+        preds: list[list[int]] = [[] for _ in self.nodes]
+        for src, dst in self.edges:
+            preds[dst].append(src)
+        for i in range(len(self.nodes)):  # nodes are topologically sorted
+            if preds[i]:
+                longest[i] = 1 + max(longest[p] for p in preds[i])
+        return max(longest, default=0)
+
+    @property
+    def batch_size(self) -> int:
+        shape = self.primary_input_shape
+        return shape[0] if shape else 1
+
+    @property
+    def primary_input_shape(self) -> Shape:
+        return next(iter(self.input_shapes.values()), ())
+
+    @property
+    def input_resolution(self) -> int:
+        """Spatial size of the first input: H*W of NCHW, L of (N, L) / (N, L, D), 1 else."""
+        shape = self.primary_input_shape
+        if len(shape) >= 4:
+            return math.prod(shape[2:])
+        if len(shape) in (2, 3):
+            return shape[1]
+        return 1
+
+    def op_counts(self) -> dict[str, int]:
+        return dict(Counter(n.op_type for n in self.nodes).most_common())
+
+    def summary(self) -> dict[str, Any]:
+        """Graph-level figures as plain JSON-able values."""
+        return {
+            "macs": self.macs,
+            "params": self.params,
+            "other_flops": self.other_flops,
+            "memory_bytes": self.memory_bytes,
+            "weight_bytes": sum(n.weight_bytes for n in self.nodes),
+            "activation_bytes": sum(n.read_bytes + n.write_bytes for n in self.nodes),
+            "nodes": len(self.nodes),
+            "edges": len(self.edges),
+            "depth": self.depth,
+            "batch_size": self.batch_size,
+            "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
+            "input_resolution": self.input_resolution,
+            "op_counts": self.op_counts(),
+            "unknown_ops": dict(self.unknown_ops),
+        }
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _qualified_type(node: onnx.NodeProto) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
+class _Tensors:
+    """Shapes, element types and constness of every tensor of a shape-inferred model."""
+
+    def __init__(self, model: onnx.ModelProto):
+        graph = model.graph
+        self.shape: dict[str, Shape | None] = {}
+        self.elem_type: dict[str, int] = {}
+        for value_info in (*graph.input, *graph.value_info, *graph.output):
+            tensor_type = value_info.type.tensor_type
+            self.elem_type[value_info.name] = tensor_type.elem_type
+            if tensor_type.HasField("shape"):
+                dims = tensor_type.shape.dim
+                if all(d.HasField("dim_value") for d in dims):
+                    self.shape[value_info.name] = tuple(d.dim_value for d in dims)
+                    continue
+            self.shape.setdefault(value_info.name, None)
+        for init in graph.initializer:
+            self.shape[init.name] = tuple(init.dims)
+            self.elem_type[init.name] = init.data_type
+        runtime = {i.name for i in activation_inputs(model)}
+        # Weights: initializers and the shape-only inputs that stand in for large ones.
+        self.weights = {i.name for i in graph.input if i.name not in runtime} | {
+            i.name for i in graph.initializer}
+        self.runtime_inputs = runtime
+
+    def numel(self, name: str) -> int:
+        shape = self.shape.get(name)
+        return math.prod(shape) if shape is not None else 0
+
+    def nbytes(self, name: str) -> int:
+        return self.numel(name) * _elem_size(self.elem_type.get(name, onnx.TensorProto.FLOAT))
+
+
+def _elem_size(elem_type: int) -> int:
+    try:
+        return max(1, onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return 4
+
+
+def extract_graph(
+    source: ModelSource,
+    *,
+    input_shape: InputShapes = None,
+    example_input: Any = None,
+    known_ops: frozenset[str] | None = None,
+) -> OpGraph:
+    """Extract the operator graph of any model source.
+
+    Args:
+        source: ONNX path, bytes, `onnx.ModelProto`, or torch module (+ `example_input`).
+        input_shape: fixed shape for dynamic inputs, e.g. ``(1, 3, 224, 224)``.
+        known_ops: op types that are not "unknown"; defaults to the feature vocabulary.
+
+    Raises:
+        ModelNotFoundError, InvalidModelError, EmptyGraphError, DynamicShapeError.
+    """
+    model = load_model(source, input_shape=input_shape, example_input=example_input)
+    return graph_from_inferred(model, known_ops=known_ops)
+
+
+def graph_from_inferred(
+    model: onnx.ModelProto, *, known_ops: frozenset[str] | None = None
+) -> OpGraph:
+    """Build the `OpGraph` of a model returned by `predictor.onnx_io.load_model`."""
+    if known_ops is None:
+        from predictor.features import OP_VOCABULARY
+
+        known_ops = frozenset(OP_VOCABULARY)
+    graph = model.graph
+    tensors = _Tensors(model)
+    nodes = _topological(graph.node)
+
+    # Tensors whose values are known before any input arrives.
+    static: set[str] = set(tensors.weights) - tensors.runtime_inputs
+    alias: dict[str, str] = {}  # passthrough output -> its input
+    compute: list[onnx.NodeProto] = []
+    for node in nodes:
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Constant" or all(i in static for i in inputs) or (
+            node.op_type in SHAPE_OPS and node.domain in ("", "ai.onnx")
+        ):
+            static.update(o for o in node.output if o)
+        elif node.op_type in PASSTHROUGH_OPS and inputs:
+            alias[node.output[0]] = alias.get(inputs[0], inputs[0])
+        else:
+            compute.append(node)
+    if not compute:
+        raise EmptyGraphError("The model has no compute operator (only constants or no-ops)")
+
+    def resolve(name: str) -> str:
+        return alias.get(name, name)
+
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(compute):
+        for name in node.input:
+            if name:
+                consumers.setdefault(resolve(name), []).append(i)
+    graph_outputs = {resolve(o.name) for o in graph.output}
+
+    def single_consumer(tensor: str) -> int | None:
+        users = consumers.get(tensor, [])
+        if len(users) == 1 and tensor not in graph_outputs:
+            return users[0]
+        return None
+
+    # Fusion: absorb followers into their producer; `absorbed[j] = i` means node j
+    # is part of node i, and node i's outputs become node j's outputs.
+    absorbed: dict[int, int] = {}
+    fused_into: dict[int, list[int]] = {}
+    for i, node in enumerate(compute):
+        if i in absorbed or node.domain not in ("", "ai.onnx"):
+            continue
+        head_type = node.op_type
+        tail = i
+        chain: list[int] = []
+        stages = []
+        if head_type in _FUSE_BN_INTO:
+            stages.append("bn")
+        if head_type == "MatMul":
+            stages.append("bias")
+        if head_type in _FUSE_ACT_INTO:
+            stages.append("act")
+        for stage in stages:
+            out = resolve(compute[tail].output[0]) if compute[tail].output else ""
+            j = single_consumer(out)
+            if j is None or j in absorbed or compute[j].domain not in ("", "ai.onnx"):
+                continue
+            follower = compute[j]
+            first = resolve(follower.input[0]) if follower.input else ""
+            others = [resolve(x) for x in follower.input if x and resolve(x) != out]
+            if (
+                (stage == "bn" and follower.op_type == "BatchNormalization" and first == out)
+                or (stage == "act" and follower.op_type in ACTIVATION_OPS and first == out)
+                or (stage == "bias" and follower.op_type == "Add" and len(others) == 1
+                    and others[0] in static)
+            ):
+                absorbed[j] = i
+                chain.append(j)
+                tail = j
+        if chain:
+            fused_into[i] = chain
+
+    kept = [i for i in range(len(compute)) if i not in absorbed]
+    index_of = {i: k for k, i in enumerate(kept)}
+    producer: dict[str, int] = {}
+    for i in kept:
+        last = fused_into[i][-1] if i in fused_into else i
+        for out in compute[last].output:
+            if out:
+                producer[out] = index_of[i]
+
+    out_nodes: list[OpNode] = []
+    edges: set[tuple[int, int]] = set()
+    unknown: Counter[str] = Counter()
+    used_weights: dict[str, int] = {}
+    for i in kept:
+        node = compute[i]
+        chain = [compute[j] for j in fused_into.get(i, [])]
+        last = chain[-1] if chain else node
+        op_node = _describe(node, chain, last, tensors, static, resolve)
+        out_nodes.append(op_node)
+        if op_node.op_type not in known_ops:
+            unknown[op_node.op_type] += 1
+        for member in (node, *chain):
+            for name in member.input:
+                if not name:
+                    continue
+                name = resolve(name)
+                if name in producer and producer[name] != index_of[i]:
+                    edges.add((producer[name], index_of[i]))
+                elif name in tensors.weights and tensors.elem_type.get(name) in _FLOAT_TYPES:
+                    used_weights[name] = tensors.numel(name)
+    return OpGraph(
+        nodes=out_nodes,
+        edges=sorted(edges),
+        input_shapes={
+            i.name: tensors.shape.get(i.name) or () for i in activation_inputs(model)
+        },
+        unknown_ops=dict(unknown.most_common()),
+        params=sum(used_weights.values()),
+    )
+
+
+def _topological(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """Nodes in a topological order (ONNX requires one, but not every producer keeps it)."""
+    produced_by = {}
+    for idx, node in enumerate(nodes):
+        for out in node.output:
+            produced_by[out] = idx
+    order: list[int] = []
+    state = [0] * len(nodes)  # 0 new, 1 visiting, 2 done
+    for root in range(len(nodes)):
+        if state[root]:
+            continue
+        stack = [(root, iter(nodes[root].input))]
+        state[root] = 1
+        while stack:
+            idx, it = stack[-1]
+            for name in it:
+                dep = produced_by.get(name)
+                if dep is not None and state[dep] == 0:
+                    state[dep] = 1
+                    stack.append((dep, iter(nodes[dep].input)))
+                    break
+            else:
+                stack.pop()
+                state[idx] = 2
+                order.append(idx)
+    return [nodes[i] for i in order]
+
+
+def _spatial(attrs: dict[str, Any], key: str, rank: int, default: int) -> Shape:
+    value = attrs.get(key)
+    return tuple(int(v) for v in value) if value else (default,) * rank
+
+
+def _describe(
+    node: onnx.NodeProto,
+    chain: list[onnx.NodeProto],
+    last: onnx.NodeProto,
+    tensors: _Tensors,
+    static: set[str],
+    resolve,
+) -> OpNode:
+    op_type = _qualified_type(node)
+    attrs = _attrs(node)
+    inputs = [resolve(i) for i in node.input if i]
+    act_inputs = [i for i in inputs if i not in static]
+    weight_inputs = [i for i in inputs if i in static and
+                     tensors.elem_type.get(i) in _FLOAT_TYPES]
+    for member in chain:  # BN scale/bias, bias of MatMul+Add
+        weight_inputs += [resolve(i) for i in member.input[1:] if i and resolve(i) in static
+                          and tensors.elem_type.get(resolve(i)) in _FLOAT_TYPES]
+    outputs = [o for o in last.output if o]
+    in_shape = tensors.shape.get(act_inputs[0]) if act_inputs else ()
+    out_shape = tensors.shape.get(outputs[0]) if outputs else ()
+    if in_shape is None or out_shape is None:
+        missing = act_inputs[0] if in_shape is None else outputs[0]
+        raise DynamicShapeError(
+            f"Shape of tensor '{missing}' (op {op_type} '{node.name}') is unknown after shape "
+            "inference; give a fixed input shape, e.g. --input-shape 1,3,224,224"
+        )
+    out_numel = math.prod(out_shape) if out_shape else 1
+    kernel: Shape = ()
+    stride: Shape = ()
+    dilation: Shape = ()
+    groups = 1
+    depthwise = False
+    macs = 0
+    other = 0
+    if node.op_type in ("Conv", "ConvTranspose") and len(inputs) > 1:
+        w_shape = tensors.shape.get(inputs[1]) or ()
+        rank = max(len(w_shape) - 2, 0)
+        kernel = tuple(w_shape[2:]) or _spatial(attrs, "kernel_shape", rank, 1)
+        stride = _spatial(attrs, "strides", rank, 1)
+        dilation = _spatial(attrs, "dilations", rank, 1)
+        groups = int(attrs.get("group", 1))
+        in_channels = in_shape[1] if len(in_shape) > 1 else 1
+        depthwise = groups > 1 and groups == in_channels
+        if node.op_type == "Conv":
+            # N * C_out * spatial_out * (C_in / groups) * prod(kernel)
+            macs = out_numel * (w_shape[1] if len(w_shape) > 1 else 1) * math.prod(kernel)
+        else:
+            # N * C_in * spatial_in * (C_out / groups) * prod(kernel)
+            macs = math.prod(in_shape) * (w_shape[1] if len(w_shape) > 1 else 1) * \
+                math.prod(kernel)
+    elif node.op_type == "Gemm" and len(inputs) > 1:
+        a_shape = tensors.shape.get(inputs[0]) or (1, 1)
+        k = a_shape[0] if attrs.get("transA", 0) else a_shape[-1]
+        macs = out_numel * k
+    elif node.op_type == "MatMul" and len(inputs) > 1:
+        a_shape = tensors.shape.get(inputs[0]) or (1,)
+        macs = out_numel * a_shape[-1]
+    elif node.op_type in ("MaxPool", "AveragePool", "LpPool"):
+        rank = max(len(in_shape) - 2, 0)
+        kernel = _spatial(attrs, "kernel_shape", rank, 1)
+        stride = _spatial(attrs, "strides", rank, 1)
+        dilation = _spatial(attrs, "dilations", rank, 1)
+        other = out_numel * math.prod(kernel)
+    elif node.op_type in ("GlobalAveragePool", "GlobalMaxPool") or node.op_type.startswith(
+        "Reduce"
+    ):
+        other = math.prod(in_shape) if in_shape else out_numel
+    elif node.op_type in ("LSTM", "GRU", "RNN"):
+        gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[node.op_type]
+        hidden = int(attrs.get("hidden_size", 1))
+        seq, batch, feat = (tuple(in_shape) + (1, 1, 1))[:3]
+        other = 2 * seq * batch * gates * hidden * (feat + hidden)
+    elif node.op_type not in _ZERO_FLOP_OPS:
+        other = out_numel * _FLOPS_PER_ELEMENT.get(node.op_type, 1)
+    for member in chain:  # fused BN / bias / activation still do per-element work
+        other += out_numel * _FLOPS_PER_ELEMENT.get(member.op_type, 1)
+
+    activation = next((m.op_type for m in chain if m.op_type in ACTIVATION_OPS), "")
+    return OpNode(
+        name=node.name or (node.output[0] if node.output else op_type),
+        op_type=op_type,
+        fused=tuple(m.op_type for m in chain),
+        activation=activation,
+        input_shape=tuple(in_shape),
+        output_shape=tuple(out_shape),
+        kernel=kernel,
+        stride=stride,
+        dilation=dilation,
+        groups=groups,
+        depthwise=depthwise,
+        macs=int(macs),
+        other_flops=int(other),
+        params=sum(tensors.numel(w) for w in weight_inputs),
+        weight_bytes=sum(tensors.nbytes(w) for w in weight_inputs),
+        read_bytes=sum(tensors.nbytes(i) for i in act_inputs),
+        write_bytes=sum(tensors.nbytes(o) for o in outputs),
+    )

@@ -1,0 +1,316 @@
+"""Model input: any source (path, bytes, `onnx.ModelProto`, torch module) to a shape-inferred ONNX model.
+
+The predictor only needs tensor *shapes*, never weight values, so large initializers
+are replaced by shape-only graph inputs before shape inference: that keeps extraction
+of a ResNet-50 well under a tenth of a second and lets models with external weight
+files be read without those files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto, helper
+
+from predictor.errors import DynamicShapeError, InvalidModelError, ModelNotFoundError
+
+if TYPE_CHECKING:  # torch is imported lazily: reading ONNX files must not pay for it
+    import torch
+
+log = logging.getLogger(__name__)
+
+ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto, "torch.nn.Module"]
+Shape = tuple[int, ...]
+InputShapes = Union[Sequence[int], Mapping[str, Sequence[int]], None]
+
+# Initializers with more elements than this are replaced by shape-only inputs before
+# shape inference; small ones (shape tensors of Reshape, axes, ...) keep their values
+# because shape inference needs them (data propagation).
+_KEEP_INITIALIZER_ELEMENTS = 64
+# doc_string that marks a graph input standing in for a stripped initializer.
+WEIGHT_MARK = "latpred:weight"
+
+
+def parse_shape(text: str) -> Shape:
+    """Parse ``"1,3,224,224"`` (or ``1x3x224x224``) into a tuple of positive ints."""
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise DynamicShapeError(
+            f"Bad input shape {text!r}: expected comma-separated positive integers like 1,3,224,224"
+        ) from None
+    if not shape or any(d <= 0 for d in shape):
+        raise DynamicShapeError(
+            f"Bad input shape {text!r}: expected comma-separated positive integers like 1,3,224,224"
+        )
+    return shape
+
+
+def export_torch(module: torch.nn.Module, example_input: Any) -> onnx.ModelProto:
+    """Export a torch module in eval mode to ONNX (legacy exporter: fast, folds BatchNorm).
+
+    Args:
+        module: the network; it is put in eval mode, as for inference.
+        example_input: a tensor or tuple of tensors with the shapes to predict for.
+    """
+    import torch
+
+    if example_input is None:
+        raise InvalidModelError(
+            f"A torch module ({type(module).__name__}) needs an example input to export to ONNX"
+        )
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    buffer = io.BytesIO()
+    was_training = module.training
+    module.eval()
+    try:
+        try:
+            _torch_export(module, args, buffer, dynamo=False)
+        except Exception as legacy_exc:
+            # Some modules (fused fast paths such as TransformerEncoderLayer in eval mode)
+            # only export through the slower torch.export-based exporter.
+            log.info("Legacy ONNX export failed (%s); retrying with dynamo=True", legacy_exc)
+            buffer = io.BytesIO()
+            _torch_export(module, args, buffer, dynamo=True)
+    except Exception as exc:  # the exporter raises many types; one clear message
+        raise InvalidModelError(
+            f"Could not export {type(module).__name__} to ONNX: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
+    finally:
+        module.train(was_training)
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
+def _torch_export(module: torch.nn.Module, args: tuple, buffer: io.BytesIO, dynamo: bool) -> None:
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # deprecation notices of the legacy exporter
+        if dynamo:
+            program = torch.onnx.export(module, args, dynamo=True, verbose=False)
+            buffer.write(program.model_proto.SerializeToString())
+        else:
+            torch.onnx.export(module, args, buffer, dynamo=False, do_constant_folding=True)
+
+
+def read_model(source: ModelSource, example_input: Any = None) -> onnx.ModelProto:
+    """Read a model from a path, bytes, a ModelProto or a torch module (without weights data).
+
+    Raises:
+        ModelNotFoundError: the path does not exist.
+        InvalidModelError: the bytes are not an ONNX model, or export failed.
+    """
+    if isinstance(source, onnx.ModelProto):
+        model = source
+        name = "<ModelProto>"
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        model = _parse(bytes(source), "<bytes>")
+        name = "<bytes>"
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ModelNotFoundError(f"Model file not found: {path}")
+        model = _parse(path.read_bytes(), str(path))
+        name = str(path)
+    elif _is_torch_module(source):
+        model = export_torch(source, example_input)
+        name = type(source).__name__
+    else:
+        raise InvalidModelError(
+            f"Unsupported model type {type(source).__name__}: pass an ONNX path, bytes, "
+            "an onnx.ModelProto or a torch.nn.Module with an example input"
+        )
+    if len(model.graph.node) == 0:
+        from predictor.errors import EmptyGraphError
+
+        raise EmptyGraphError(f"{name}: the ONNX graph has no nodes")
+    return model
+
+
+def _is_torch_module(obj: Any) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return isinstance(obj, torch.nn.Module)
+
+
+def _parse(data: bytes, name: str) -> onnx.ModelProto:
+    if not data:
+        raise InvalidModelError(f"{name}: empty file, not an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise InvalidModelError(
+            f"{name}: not a valid ONNX model (protobuf decoding failed: {exc}); "
+            "the file may be truncated or of another format"
+        ) from None
+    # Arbitrary bytes sometimes decode as a protobuf message; a real model has a graph
+    # and an opset. Check that before trusting anything else.
+    if not model.HasField("graph") or not model.opset_import:
+        raise InvalidModelError(f"{name}: not a valid ONNX model (no graph or opset found)")
+    return model
+
+
+def _strip_large_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy `model` with large initializers turned into shape-only graph inputs."""
+    stripped = onnx.ModelProto()
+    stripped.ir_version = model.ir_version
+    stripped.opset_import.extend(model.opset_import)
+    graph = stripped.graph
+    src = model.graph
+    graph.name = src.name
+    graph.node.extend(src.node)
+    graph.output.extend(src.output)
+    graph.value_info.extend(src.value_info)
+    init_names = set()
+    weight_inputs = []
+    for init in src.initializer:
+        init_names.add(init.name)
+        numel = 1
+        for d in init.dims:
+            numel *= d
+        if numel <= _KEEP_INITIALIZER_ELEMENTS and init.data_location != TensorProto.EXTERNAL:
+            graph.initializer.append(init)
+        else:
+            weight_inputs.append(helper.make_tensor_value_info(
+                init.name, init.data_type, list(init.dims), doc_string=WEIGHT_MARK))
+    graph.input.extend(i for i in src.input if i.name not in init_names)
+    graph.input.extend(weight_inputs)
+    return stripped
+
+
+def _free_dims(value_info: onnx.ValueInfoProto) -> list[str]:
+    """Names of the unknown dimensions of a graph input ('?' for an unnamed one)."""
+    tensor_type = value_info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return ["<unknown rank>"]
+    return [d.dim_param or "?" for d in tensor_type.shape.dim if not d.HasField("dim_value")]
+
+
+def _set_shape(value_info: onnx.ValueInfoProto, shape: Sequence[int]) -> None:
+    dims = value_info.type.tensor_type.shape
+    old = [d for d in dims.dim]
+    if old and len(old) != len(shape):
+        raise DynamicShapeError(
+            f"Input '{value_info.name}' has rank {len(old)}, but the given shape "
+            f"{','.join(map(str, shape))} has rank {len(shape)}"
+        )
+    for i, size in enumerate(shape):
+        if i < len(old) and old[i].HasField("dim_value") and old[i].dim_value != size:
+            log.info("Overriding dim %d of input %s: %d -> %d", i, value_info.name,
+                     old[i].dim_value, size)
+    del dims.dim[:]
+    for size in shape:
+        dims.dim.add().dim_value = int(size)
+
+
+def activation_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are fed at run time (not initializers)."""
+    init_names = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input
+            if i.name not in init_names and i.doc_string != WEIGHT_MARK]
+
+
+def fix_input_shapes(model: onnx.ModelProto, input_shape: InputShapes) -> None:
+    """Set the shapes of the run-time inputs in place, or fail if any stays dynamic.
+
+    Args:
+        input_shape: one shape for the first input, or a mapping input name -> shape.
+    """
+    inputs = activation_inputs(model)
+    if input_shape is not None:
+        if isinstance(input_shape, Mapping):
+            by_name = {i.name: i for i in inputs}
+            for name, shape in input_shape.items():
+                if name not in by_name:
+                    raise DynamicShapeError(
+                        f"Unknown input '{name}'; the model's inputs are {sorted(by_name)}"
+                    )
+                _set_shape(by_name[name], shape)
+        else:
+            if not inputs:
+                raise DynamicShapeError("The model has no run-time input to give a shape to")
+            _set_shape(inputs[0], tuple(input_shape))
+    for value_info in inputs:
+        free = _free_dims(value_info)
+        if free:
+            raise DynamicShapeError(
+                f"Input '{value_info.name}' has dynamic dimensions {free}; "
+                "give a fixed shape, e.g. --input-shape 1,3,224,224"
+            )
+
+
+def load_model(
+    source: ModelSource,
+    *,
+    input_shape: InputShapes = None,
+    example_input: Any = None,
+) -> onnx.ModelProto:
+    """Read any model source and return a weight-free ONNX model with inferred shapes.
+
+    Args:
+        source: ONNX file path, ONNX bytes, an `onnx.ModelProto`, or a `torch.nn.Module`
+            (then `example_input` is required).
+        input_shape: a shape for the first run-time input (e.g. ``(1, 3, 224, 224)``) or a
+            mapping input name -> shape; required when the model's inputs are dynamic.
+        example_input: the example input tensor(s) of a torch module.
+
+    Returns:
+        A model whose large initializers are shape-only graph inputs and whose
+        `value_info` holds the inferred shape of every intermediate tensor.
+    """
+    model = read_model(source, example_input)
+    stripped = _strip_large_initializers(model)
+    fix_input_shapes(stripped, input_shape)
+    inferred = _infer(stripped)
+    # ONNX cannot infer through custom-domain ops. Assume such an op keeps the shape and
+    # type of its first input (true of the usual custom activations and norms), then
+    # infer again so that the nodes after it get shapes too.
+    for _ in range(8):
+        if not _assume_custom_op_shapes(inferred):
+            break
+        inferred = _infer(inferred)
+    return inferred
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError / ValidationError / RuntimeError
+        raise InvalidModelError(f"ONNX shape inference failed: {exc}".splitlines()[0]) from None
+
+
+def _assume_custom_op_shapes(model: onnx.ModelProto) -> bool:
+    """Give custom-domain ops without inferred output types their first input's type."""
+    graph = model.graph
+    known = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)
+             if v.type.tensor_type.HasField("shape")}
+    for init in graph.initializer:
+        known.setdefault(init.name, helper.make_tensor_value_info(
+            init.name, init.data_type, list(init.dims)))
+    added = False
+    for node in graph.node:
+        if node.domain in ("", "ai.onnx") or not node.input or node.input[0] not in known:
+            continue
+        source = known[node.input[0]]
+        for out in node.output:
+            if out and out not in known:
+                value_info = graph.value_info.add()
+                value_info.CopyFrom(source)
+                value_info.name = out
+                known[out] = value_info
+                added = True
+    return added

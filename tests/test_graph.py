@@ -1,0 +1,177 @@
+"""Operator-graph extraction on real exported models and hand-built ONNX graphs."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from predictor import model_zoo
+from predictor.errors import DynamicShapeError, EmptyGraphError
+from predictor.graph import extract_graph
+from predictor.onnx_io import export_torch
+
+
+def _value(name: str, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset=17) -> onnx.ModelProto:
+    graph = helper.make_graph(list(nodes), "g", inputs, outputs, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _weight(name: str, shape) -> onnx.TensorProto:
+    import numpy as np
+
+    return helper.make_tensor(name, TensorProto.FLOAT, shape, np.zeros(shape, "float32").ravel())
+
+
+def test_all_input_kinds_give_the_same_graph(tiny_onnx, tiny_module) -> None:
+    from_path = extract_graph(tiny_onnx).summary()
+    from_bytes = extract_graph(tiny_onnx.read_bytes()).summary()
+    from_proto = extract_graph(onnx.load(tiny_onnx)).summary()
+    from_module = extract_graph(tiny_module, example_input=torch.randn(1, 3, 16, 16)).summary()
+    assert from_path == from_bytes == from_proto == from_module
+    # conv 3*8*9*256 + depthwise 8*9*64 + linear 8*10
+    assert from_path["macs"] == 3 * 8 * 9 * 256 + 8 * 9 * 64 + 80
+    assert from_path["op_counts"]["Conv"] == 2
+
+
+def test_tiny_graph_features(tiny_onnx) -> None:
+    graph = extract_graph(tiny_onnx)
+    dw = [n for n in graph.nodes if n.depthwise]
+    assert len(dw) == 1
+    assert dw[0].kernel == (3, 3) and dw[0].stride == (2, 2) and dw[0].groups == 8
+    assert dw[0].input_shape == (1, 8, 16, 16) and dw[0].output_shape == (1, 8, 8, 8)
+    first = graph.nodes[0]
+    assert first.op_type == "Conv" and first.activation == "Relu"
+    assert first.read_bytes == 3 * 16 * 16 * 4 and first.write_bytes == 8 * 16 * 16 * 4
+    assert first.params == 8 * 3 * 9 + 8  # BN folded into the conv bias by the exporter
+    assert graph.depth == len(graph.nodes)  # a chain
+
+
+def test_batch_scales_activations_not_params() -> None:
+    one = extract_graph(model_zoo.export("resnet18", (1, 3, 64, 64)))
+    four = extract_graph(model_zoo.export("resnet18", (4, 3, 64, 64)))
+    assert four.params == one.params
+    assert four.macs == 4 * one.macs
+    assert sum(n.weight_bytes for n in four.nodes) == sum(n.weight_bytes for n in one.nodes)
+    act = lambda g: sum(n.read_bytes + n.write_bytes for n in g.nodes)  # noqa: E731
+    assert act(four) == 4 * act(one)
+    assert four.batch_size == 4 and one.batch_size == 1
+    assert four.input_resolution == one.input_resolution == 64 * 64
+
+
+def test_conv_bn_relu_are_fused() -> None:
+    c = 4
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"]),
+        helper.make_node("Relu", ["n"], ["y"]),
+    ]
+    inits = [_weight("w", [c, 3, 3, 3])] + [_weight(k, [c]) for k in "sbmv"]
+    model = _model(nodes, [_value("x", [1, 3, 8, 8])], [_value("y", [1, c, 8, 8])], inits)
+    graph = extract_graph(model)
+    assert len(graph.nodes) == 1
+    node = graph.nodes[0]
+    assert node.fused == ("BatchNormalization", "Relu") and node.activation == "Relu"
+    assert node.macs == c * 64 * 27
+    assert node.write_bytes == c * 64 * 4
+
+
+def test_no_fusion_when_intermediate_has_two_consumers() -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Add", ["c", "r"], ["y"]),
+    ]
+    model = _model(nodes, [_value("x", [1, 2, 4, 4])], [_value("y", [1, 2, 4, 4])],
+                   [_weight("w", [2, 2, 1, 1])])
+    graph = extract_graph(model)
+    assert [n.op_type for n in graph.nodes] == ["Conv", "Relu", "Add"]
+    assert graph.edges == [(0, 1), (0, 2), (1, 2)]
+    assert graph.depth == 3
+
+
+def test_matmul_bias_fused_and_batched_macs() -> None:
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["h"]),
+        helper.make_node("MatMul", ["h", "h_t"], ["y"]),
+        helper.make_node("Transpose", ["h"], ["h_t"], perm=[0, 2, 1]),
+    ]  # deliberately out of topological order
+    model = _model(nodes, [_value("x", [2, 5, 8])], [_value("y", [2, 5, 5])],
+                   [_weight("w", [8, 16]), _weight("b", [16])])
+    graph = extract_graph(model)
+    assert [n.op_type for n in graph.nodes] == ["MatMul", "Transpose", "MatMul"]
+    assert graph.nodes[0].fused == ("Add",)
+    assert graph.nodes[0].params == 8 * 16 + 16
+    assert graph.macs == 2 * 5 * 16 * 8 + 2 * 5 * 5 * 16
+
+
+def test_shape_computation_is_folded() -> None:
+    class Flat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return y.reshape(y.shape[0], -1)
+
+    graph = extract_graph(Flat(), example_input=torch.randn(2, 3, 8, 8))
+    ops = [n.op_type for n in graph.nodes]
+    assert ops == ["Conv", "Reshape"]
+
+
+def test_transformer_block_macs() -> None:
+    layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
+    graph = extract_graph(layer.eval(), example_input=torch.randn(1, 10, 32))
+    # projections q,k,v,out: 4*L*d*d; attention scores and weighted sum: 2*L*L*d; FFN 2*L*d*ff
+    expected = 4 * 10 * 32 * 32 + 2 * 10 * 10 * 32 + 2 * 10 * 32 * 64
+    assert graph.macs == expected
+    assert "Softmax" in graph.op_counts()
+    assert graph.input_resolution == 10
+
+
+def test_custom_domain_op_is_kept_and_reported() -> None:
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node("FancyAct", ["c"], ["f"], domain="com.example"),
+        helper.make_node("Relu", ["f"], ["y"]),
+    ]
+    graph_proto = helper.make_graph(nodes, "g", [_value("x", [1, 2, 4, 4])],
+                                    [_value("y", None)], [_weight("w", [3, 2, 1, 1])])
+    model = helper.make_model(graph_proto, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    graph = extract_graph(model)
+    assert [n.op_type for n in graph.nodes] == ["Conv", "com.example::FancyAct", "Relu"]
+    assert graph.unknown_ops == {"com.example::FancyAct": 1}
+    assert graph.nodes[2].output_shape == (1, 3, 4, 4)  # shapes flow past the custom op
+
+
+def test_dynamic_input_needs_a_shape(tmp_path) -> None:
+    path = tmp_path / "dyn.onnx"
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    torch.onnx.export(module, (torch.randn(1, 3, 8, 8),), path, dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch", 2: "h", 3: "w"}})
+    with pytest.raises(DynamicShapeError, match="input-shape"):
+        extract_graph(path)
+    graph = extract_graph(path, input_shape=(2, 3, 10, 10))
+    assert graph.nodes[0].output_shape == (2, 4, 8, 8)
+    graph = extract_graph(path, input_shape={"x": (1, 3, 12, 12)})
+    assert graph.nodes[0].output_shape == (1, 4, 10, 10)
+    with pytest.raises(DynamicShapeError, match="rank"):
+        extract_graph(path, input_shape=(1, 3, 10))
+
+
+def test_empty_graph_is_rejected() -> None:
+    with pytest.raises(EmptyGraphError):
+        extract_graph(_model([], [_value("x", [1])], [_value("x", [1])]))
+    only_identity = _model([helper.make_node("Identity", ["x"], ["y"])],
+                           [_value("x", [1, 2])], [_value("y", [1, 2])])
+    with pytest.raises(EmptyGraphError, match="no compute operator"):
+        extract_graph(only_identity)
