@@ -88,10 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per model")
     p.set_defaults(handler=cmd_inspect)
 
-    from predictor import model_zoo
-
     p = sub.add_parser("export", help="export a built-in network to ONNX")
-    p.add_argument("name", choices=sorted(model_zoo.BUILDERS))
+    p.add_argument("name", help="resnet18, resnet50 or mobilenet_v2")
     p.add_argument("out", metavar="OUT.onnx")
     _add_input_shape(p)
     p.set_defaults(handler=cmd_export)

@@ -12,35 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch_geometric.data import Data
 
 from predictor.errors import SchemaMismatchError
 from predictor.graph import OpGraph, OpNode
+from predictor.ops import ACTIVATIONS, OP_VOCABULARY, OTHER
 
-# A fixed vocabulary of ONNX op types seen in CNNs and transformers; anything else is
-# "other" (kept as a node, counted in `OpGraph.unknown_ops`).
-OP_VOCABULARY: tuple[str, ...] = (
-    "Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum",
-    "BatchNormalization", "InstanceNormalization", "LayerNormalization", "GroupNormalization",
-    "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-    "Gelu", "Erf", "Elu", "Selu", "Softplus", "Mish", "Softmax", "LogSoftmax",
-    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Neg", "Abs",
-    "Max", "Min", "Where", "Equal", "Less", "Greater", "Not", "And",
-    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ArgMax", "TopK",
-    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-    "Concat", "Split", "Slice", "Gather", "GatherElements", "ScatterND", "Reshape", "Flatten",
-    "Transpose", "Squeeze", "Unsqueeze", "Expand", "Tile", "Pad", "Resize", "Upsample",
-    "DepthToSpace", "SpaceToDepth", "Cast", "CumSum", "Range", "ConstantOfShape",
-    "LSTM", "GRU", "RNN",
-)
-OTHER = "other"
-ACTIVATIONS: tuple[str, ...] = (
-    "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-    "Gelu", "Elu", "Selu", "Softplus", "Mish",
-)
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
+
 _NUMERIC_NODE_FEATURES: tuple[str, ...] = (
     "fused_bn", "fused_bias",
     "log_macs", "log_other_flops", "log_params", "log_weight_bytes", "log_read_bytes",
@@ -171,6 +153,8 @@ def to_data(graph: OpGraph) -> Data:
         edge_index: (2, num_edges) int64, producer -> consumer
         graph_attr: (1, FEATURE_SCHEMA.num_graph_features) float32
     """
+    from torch_geometric.data import Data  # slow import: only when tensors are needed
+
     x = torch.tensor([node_features(n) for n in graph.nodes], dtype=torch.float32)
     if graph.edges:
         edge_index = torch.tensor(graph.edges, dtype=torch.long).t().contiguous()

@@ -240,7 +240,7 @@ def graph_from_inferred(
 ) -> OpGraph:
     """Build the `OpGraph` of a model returned by `predictor.onnx_io.load_model`."""
     if known_ops is None:
-        from predictor.features import OP_VOCABULARY
+        from predictor.ops import OP_VOCABULARY
 
         known_ops = frozenset(OP_VOCABULARY)
     graph = model.graph

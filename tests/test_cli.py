@@ -1,0 +1,114 @@
+"""The `latpred` console command: real subprocess runs, one clear line on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "predictor.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("latpred: error:")
+    for needle in needles:
+        assert needle in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_inspect_json_keys(tiny_onnx: Path) -> None:
+    result = run_cli("inspect", str(tiny_onnx), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("macs", "params", "nodes", "op_counts", "unknown_ops", "memory_bytes", "depth"):
+        assert key in report
+    assert report["macs"] == 3 * 8 * 9 * 256 + 8 * 9 * 64 + 80
+    assert report["op_counts"]["Conv"] == 2
+
+
+def test_inspect_text(tiny_onnx: Path) -> None:
+    result = run_cli("inspect", str(tiny_onnx))
+    assert result.returncode == 0, result.stderr
+    assert "MACs" in result.stdout and "op histogram" in result.stdout
+
+
+def test_export_then_inspect(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    result = run_cli("export", "mobilenet_v2", str(out), "--input-shape", "1,3,96,96")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(run_cli("inspect", str(out), "--json").stdout)
+    assert report["input_shapes"] == {"input.1": [1, 3, 96, 96]}
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write left no temp file
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    _assert_one_line_error(run_cli("inspect", str(tmp_path / "nope.onnx")), "not found")
+
+
+def test_not_onnx(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("this is not a model\n")
+    _assert_one_line_error(run_cli("inspect", str(bad)), "not a valid ONNX model")
+
+
+def test_truncated_onnx(tmp_path: Path, tiny_onnx: Path) -> None:
+    cut = tmp_path / "cut.onnx"
+    data = tiny_onnx.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    _assert_one_line_error(run_cli("inspect", str(cut)), "cut.onnx")
+
+
+@pytest.mark.parametrize("shape_arg", [None, "1,3,abc"])
+def test_dynamic_shape_needs_input_shape(tmp_path: Path, shape_arg: str | None) -> None:
+    import torch
+    from torch import nn
+
+    path = tmp_path / "dyn.onnx"
+    torch.onnx.export(nn.Conv2d(3, 4, 3).eval(), (torch.randn(1, 3, 8, 8),), path, dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    args = ["inspect", str(path)] + (["--input-shape", shape_arg] if shape_arg else [])
+    _assert_one_line_error(run_cli(*args), "1,3,224,224")
+    ok = run_cli("inspect", str(path), "--input-shape", "2,3,8,8", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["batch_size"] == 2
+
+
+def test_empty_graph(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    model = helper.make_model(helper.make_graph([], "empty", [value], [value]))
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(model.SerializeToString())
+    _assert_one_line_error(run_cli("inspect", str(path)), "no nodes")
+
+
+def test_custom_op_reported(tmp_path: Path) -> None:
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
+             helper.make_node("Swoosh", ["c"], ["y"], domain="org.custom")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("w", TensorProto.FLOAT, [2, 2, 1, 1], np.zeros(4, "float32"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                     helper.make_opsetid("org.custom", 1)])
+    path = tmp_path / "custom.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = run_cli("inspect", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["unknown_ops"] == {"org.custom::Swoosh": 1}
+    assert report["nodes"] == 2
+    text = run_cli("inspect", str(path)).stdout
+    assert "org.custom::Swoosh 1" in text
