@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import onnx
@@ -143,6 +143,26 @@ class OpGraph:
             return shape[1]
         return 1
 
+    def with_batch(self, batch_size: int) -> OpGraph:
+        """The same graph run at another batch size.
+
+        Exact for graphs whose activations all carry the batch as their leading
+        dimension (CNNs in NCHW, batch-first transformers), such as the search spaces'
+        networks: activation shapes, MACs, other FLOPs and activation bytes scale with the
+        batch; parameters and weight bytes do not.
+        """
+        old = self.batch_size
+        if batch_size == old:
+            return self
+        return OpGraph(
+            nodes=[rebatch_node(n, old, batch_size) for n in self.nodes],
+            edges=list(self.edges),
+            input_shapes={k: (batch_size, *v[1:]) if v else v
+                          for k, v in self.input_shapes.items()},
+            unknown_ops=dict(self.unknown_ops),
+            params=self.params,
+        )
+
     def op_counts(self) -> dict[str, int]:
         return dict(Counter(n.op_type for n in self.nodes).most_common())
 
@@ -164,6 +184,22 @@ class OpGraph:
             "op_counts": self.op_counts(),
             "unknown_ops": dict(self.unknown_ops),
         }
+
+
+def rebatch_node(node: OpNode, old_batch: int, new_batch: int) -> OpNode:
+    """`node` with its leading (batch) dimension changed from `old_batch` to `new_batch`."""
+
+    def shape(s: Shape) -> Shape:
+        return (new_batch, *s[1:]) if s and s[0] == old_batch else s
+
+    def scale(value: int) -> int:
+        return value * new_batch // old_batch
+
+    return replace(
+        node, input_shape=shape(node.input_shape), output_shape=shape(node.output_shape),
+        macs=scale(node.macs), other_flops=scale(node.other_flops),
+        read_bytes=scale(node.read_bytes), write_bytes=scale(node.write_bytes),
+    )
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto, "torch.nn.Module"]
 Shape = tuple[int, ...]
-InputShapes = Union[Sequence[int], Mapping[str, Sequence[int]], None]
+InputShapes = Sequence[int] | Mapping[str, Sequence[int]] | None
 
 # Initializers with more elements than this are replaced by shape-only inputs before
 # shape inference; small ones (shape tensors of Reshape, axes, ...) keep their values
@@ -63,7 +63,6 @@ def export_torch(module: torch.nn.Module, example_input: Any) -> onnx.ModelProto
         module: the network; it is put in eval mode, as for inference.
         example_input: a tensor or tuple of tensors with the shapes to predict for.
     """
-    import torch
 
     if example_input is None:
         raise InvalidModelError(

@@ -11,7 +11,6 @@ from torch import nn
 from predictor import model_zoo
 from predictor.errors import DynamicShapeError, EmptyGraphError
 from predictor.graph import extract_graph
-from predictor.onnx_io import export_torch
 
 
 def _value(name: str, shape) -> onnx.ValueInfoProto:
@@ -175,3 +174,12 @@ def test_empty_graph_is_rejected() -> None:
                            [_value("x", [1, 2])], [_value("y", [1, 2])])
     with pytest.raises(EmptyGraphError, match="no compute operator"):
         extract_graph(only_identity)
+
+
+def test_with_batch_equals_a_real_export_at_that_batch() -> None:
+    one = extract_graph(model_zoo.export("mobilenet_v2", (1, 3, 64, 64)))
+    three = extract_graph(model_zoo.export("mobilenet_v2", (3, 3, 64, 64)))
+    strip = lambda g: [n.__class__(**{**n.__dict__, "name": ""}) for n in g.nodes]  # noqa: E731
+    derived = one.with_batch(3)
+    assert strip(derived) == strip(three)
+    assert derived.summary() == three.summary()

@@ -1,0 +1,102 @@
+"""Lightning DataModule of meta-learning episodes over device tasks of one or more spaces.
+
+Train episodes come from the split's meta-train devices, validation episodes (fixed,
+for model selection) from its meta-valid devices. Test devices are never loaded here:
+they belong to the benchmark scripts only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from predictor.corpus import build_corpus
+from predictor.datasets import DeviceTask, EpisodeDataset, collate_episodes, load_device_task
+from predictor.graph_store import GraphStore
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which spaces, split and episode sizes to meta-train on.
+
+    Attributes:
+        spaces: search spaces, each with the split named in `splits` (default "help").
+        shots: support-set size k of training episodes.
+        queries: query-set size.
+        episodes_per_epoch: training episodes per epoch.
+        episodes_per_step: episodes per optimiser step (the loader's batch).
+        val_episodes: fixed validation episodes.
+        limit_archs: only the first N architectures of each space (tests).
+    """
+
+    spaces: tuple[str, ...] = ("nb201", "fbnet")
+    splits: dict[str, str] = field(default_factory=dict)
+    shots: int = 10
+    queries: int = 64
+    episodes_per_epoch: int = 2000
+    episodes_per_step: int = 4
+    val_episodes: int = 64
+    seed: int = 0
+    limit_archs: int | None = None
+    num_workers: int = 0
+
+
+class EpisodeDataModule(L.LightningDataModule):
+    """Episodes of the meta-train (train) and meta-valid (val) devices."""
+
+    def __init__(self, config: DataConfig, data_dir: str | Path | None = None,
+                 cache_root: str | Path | None = None, progress: bool = True):
+        super().__init__()
+        self.config = config
+        self.data_dir = data_dir
+        self.cache_root = cache_root
+        self.progress = progress
+        self.stores: dict[tuple[str, int], GraphStore] = {}
+        self.train_tasks: list[DeviceTask] = []
+        self.val_tasks: list[DeviceTask] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_tasks:
+            return
+        from predictor.splits import get_split
+
+        for space in self.config.spaces:
+            split = get_split(space, self.config.splits.get(space, "help"))
+            train = [load_device_task(space, d, self.data_dir) for d in split.train]
+            val = [load_device_task(space, d, self.data_dir) for d in split.valid]
+            batches = sorted({t.batch_size for t in train + val})
+            stores = build_corpus(space, batch_sizes=batches, data_dir=self.data_dir,
+                                  root=self.cache_root, limit=self.config.limit_archs,
+                                  progress=self.progress)
+            for b, store in stores.items():
+                self.stores[(space, b)] = store
+            if self.config.limit_archs is not None:
+                train = [_limit(t, self.config.limit_archs) for t in train]
+                val = [_limit(t, self.config.limit_archs) for t in val]
+            self.train_tasks += train
+            self.val_tasks += val
+
+    def train_dataloader(self) -> DataLoader:
+        c = self.config
+        dataset = EpisodeDataset(self.train_tasks, self.stores, c.shots, c.queries,
+                                 c.episodes_per_epoch, seed=c.seed)
+        if self.trainer is not None:
+            dataset.set_epoch(self.trainer.current_epoch)
+        return DataLoader(dataset, batch_size=c.episodes_per_step, shuffle=False,
+                          collate_fn=collate_episodes, num_workers=c.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        c = self.config
+        tasks = self.val_tasks or self.train_tasks
+        dataset = EpisodeDataset(tasks, self.stores, c.shots, c.queries, c.val_episodes,
+                                 seed=c.seed + 10_000)
+        return DataLoader(dataset, batch_size=c.episodes_per_step, shuffle=False,
+                          collate_fn=collate_episodes, num_workers=c.num_workers)
+
+
+def _limit(task: DeviceTask, n: int) -> DeviceTask:
+    return DeviceTask(task.space, task.device, task.batch_size, task.latency_ms[:n],
+                      task.pool[task.pool < n])

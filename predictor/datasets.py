@@ -1,0 +1,180 @@
+"""Latency datasets: measured device tables joined to the graph corpus, and meta-learning episodes.
+
+A *device task* is one device's latency table in one search space, aligned by index
+with that space's `GraphStore` at the device's batch size. An *episode* samples a
+device task, a support set of k measured architectures and a query set, the unit of
+meta-learning.
+
+Architecture pools follow HELP's protocol (`predictor.tables.POOLS`): the test pool of
+a space (NB201: indices 900..1899, FBNet: 4000..4999) never appears in training episodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from predictor.graph_store import GraphBatch, GraphStore
+from predictor.tables import POOLS, TEST_POOL
+
+
+@dataclass(frozen=True)
+class DeviceTask:
+    """One device's measured latencies over a space's architectures.
+
+    Attributes:
+        latency_ms: (num_archs,) float64, index-aligned with the space's graph store.
+        pool: architecture indices usable for this task (valid measurements only).
+    """
+
+    space: str
+    device: str
+    batch_size: int
+    latency_ms: np.ndarray = field(repr=False)
+    pool: np.ndarray = field(repr=False)
+
+    @property
+    def store_key(self) -> tuple[str, int]:
+        return (self.space, self.batch_size)
+
+
+def training_pool(space: str, latency_ms: np.ndarray) -> np.ndarray:
+    """Indices a training episode may use: valid measurements outside the space's test pool."""
+    from predictor.tables import valid_mask
+
+    idx = np.flatnonzero(valid_mask(latency_ms))
+    for pool in held_out_pools(space):
+        idx = idx[(idx < pool.start) | (idx >= pool.stop)]
+    return idx
+
+
+def held_out_pools(space: str) -> tuple[range, ...]:
+    """Index ranges no training episode may touch: the space's HELP test pool, and
+    900..1899 in every space (the test pool the benchmarks use for NB201-style reports)."""
+    return tuple({POOLS[space][1], TEST_POOL})
+
+
+def load_device_task(space: str, device: str, data_dir: str | Path | None = None,
+                     pool: str = "train") -> DeviceTask:
+    """Load a device's table as a task; `pool` is "train" (no test pool) or "all"."""
+    from predictor.devices import get_device
+    from predictor.tables import load_latency_table, valid_mask
+
+    table = load_latency_table(space, device, data_dir)
+    batch = get_device(device).batch_size or 1
+    indices = training_pool(space, table) if pool == "train" else np.flatnonzero(valid_mask(table))
+    return DeviceTask(space, device, batch, table, indices)
+
+
+@dataclass
+class Episode:
+    """A meta-learning episode: support and query graphs of one device, log-latency targets.
+
+    Shapes:
+        support_y: (k,) float32, log(latency in ms)
+        query_y: (q,) float32
+    """
+
+    space: str
+    device: str
+    task_index: int
+    support: GraphBatch
+    support_y: torch.Tensor
+    query: GraphBatch
+    query_y: torch.Tensor
+    support_ids: torch.Tensor
+    query_ids: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Episode:
+        def move(b: GraphBatch) -> GraphBatch:
+            return GraphBatch(b.x.to(device), b.edge_index.to(device), b.batch.to(device),
+                              b.graph_attr.to(device), b.num_graphs)
+
+        return Episode(self.space, self.device, self.task_index, move(self.support),
+                       self.support_y.to(device), move(self.query), self.query_y.to(device),
+                       self.support_ids, self.query_ids)
+
+
+class EpisodeDataset(torch.utils.data.Dataset):
+    """Map-style dataset of episodes, deterministic in (seed, epoch, index).
+
+    Args:
+        tasks: device tasks to sample from (uniformly).
+        stores: graph stores by (space, batch size).
+        shots: support-set size k.
+        queries: query-set size.
+        episodes: episodes per epoch.
+        seed: base seed; `set_epoch` varies episodes across epochs.
+    """
+
+    def __init__(self, tasks: Sequence[DeviceTask], stores: dict[tuple[str, int], GraphStore],
+                 shots: int, queries: int, episodes: int, seed: int = 0):
+        if not tasks:
+            raise ValueError("EpisodeDataset needs at least one device task")
+        self.tasks = list(tasks)
+        self.stores = stores
+        self.shots = shots
+        self.queries = queries
+        self.episodes = episodes
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.episodes
+
+    def __getitem__(self, index: int) -> Episode:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        task_index = int(rng.integers(len(self.tasks)))
+        task = self.tasks[task_index]
+        chosen = rng.choice(task.pool, size=min(self.shots + self.queries, task.pool.size),
+                            replace=False)
+        support, query = chosen[: self.shots], chosen[self.shots:]
+        return make_episode(task, self.stores[task.store_key], support, query, task_index)
+
+
+def make_episode(task: DeviceTask, store: GraphStore, support: np.ndarray, query: np.ndarray,
+                 task_index: int = -1) -> Episode:
+    """An episode of `task` with the given support and query architecture indices."""
+    log_lat = torch.from_numpy(np.log(task.latency_ms)).float()
+    support_t = torch.as_tensor(np.asarray(support), dtype=torch.long)
+    query_t = torch.as_tensor(np.asarray(query), dtype=torch.long)
+    return Episode(task.space, task.device, task_index, store.batch(support_t),
+                   log_lat[support_t], store.batch(query_t), log_lat[query_t], support_t,
+                   query_t)
+
+
+def collate_episodes(episodes: list[Episode]) -> list[Episode]:
+    """Episodes stay separate (each is its own task); the loader yields lists of them."""
+    return episodes
+
+
+def device_graph_dataset(task: DeviceTask, store: GraphStore, indices: Sequence[int] | None = None
+                         ) -> Any:
+    """A `torch_geometric.data.Dataset` of one device: item i is a `Data` with
+    x, edge_index, graph_attr and y = log(latency ms), for architecture `indices[i]`."""
+    from torch_geometric.data import Dataset
+
+    idx = np.asarray(task.pool if indices is None else indices)
+
+    class _DeviceGraphs(Dataset):
+        def __init__(self) -> None:
+            super().__init__(root=None)
+
+        def len(self) -> int:
+            return int(idx.size)
+
+        def get(self, i: int):
+            data = store.data(int(idx[i]))
+            data.y = torch.tensor([np.log(task.latency_ms[idx[i]])], dtype=torch.float32)
+            data.arch_index = int(idx[i])
+            return data
+
+    return _DeviceGraphs()
