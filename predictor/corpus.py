@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from predictor.errors import DataError, PredictorError
 from predictor.features import FEATURE_SCHEMA
-from predictor.graph import OpGraph, graph_from_inferred
+from predictor.graph import OpGraph, OpNode, graph_from_inferred
 from predictor.graph_store import GraphStore
 from predictor.storage import atomic_write_bytes
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 CACHE_ENV_VAR = "LATPRED_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "datasets" / "cache"
 # Bump when the graphs a builder emits change, so that old caches are not reused.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 SHARD_SIZE = 250
 
 
@@ -123,10 +123,26 @@ def _read_checked(path: Path) -> bytes | None:
     return payload
 
 
+def pack_graphs(graphs: Sequence[OpGraph]) -> dict:
+    """A compact picklable form: unique nodes once, graphs as node ids + edges."""
+    unique: dict[OpNode, int] = {}
+    packed = []
+    for g in graphs:
+        ids = [unique.setdefault(n, len(unique)) for n in g.nodes]
+        packed.append((ids, g.edges, g.input_shapes, g.unknown_ops, g.params))
+    return {"nodes": list(unique), "graphs": packed}
+
+
+def unpack_graphs(obj: dict) -> list[OpGraph]:
+    nodes = obj["nodes"]
+    return [OpGraph([nodes[i] for i in ids], list(edges), dict(inputs), dict(unknown), params)
+            for ids, edges, inputs, unknown, params in obj["graphs"]]
+
+
 def _build_shard(space_name: str, archs: list[str], path: Path) -> str:
     graphs = [arch_graph(space_name, a) for a in archs]
-    _write_checked(path, pickle.dumps({"archs": archs, "graphs": graphs},
-                                      protocol=pickle.HIGHEST_PROTOCOL))
+    payload = {"archs": archs, **pack_graphs(graphs)}
+    _write_checked(path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
     return str(path)
 
 
@@ -141,7 +157,7 @@ def _load_shard(path: Path, archs: list[str]) -> list[OpGraph] | None:
     if obj.get("archs") != archs:
         log.warning("Cache shard %s belongs to other architectures; rebuilding it", path)
         return None
-    return obj["graphs"]
+    return unpack_graphs(obj)
 
 
 def build_corpus(

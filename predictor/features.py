@@ -130,18 +130,25 @@ def node_features(node: OpNode) -> list[float]:
     return row
 
 
-def graph_features(graph: OpGraph) -> list[float]:
-    """Graph-level features, ordered as `FEATURE_SCHEMA.graph_features`."""
-    summary_nodes = graph.nodes
-    weight_bytes = sum(n.weight_bytes for n in summary_nodes)
+def graph_features(graph: OpGraph, batch_size: int | None = None) -> list[float]:
+    """Graph-level features, ordered as `FEATURE_SCHEMA.graph_features`.
+
+    With `batch_size`, the features of `graph.with_batch(batch_size)`, computed without
+    building that graph (activation work scales with the batch, weights do not).
+    """
+    nodes = graph.nodes
+    scale = batch_size / graph.batch_size if batch_size else 1.0
+    weight_bytes = sum(n.weight_bytes for n in nodes)
+    activation_bytes = (graph.memory_bytes - weight_bytes) * scale
+    input_numel = math.prod(graph.primary_input_shape) if graph.primary_input_shape else 0
     return [
-        _log(graph.macs), _log(graph.params), _log(graph.other_flops), _log(graph.memory_bytes),
-        _log(weight_bytes), _log(graph.memory_bytes - weight_bytes), _log(len(summary_nodes)),
-        _log(graph.depth), _log(graph.batch_size), _log(graph.input_resolution),
-        _log(math.prod(graph.primary_input_shape) if graph.primary_input_shape else 0),
-        _log(sum(n.op_type in ("Conv", "ConvTranspose") for n in summary_nodes)),
-        _log(sum(n.op_type in ("MatMul", "Gemm", "Einsum") for n in summary_nodes)),
-        _log(sum(n.depthwise for n in summary_nodes)),
+        _log(graph.macs * scale), _log(graph.params), _log(graph.other_flops * scale),
+        _log(weight_bytes + activation_bytes), _log(weight_bytes), _log(activation_bytes),
+        _log(len(nodes)), _log(graph.depth), _log(batch_size or graph.batch_size),
+        _log(graph.input_resolution), _log(input_numel * scale),
+        _log(sum(n.op_type in ("Conv", "ConvTranspose") for n in nodes)),
+        _log(sum(n.op_type in ("MatMul", "Gemm", "Einsum") for n in nodes)),
+        _log(sum(n.depthwise for n in nodes)),
     ]
 
 

@@ -70,8 +70,8 @@ class OpNode:
     input and the first output, () when the op has no activation input.
     """
 
-    name: str
-    op_type: str  # ONNX op type; "domain::Type" for ops outside the default domain
+    name: str = field(compare=False)  # not part of equality: equal nodes have equal features
+    op_type: str = ""  # ONNX op type; "domain::Type" for ops outside the default domain
     fused: tuple[str, ...] = ()  # op types folded into this node, in order
     activation: str = ""  # fused activation op type, "" if none
     input_shape: Shape = ()

@@ -12,16 +12,20 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 
 from predictor.errors import DataError
 from predictor.features import FEATURE_SCHEMA, check_schema, graph_features, node_features
-from predictor.graph import OpGraph, OpNode
+from predictor.graph import OpGraph, OpNode, rebatch_node
 
 STORE_FORMAT = 1
+
+
+def _narrow(t: torch.Tensor) -> torch.Tensor:
+    return t.int() if t.dtype == torch.long and (t.numel() == 0 or int(t.max()) < 2**31) else t
 
 
 class GraphBatch(NamedTuple):
@@ -39,11 +43,6 @@ class GraphBatch(NamedTuple):
     batch: torch.Tensor
     graph_attr: torch.Tensor
     num_graphs: int
-
-
-def node_key(node: OpNode) -> OpNode:
-    """The node without its name: equal keys have equal features."""
-    return replace(node, name="")
 
 
 @dataclass
@@ -79,24 +78,26 @@ class GraphStore:
     def from_graphs(cls, graphs: Sequence[OpGraph], meta: Mapping[str, Any] | None = None,
                     batch_size: int | None = None) -> GraphStore:
         """Build a store; with `batch_size`, every graph is first re-batched to it."""
-        rows: dict[OpNode, int] = {}
+        rows: dict[OpNode, int] = {}  # OpNode equality ignores names: equal nodes, one row
         node_ids: list[int] = []
         node_ptr = [0]
         edges: list[tuple[int, int]] = []
         edge_ptr = [0]
         attrs = []
         for graph in graphs:
-            if batch_size is not None:
-                graph = graph.with_batch(batch_size)
             for node in graph.nodes:
-                node_ids.append(rows.setdefault(node_key(node), len(rows)))
+                node_ids.append(rows.setdefault(node, len(rows)))
             node_ptr.append(len(node_ids))
             edges.extend(graph.edges)
             edge_ptr.append(len(edges))
-            attrs.append(graph_features(graph))
+            attrs.append(graph_features(graph, batch_size))
+        unique = list(rows)
+        if batch_size is not None:  # all graphs of a store share one batch size
+            old = graphs[0].batch_size if graphs else batch_size
+            unique = [rebatch_node(n, old, batch_size) for n in unique]
         return cls(
-            node_rows=torch.tensor([node_features(n) for n in rows], dtype=torch.float32)
-            .reshape(len(rows), FEATURE_SCHEMA.num_node_features),
+            node_rows=torch.tensor([node_features(n) for n in unique], dtype=torch.float32)
+            .reshape(len(unique), FEATURE_SCHEMA.num_node_features),
             node_ids=torch.tensor(node_ids, dtype=torch.long),
             node_ptr=torch.tensor(node_ptr, dtype=torch.long),
             edge_index=torch.tensor(edges, dtype=torch.long).reshape(-1, 2).t().contiguous(),
@@ -139,7 +140,8 @@ class GraphStore:
             "format": STORE_FORMAT,
             "schema": FEATURE_SCHEMA.to_dict(),
             "meta": self.meta,
-            "tensors": {k: getattr(self, k) for k in (
+            # indices are stored as int32 (half the size) and widened on load
+            "tensors": {k: _narrow(getattr(self, k)) for k in (
                 "node_rows", "node_ids", "node_ptr", "edge_index", "edge_ptr", "graph_attr")},
         }, buffer)
         return buffer.getvalue()
@@ -149,7 +151,8 @@ class GraphStore:
         """Load a store; raises `DataError` for a corrupt file, `SchemaMismatchError` for an old one."""
         try:
             obj = torch.load(io.BytesIO(data), weights_only=False)
-            tensors = obj["tensors"]
+            tensors = {k: v.long() if v.dtype == torch.int32 else v
+                       for k, v in obj["tensors"].items()}
             store = cls(**tensors, meta=obj["meta"])
             fmt, schema = obj["format"], obj["schema"]
         except Exception as exc:
