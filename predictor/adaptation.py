@@ -1,0 +1,123 @@
+"""Few-shot adaptation to a device: standalone functions, testable without a Trainer.
+
+`adapt` embeds a device from its support set (amortised: one forward pass), fits the
+affine calibration, and optionally runs a few inner-loop gradient steps (MAML-style,
+through `torch.func.functional_call`) on the device embedding and the head.
+`predict` then gives log-latency for any graphs on that device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from predictor.graph_store import GraphBatch
+from predictor.model import LatencyModel
+
+# Parameters the inner loop may change: the conditioning and the head, never the
+# shared encoder (10 samples cannot re-learn graph structure).
+INNER_LOOP_PREFIXES = ("film_encoder.", "film_head.", "cost_in.", "cost_out.", "overhead.")
+
+
+@dataclass
+class DeviceState:
+    """Everything needed to predict for one adapted device.
+
+    Attributes:
+        z: (dim,) device embedding.
+        a, b: affine calibration of raw log-latency.
+        params: fine-tuned parameters (names as in the model) or empty for none.
+    """
+
+    z: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"z": self.z.detach().cpu(), "a": self.a.detach().cpu(), "b": self.b.detach().cpu(),
+                "params": {k: v.detach().cpu() for k, v in self.params.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeviceState:
+        return cls(d["z"], d["a"], d["b"], dict(d.get("params", {})))
+
+
+def rank_loss(pred: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Pairwise logistic ranking loss: mean over ordered pairs of log(1 + e^-(dpred/t))."""
+    dy = y[:, None] - y[None, :]
+    dp = pred[:, None] - pred[None, :]
+    mask = dy > 1e-6
+    if not mask.any():
+        return pred.sum() * 0
+    return F.softplus(-dp[mask] / temperature).mean() * temperature
+
+
+class _RawHead(torch.nn.Module):
+    """Routes `forward` to `raw_log_latency`, so `functional_call` can swap parameters."""
+
+    def __init__(self, inner: LatencyModel):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, batch: GraphBatch, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.inner.raw_log_latency(batch, h, z)
+
+
+def _call_raw(model: LatencyModel, params: dict[str, torch.Tensor], batch: GraphBatch,
+              h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """`model.raw_log_latency` with `params` in place of the model's own parameters."""
+    if not params:
+        return model.raw_log_latency(batch, h, z)
+    return functional_call(_RawHead(model), {f"inner.{k}": v for k, v in params.items()},
+                           (batch, h, z), strict=False)
+
+
+def adapt(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor, *,
+          finetune_steps: int = 0, lr: float = 1e-2, rank_weight: float = 1.0) -> DeviceState:
+    """Adapt to a device from its support set.
+
+    Args:
+        support: the measured graphs (k graphs).
+        log_latency: (k,) their measured log(latency in ms).
+        finetune_steps: inner-loop gradient steps after the amortised embedding (0: none).
+
+    Returns:
+        The device's state for `predict`.
+    """
+    with torch.no_grad():
+        h, g = model.encode(support)
+        z = model.embed_device(g, log_latency)
+        raw = model.raw_log_latency(support, h, z)
+        a, b = model.calibrate(raw, log_latency)
+    if finetune_steps <= 0:
+        return DeviceState(z, a, b)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()
+              if k.startswith(INNER_LOOP_PREFIXES)}
+    z = z.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([z, *params.values()], lr=lr)
+    spread = log_latency.var().clamp_min(1e-4)
+    for _ in range(finetune_steps):
+        raw = _call_raw(model, params, support, h, z)
+        a, b = model.calibrate(raw, log_latency)
+        pred = a * raw + b
+        loss = F.mse_loss(pred, log_latency) / spread + rank_weight * rank_loss(pred, log_latency)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        raw = _call_raw(model, params, support, h, z)
+        a, b = model.calibrate(raw, log_latency)
+    return DeviceState(z.detach(), a.detach(), b.detach(),
+                       {k: v.detach() for k, v in params.items()})
+
+
+def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch.Tensor:
+    """Calibrated log(latency in ms) (B,) of `batch` on the adapted device."""
+    with torch.no_grad():
+        h, _ = model.encode(batch)
+        raw = _call_raw(model, state.params, batch, h, state.z)
+        return state.a * raw + state.b

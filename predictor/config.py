@@ -1,0 +1,85 @@
+"""Training configuration: frozen dataclasses, read from YAML, stored in every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from predictor.datamodule import DataConfig
+from predictor.errors import PredictorError
+from predictor.model import ModelConfig
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Attributes:
+        rank_weight: weight of the pairwise ranking loss next to the log-latency MSE.
+        max_minutes: wall-clock budget (Lightning's `max_time`); training stops there.
+        accelerator, devices, strategy, num_nodes: passed through to `lightning.Trainer`
+            (e.g. strategy "ddp" with devices 2 for data-parallel meta-training).
+        finetune_steps: inner-loop steps at adaptation time (0: amortised embedding only).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    max_epochs: int = 20
+    max_minutes: float = 55.0
+    rank_weight: float = 1.0
+    grad_clip: float = 1.0
+    finetune_steps: int = 0
+    finetune_lr: float = 1e-2
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    seed: int = 0
+
+
+def _build(cls: type[T], raw: dict[str, Any], where: str) -> T:
+    if not isinstance(raw, dict):
+        raise PredictorError(f"Config section '{where}' must be a mapping, got {raw!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise PredictorError(f"Unknown config key(s) {unknown} in '{where}'; allowed: {sorted(names)}")
+    kwargs = {}
+    for key, value in raw.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}.{key}")
+        elif isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    return _build(TrainConfig, raw, "config")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a YAML training config; unknown keys are a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise PredictorError(f"Config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PredictorError(f"{path}: not valid YAML ({exc})".splitlines()[0]) from None
+    return config_from_dict(raw)

@@ -1,0 +1,91 @@
+"""Meta-learning in Lightning: episodes of device tasks train the latency network.
+
+Each episode: embed the device from its support set, predict the query set, calibrate
+on the support set, and score calibrated log-latency (MSE scaled by the device's spread)
+plus a pairwise ranking loss. The wrapper only adds steps, logging and optimisers; the
+network is `predictor.model.LatencyModel`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch.nn import functional as F
+
+from predictor.adaptation import rank_loss
+from predictor.config import TrainConfig
+from predictor.datasets import Episode
+from predictor.model import LatencyModel
+
+
+def episode_forward(model: LatencyModel, episode: Episode) -> torch.Tensor:
+    """Calibrated log-latency predictions (q,) for the query set of `episode`."""
+    h_s, g_s = model.encode(episode.support)
+    z = model.embed_device(g_s, episode.support_y)
+    raw_s = model.raw_log_latency(episode.support, h_s, z)
+    a, b = model.calibrate(raw_s, episode.support_y)
+    h_q, _ = model.encode(episode.query)
+    return a * model.raw_log_latency(episode.query, h_q, z) + b
+
+
+def episode_loss(model: LatencyModel, episode: Episode, rank_weight: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, query predictions) of one episode."""
+    pred = episode_forward(model, episode)
+    y = episode.query_y
+    spread = y.var().clamp_min(1e-4)
+    loss = F.mse_loss(pred, y) / spread + rank_weight * rank_loss(pred, y)
+    return loss, pred
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    value = spearmanr(a.detach().cpu().numpy(), b.detach().cpu().numpy()).statistic
+    return float(value) if value == value else 0.0
+
+
+class MetaLearner(L.LightningModule):
+    """Lightning wrapper: training and validation steps over lists of episodes."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__()
+        self.config = config
+        self.model = LatencyModel(config.model)
+
+    def training_step(self, episodes: list[Episode], batch_idx: int) -> torch.Tensor:
+        losses = [episode_loss(self.model, ep, self.config.rank_weight)[0] for ep in episodes]
+        loss = torch.stack(losses).mean()
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(episodes))
+        return loss
+
+    def validation_step(self, episodes: list[Episode], batch_idx: int) -> None:
+        losses, rhos = [], []
+        for ep in episodes:
+            loss, pred = episode_loss(self.model, ep, self.config.rank_weight)
+            losses.append(loss)
+            rhos.append(spearman(pred, ep.query_y))
+        n = len(episodes)
+        self.log("val_loss", torch.stack(losses).mean(), prog_bar=True, batch_size=n)
+        self.log("val_spearman", sum(rhos) / n, prog_bar=True, batch_size=n)
+
+    def configure_optimizers(self):
+        c = self.config
+        optimiser = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, steps // 20)
+
+        def factor(step: int) -> float:  # linear warm-up, then cosine decay to 5%
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+        return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return [ep.to(device) for ep in batch]

@@ -1,0 +1,122 @@
+"""The latency network: graph encoder + hardware embedding + per-node cost head.
+
+Prediction for a graph G on a device embedded as z (both in log-milliseconds):
+
+    raw(G, z)   = log( sum_i softplus(cost(h_i(G, z), z)) ) + overhead(G, z)
+    pred(G, z)  = a * raw(G, z) + b
+
+where h_i are node states (last encoder layer FiLM-conditioned on z), cost is a
+FiLM-conditioned MLP, and (a, b) is a per-device affine calibration fitted in closed
+form on the support set, so absolute milliseconds are right, not only the ranking.
+The sum over nodes mirrors how runtimes execute graphs op after op.
+
+The module is a plain `nn.Module`: usable without a Trainer (see `predictor.adaptation`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from predictor.encoder import EncoderConfig, GraphEncoder, scatter_sum
+from predictor.features import FEATURE_SCHEMA
+from predictor.graph_store import GraphBatch
+from predictor.hardware import HardwareConfig, HardwareEmbedding
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the latency network."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    graph_dim: int = 96  # device-independent graph embedding (input of the set encoder)
+    calibration_ridge: float = 1.0  # pulls the calibration slope towards 1 (few samples)
+
+
+class Standardiser(nn.Module):
+    """Fixed per-feature mean/std, fitted once on training graphs and saved as buffers."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(size))
+        self.register_buffer("std", torch.ones(size))
+
+    def fit(self, x: torch.Tensor) -> None:
+        self.mean.copy_(x.mean(dim=0))
+        self.std.copy_(x.std(dim=0).clamp_min(1e-3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def affine_calibration(raw: torch.Tensor, y: torch.Tensor, ridge: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slope a and offset b minimising sum (y - a raw - b)^2 + ridge (a - 1)^2 (closed form).
+
+    Shapes: raw, y: (k,) -> a, b: scalars. Differentiable.
+    """
+    rc = raw - raw.mean()
+    yc = y - y.mean()
+    a = (torch.dot(rc, yc) + ridge) / (torch.dot(rc, rc) + ridge)
+    b = y.mean() - a * raw.mean()
+    return a, b
+
+
+class LatencyModel(nn.Module):
+    """Graph encoder + hardware embedding + FiLM-conditioned per-node cost head."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        nf, ng = FEATURE_SCHEMA.num_node_features, FEATURE_SCHEMA.num_graph_features
+        h, zdim = config.encoder.hidden, config.hardware.dim
+        self.node_norm = Standardiser(nf)
+        self.graph_norm = Standardiser(ng)
+        self.encoder = GraphEncoder(nf, config.encoder)
+        self.graph_embed = nn.Sequential(nn.Linear(2 * h + ng, config.graph_dim), nn.SiLU(),
+                                         nn.Linear(config.graph_dim, config.graph_dim))
+        self.hardware = HardwareEmbedding(config.graph_dim, config.hardware)
+        self.film_encoder = nn.Linear(zdim, 2 * h)
+        self.film_head = nn.Linear(zdim, 2 * h)
+        self.cost_in = nn.Linear(h, h)
+        self.cost_out = nn.Sequential(nn.SiLU(), nn.Linear(h, 1))
+        self.overhead = nn.Sequential(nn.Linear(ng + zdim, h), nn.SiLU(), nn.Linear(h, 1))
+        for film in (self.film_encoder, self.film_head):  # start as identity conditioning
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
+
+    # -- device-independent part -------------------------------------------------
+    def encode(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node states before the conditioned layer (N, h), and graph embeddings (B, graph_dim)."""
+        x = self.node_norm(batch.x)
+        h = self.encoder(x, batch.edge_index, skip_last=True)
+        counts = torch.bincount(batch.batch, minlength=batch.num_graphs).clamp_min(1)
+        summed = scatter_sum(h, batch.batch, batch.num_graphs)
+        pooled = torch.cat([summed / counts[:, None], summed / 100.0,
+                            self.graph_norm(batch.graph_attr)], dim=1)
+        return h, self.graph_embed(pooled)
+
+    def embed_device(self, graph_emb: torch.Tensor, log_latency: torch.Tensor) -> torch.Tensor:
+        """Device embedding (dim,) from support graph embeddings (k, G) and log-latencies (k,)."""
+        return self.hardware(graph_emb, log_latency)
+
+    # -- device-conditioned part ---------------------------------------------------
+    def raw_log_latency(self, batch: GraphBatch, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated log-latency (B,) of encoded graphs on the device embedded as z (dim,)."""
+        gamma, beta = self.film_encoder(z).chunk(2)
+        n = h.shape[0]
+        h = self.encoder.last(h, batch.edge_index, (gamma.expand(n, -1), beta.expand(n, -1)))
+        g2, b2 = self.film_head(z).chunk(2)
+        cost = F.softplus(self.cost_out(self.cost_in(h) * (1 + g2) + b2)).squeeze(1)
+        total = scatter_sum(cost[:, None], batch.batch, batch.num_graphs).squeeze(1)
+        graph_in = torch.cat([self.graph_norm(batch.graph_attr),
+                              z.expand(batch.num_graphs, -1)], dim=1)
+        return torch.log(total + 1e-6) + self.overhead(graph_in).squeeze(1)
+
+    def calibrate(self, raw_support: torch.Tensor, y_support: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        return affine_calibration(raw_support, y_support, self.config.calibration_ridge)
