@@ -97,11 +97,13 @@ def adapt(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor, *
         return DeviceState(z, a, b)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()
               if k.startswith(INNER_LOOP_PREFIXES)}
+    # The shared weights join as constants, so no gradient reaches the model itself.
+    frozen = {k: v.detach() for k, v in model.named_parameters() if k not in params}
     z = z.detach().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([z, *params.values()], lr=lr)
     spread = log_latency.var().clamp_min(1e-4)
     for _ in range(finetune_steps):
-        raw = _call_raw(model, params, support, h, z)
+        raw = _call_raw(model, {**frozen, **params}, support, h, z)
         a, b = model.calibrate(raw, log_latency)
         pred = a * raw + b
         loss = F.mse_loss(pred, log_latency) / spread + rank_weight * rank_loss(pred, log_latency)

@@ -1,0 +1,106 @@
+"""Stored device embeddings: one JSON file per device, tied to the checkpoint that made it.
+
+Shipped defaults live in the repository's `device_embeddings/`; user calibrations go to
+`$LATPRED_DEVICE_DIR` (default: the same folder). Files are written atomically and carry
+a version and the fingerprint of their checkpoint: an embedding is meaningless for
+another checkpoint, so a mismatch is a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from predictor.adaptation import DeviceState
+from predictor.errors import PredictorError, UnknownDeviceError
+from predictor.storage import atomic_write_json
+
+DEVICE_FILE_VERSION = 1
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "device_embeddings"
+DEVICE_DIR_ENV = "LATPRED_DEVICE_DIR"
+
+
+class DeviceFileError(PredictorError):
+    """A corrupt, foreign or outdated stored device file."""
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's weights (identifies the checkpoint an embedding belongs to)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def device_dirs() -> list[Path]:
+    """Folders searched for devices: the user's (if set), then the shipped one."""
+    user = os.environ.get(DEVICE_DIR_ENV)
+    dirs = [Path(user)] if user else []
+    return dirs + [SHIPPED_DIR]
+
+
+def _state_to_json(state: DeviceState) -> dict[str, Any]:
+    d = state.to_dict()
+    return {"z": d["z"].tolist(), "a": float(d["a"]), "b": float(d["b"]),
+            "params": {k: {"shape": list(v.shape), "values": v.flatten().tolist()}
+                       for k, v in d["params"].items()}}
+
+
+def _state_from_json(d: dict[str, Any]) -> DeviceState:
+    params = {k: torch.tensor(v["values"], dtype=torch.float32).reshape(v["shape"])
+              for k, v in d.get("params", {}).items()}
+    return DeviceState(torch.tensor(d["z"], dtype=torch.float32), torch.tensor(float(d["a"])),
+                       torch.tensor(float(d["b"])), params)
+
+
+def save_device(name: str, state: DeviceState, fingerprint: str, info: dict[str, Any],
+                folder: Path | None = None) -> Path:
+    """Write a device file atomically; returns its path."""
+    folder = folder or device_dirs()[0]
+    path = folder / f"{name}.json"
+    atomic_write_json(path, {"version": DEVICE_FILE_VERSION, "name": name,
+                             "checkpoint": fingerprint, "state": _state_to_json(state),
+                             "info": info})
+    return path
+
+
+def list_device_files() -> dict[str, Path]:
+    """Known device names -> their file (a user file shadows a shipped one)."""
+    found: dict[str, Path] = {}
+    for folder in reversed(device_dirs()):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.json")):
+                found[path.stem] = path
+    return found
+
+
+def load_device(name: str, fingerprint: str | None = None) -> tuple[DeviceState, dict[str, Any]]:
+    """Load a stored device; checks version and (if given) the checkpoint fingerprint."""
+    files = list_device_files()
+    if name not in files:
+        raise UnknownDeviceError(
+            f"Unknown device '{name}'; known: {sorted(files)}; "
+            f"run 'latpred calibrate {name}' first")
+    path = files[name]
+    try:
+        obj = json.loads(path.read_text())
+        version = obj["version"]
+        state = _state_from_json(obj["state"])
+    except Exception as exc:
+        raise DeviceFileError(f"{path}: corrupt device file ({type(exc).__name__}: {exc}); "
+                              f"recalibrate with 'latpred calibrate {name}'") from None
+    if version != DEVICE_FILE_VERSION:
+        raise DeviceFileError(f"{path}: device file version {version}, expected "
+                              f"{DEVICE_FILE_VERSION}; recalibrate")
+    if fingerprint is not None and obj.get("checkpoint") != fingerprint:
+        raise DeviceFileError(
+            f"{path}: device '{name}' was calibrated for another checkpoint "
+            f"({obj.get('checkpoint')} != {fingerprint}); recalibrate with "
+            f"'latpred calibrate {name}'")
+    return state, obj.get("info", {})

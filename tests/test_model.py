@@ -1,0 +1,104 @@
+"""The latency network, adaptation functions and checkpoints, on real graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from predictor import model_zoo
+from predictor.adaptation import adapt, predict, rank_loss
+from predictor.checkpoint import Checkpoint, CheckpointError
+from predictor.config import TrainConfig
+from predictor.errors import SchemaMismatchError
+from predictor.graph import extract_graph
+from predictor.graph_store import GraphStore
+from predictor.model import LatencyModel, ModelConfig, affine_calibration
+
+
+@pytest.fixture(scope="module")
+def store() -> GraphStore:
+    graphs = [extract_graph(model_zoo.export(name, (1, 3, s, s)))
+              for name in ("mobilenet_v2", "resnet18") for s in (32, 64, 96)]
+    return GraphStore.from_graphs(graphs)
+
+
+def _model(store: GraphStore) -> LatencyModel:
+    torch.manual_seed(0)
+    model = LatencyModel(ModelConfig())
+    model.node_norm.fit(store.node_rows)
+    model.graph_norm.fit(store.graph_attr)
+    return model
+
+
+def test_affine_calibration_is_ridge_least_squares() -> None:
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=12)
+    y = 2.0 * raw + 0.5 + rng.normal(scale=0.01, size=12)
+    a, b = affine_calibration(torch.tensor(raw), torch.tensor(y), ridge=0.0)
+    ref = np.polyfit(raw, y, 1)
+    assert float(a) == pytest.approx(ref[0]) and float(b) == pytest.approx(ref[1])
+    a1, _ = affine_calibration(torch.tensor(raw), torch.tensor(y), ridge=1e6)
+    assert float(a1) == pytest.approx(1.0, abs=1e-3)  # strong ridge keeps the slope at 1
+
+
+def test_forward_shapes_and_film_starts_as_identity(store) -> None:
+    model = _model(store)
+    batch = store.batch(range(len(store)))
+    h, g = model.encode(batch)
+    assert h.shape == (batch.x.shape[0], model.config.encoder.hidden)
+    assert g.shape == (len(store), model.config.graph_dim)
+    z = model.embed_device(g, torch.randn(len(store)))
+    assert z.shape == (model.config.hardware.dim,)
+    raw = model.raw_log_latency(batch, h, z)
+    assert raw.shape == (len(store),) and torch.isfinite(raw).all()
+    # zero-initialised FiLM: the device embedding only acts once trained
+    raw0 = model.raw_log_latency(batch, h, torch.zeros_like(z))
+    assert torch.allclose(raw - model.overhead(torch.cat([model.graph_norm(batch.graph_attr),
+                          z.expand(len(store), -1)], 1)).squeeze(1),
+                          raw0 - model.overhead(torch.cat([model.graph_norm(batch.graph_attr),
+                          torch.zeros(len(store), z.numel())], 1)).squeeze(1), atol=1e-5)
+
+
+def test_rank_loss_prefers_correct_order() -> None:
+    y = torch.tensor([1.0, 2.0, 3.0])
+    assert rank_loss(y, y) < rank_loss(-y, y)
+
+
+def test_finetuning_reduces_support_error(store) -> None:
+    model = _model(store)
+    support = store.batch(range(len(store)))
+    macs = store.graph_attr[:, 0]
+    y = 0.8 * macs - 10 + 0.3 * torch.sin(3 * macs)  # a made-up device: log ms
+    base = adapt(model, support, y)
+    tuned = adapt(model, support, y, finetune_steps=30, lr=1e-2)
+    err = lambda s: float(((predict(model, support, s) - y) ** 2).mean())  # noqa: E731
+    assert tuned.params and err(tuned) < err(base)
+    assert all(p.grad is None for p in model.parameters())  # the shared model is untouched
+
+
+def test_checkpoint_roundtrip_and_errors(store, tmp_path) -> None:
+    model = _model(store)
+    ckpt = Checkpoint(model, TrainConfig(), devices=("nb201/a",))
+    path = tmp_path / "m.ckpt"
+    ckpt.save(path)
+    loaded = Checkpoint.load(path)
+    batch = store.batch([0, 1])
+    z = torch.zeros(model.config.hardware.dim)
+    with torch.no_grad():
+        h, _ = model.encode(batch)
+        h2, _ = loaded.model.encode(batch)
+        assert torch.allclose(model.raw_log_latency(batch, h, z),
+                              loaded.model.raw_log_latency(batch, h2, z))
+    assert loaded.devices == ("nb201/a",)
+    # another feature schema: clear error
+    obj = torch.load(path, weights_only=False)
+    obj["schema"]["version"] += 1
+    torch.save(obj, tmp_path / "old.ckpt")
+    with pytest.raises(SchemaMismatchError):
+        Checkpoint.load(tmp_path / "old.ckpt")
+    (tmp_path / "bad.ckpt").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Checkpoint.load(tmp_path / "bad.ckpt")
+    with pytest.raises(CheckpointError, match="not found"):
+        Checkpoint.load(tmp_path / "missing.ckpt")

@@ -1,0 +1,73 @@
+"""Real meta-training of a tiny model on a small subset, then adaptation to a held-out device."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from predictor.adaptation import DeviceState, adapt, predict
+from predictor.checkpoint import Checkpoint
+from predictor.config import load_config
+from predictor.corpus import build_corpus
+from predictor.datasets import load_device_task
+from predictor.splits import get_split
+from predictor.training import train
+
+HELD_OUT = "gold_6240"  # a meta-valid device: never trained on
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, shared_data_dir):
+    root = tmp_path_factory.mktemp("tiny")
+    config = load_config("configs/tiny.yaml")
+    out = root / "tiny.ckpt"
+    train(config, out, data_dir=shared_data_dir, cache_root=root / "cache", log_dir=root / "logs",
+          progress=False)
+    return Checkpoint.load(out), root, config, shared_data_dir
+
+
+def test_checkpoint_records_training(tiny_run) -> None:
+    checkpoint, root, config, _ = tiny_run
+    assert checkpoint.devices == tuple(f"nb201/{d}" for d in get_split("nb201").train)
+    assert HELD_OUT not in " ".join(checkpoint.devices)
+    assert checkpoint.config == config
+    assert checkpoint.info["epochs"] >= 1
+    assert list((root / "logs").rglob("metrics.csv"))  # CSV logger by default
+
+
+def test_adaptation_beats_unadapted_prediction(tiny_run) -> None:
+    checkpoint, root, config, data_dir = tiny_run
+    model = checkpoint.model
+    task = load_device_task("nb201", HELD_OUT, data_dir)
+    limit = config.data.limit_archs
+    store = build_corpus("nb201", batch_sizes=(task.batch_size,), data_dir=data_dir,
+                         root=root / "cache", limit=limit, progress=False)[task.batch_size]
+    pool = task.pool[task.pool < limit]
+    rng = np.random.default_rng(0)
+    support = rng.choice(pool, 10, replace=False)
+    query = np.setdiff1d(pool, support)
+    y_support = torch.tensor(np.log(task.latency_ms[support]), dtype=torch.float32)
+    y_query = torch.tensor(np.log(task.latency_ms[query]), dtype=torch.float32)
+
+    adapted = predict(model, store.batch(query), adapt(model, store.batch(support), y_support))
+    zero = DeviceState(torch.zeros(model.config.hardware.dim), torch.tensor(1.0),
+                       torch.tensor(0.0))
+    unadapted = predict(model, store.batch(query), zero)
+    mse = lambda p: float(((p - y_query) ** 2).mean())  # noqa: E731
+    assert mse(adapted) < mse(unadapted)
+    assert mse(adapted) < float(y_query.var())  # better than predicting the mean
+    mape = float((torch.exp(adapted) / torch.exp(y_query) - 1).abs().mean())
+    assert mape < 0.5
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path, shared_data_dir) -> None:
+    config = dataclasses.replace(load_config("configs/tiny.yaml"), strategy="ddp", devices=2,
+                                 max_epochs=1)
+    out = tmp_path / "ddp.ckpt"
+    train(config, out, data_dir=shared_data_dir, cache_root=tmp_path / "cache",
+          log_dir=tmp_path / "logs", progress=False)
+    assert Checkpoint.load(out).config.strategy == "ddp"
