@@ -42,6 +42,8 @@ class DataConfig:
     seed: int = 0
     limit_archs: int | None = None
     num_workers: int = 0
+    max_shots: int | None = None  # k drawn from shots..max_shots per training episode
+    mix_prob: float = 0.0  # share of training episodes on mixtures of two devices
 
 
 class EpisodeDataModule(L.LightningDataModule):
@@ -82,7 +84,8 @@ class EpisodeDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         c = self.config
         dataset = EpisodeDataset(self.train_tasks, self.stores, c.shots, c.queries,
-                                 c.episodes_per_epoch, seed=c.seed)
+                                 c.episodes_per_epoch, seed=c.seed, max_shots=c.max_shots,
+                                 mix_prob=c.mix_prob)
         if self.trainer is not None:
             dataset.set_epoch(self.trainer.current_epoch)
         return DataLoader(dataset, batch_size=c.episodes_per_step, shuffle=False,

@@ -110,10 +110,14 @@ class EpisodeDataset(torch.utils.data.Dataset):
         queries: query-set size.
         episodes: episodes per epoch.
         seed: base seed; `set_epoch` varies episodes across epochs.
+        max_shots: if set, k is drawn uniformly from shots..max_shots per episode.
+        mix_prob: probability that an episode's device is a synthetic mixture of two
+            training devices with the same graphs (task augmentation; see `mix_tasks`).
     """
 
     def __init__(self, tasks: Sequence[DeviceTask], stores: dict[tuple[str, int], GraphStore],
-                 shots: int, queries: int, episodes: int, seed: int = 0):
+                 shots: int, queries: int, episodes: int, seed: int = 0,
+                 max_shots: int | None = None, mix_prob: float = 0.0):
         if not tasks:
             raise ValueError("EpisodeDataset needs at least one device task")
         self.tasks = list(tasks)
@@ -123,6 +127,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
         self.episodes = episodes
         self.seed = seed
         self.epoch = 0
+        self.max_shots = max_shots
+        self.mix_prob = mix_prob
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -134,10 +140,27 @@ class EpisodeDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         task_index = int(rng.integers(len(self.tasks)))
         task = self.tasks[task_index]
-        chosen = rng.choice(task.pool, size=min(self.shots + self.queries, task.pool.size),
+        if self.mix_prob > 0 and rng.random() < self.mix_prob:
+            partners = [t for t in self.tasks if t.store_key == task.store_key and t is not task]
+            if partners:
+                task = mix_tasks(task, partners[int(rng.integers(len(partners)))],
+                                 float(rng.uniform(0.2, 0.8)))
+        shots = self.shots if self.max_shots is None else int(
+            rng.integers(self.shots, self.max_shots + 1))
+        chosen = rng.choice(task.pool, size=min(shots + self.queries, task.pool.size),
                             replace=False)
-        support, query = chosen[: self.shots], chosen[self.shots:]
+        support, query = chosen[:shots], chosen[shots:]
         return make_episode(task, self.stores[task.store_key], support, query, task_index)
+
+
+def mix_tasks(a: DeviceTask, b: DeviceTask, weight: float) -> DeviceTask:
+    """A synthetic device whose latency is `weight` of device a plus the rest of device b,
+    each scaled to a median of 1: a plausible device between two real ones (latency is
+    close to a sum of per-op costs, and a sum of two cost models is another one)."""
+    lat = weight * a.latency_ms / np.median(a.latency_ms[a.pool]) + \
+        (1 - weight) * b.latency_ms / np.median(b.latency_ms[b.pool])
+    return DeviceTask(a.space, f"{a.device}+{b.device}", a.batch_size, lat,
+                      np.intersect1d(a.pool, b.pool))
 
 
 def make_episode(task: DeviceTask, store: GraphStore, support: np.ndarray, query: np.ndarray,

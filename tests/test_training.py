@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -65,9 +63,53 @@ def test_adaptation_beats_unadapted_prediction(tiny_run) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path, shared_data_dir) -> None:
-    config = dataclasses.replace(load_config("configs/tiny.yaml"), strategy="ddp", devices=2,
-                                 max_epochs=1)
+    """`latpred train` with strategy ddp on 2 CPU processes (Lightning relaunches the CLI)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    raw = yaml.safe_load(open("configs/tiny.yaml"))
+    raw.update(strategy="ddp", devices=2, max_epochs=1)
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(raw))
     out = tmp_path / "ddp.ckpt"
-    train(config, out, data_dir=shared_data_dir, cache_root=tmp_path / "cache",
-          log_dir=tmp_path / "logs", progress=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "predictor.cli", "train", "--config", str(config), "--out",
+         str(out), "--data-dir", str(shared_data_dir), "--cache-dir", str(tmp_path / "cache"),
+         "--log-dir", str(tmp_path / "logs")], capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stderr + result.stdout or "ddp" in result.stderr
     assert Checkpoint.load(out).config.strategy == "ddp"
+
+
+def test_api_adapt_predict_and_stored_device(tiny_run, tmp_path, monkeypatch) -> None:
+    from predictor.api import Predictor
+    from predictor.corpus import SPACES
+    from predictor.errors import PredictorError, UnknownDeviceError
+
+    checkpoint, root, config, data_dir = tiny_run
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path / "devices"))
+    space = SPACES["nb201"]
+    archs = space.archs(data_dir)[:8]
+    paths = []
+    for i, arch in enumerate(archs):
+        path = tmp_path / f"arch{i}.onnx"
+        path.write_bytes(space.build_onnx(arch).SerializeToString())
+        paths.append(path)
+    table = load_device_task("nb201", HELD_OUT, data_dir).latency_ms
+    predictor = Predictor(checkpoint)
+    predictor.adapt("board", paths[:6], table[:6], save=True, info={"note": "test"})
+    ms = predictor.predict(paths[6:], device="board")
+    assert ms.shape == (2,) and np.all(ms > 0)
+    # a new session finds the stored device and predicts the same
+    again = Predictor(Checkpoint.load(root / "tiny.ckpt"))
+    assert np.allclose(again.predict(paths[6:], device="board"), ms, rtol=1e-5)
+    with pytest.raises(UnknownDeviceError, match="board"):
+        again.predict(paths[6:], device="nosuchboard")
+    with pytest.raises(PredictorError, match="Too few"):
+        predictor.adapt("small", paths[:3], table[:3])
+    with pytest.raises(PredictorError, match="positive"):
+        predictor.adapt("neg", paths[:6], [1, 2, -3, 4, 5, 6])
+    with pytest.raises(PredictorError, match="positive"):
+        predictor.adapt("nan", paths[:6], [1, 2, float("nan"), 4, 5, 6])
