@@ -36,14 +36,18 @@ class DeviceState:
     a: torch.Tensor
     b: torch.Tensor
     params: dict[str, torch.Tensor] = field(default_factory=dict)
+    # An ensemble: predictions are the mean log-latency of the members (see `adapt`).
+    members: list[DeviceState] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"z": self.z.detach().cpu(), "a": self.a.detach().cpu(), "b": self.b.detach().cpu(),
-                "params": {k: v.detach().cpu() for k, v in self.params.items()}}
+                "params": {k: v.detach().cpu() for k, v in self.params.items()},
+                "members": [m.to_dict() for m in self.members]}
 
     @classmethod
     def from_dict(cls, d: dict) -> DeviceState:
-        return cls(d["z"], d["a"], d["b"], dict(d.get("params", {})))
+        return cls(d["z"], d["a"], d["b"], dict(d.get("params", {})),
+                   [cls.from_dict(m) for m in d.get("members", [])])
 
 
 def rank_loss(pred: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -77,17 +81,51 @@ def _call_raw(model: LatencyModel, params: dict[str, torch.Tensor], batch: Graph
 
 
 def adapt(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor, *,
-          finetune_steps: int = 0, lr: float = 1e-2, rank_weight: float = 1.0) -> DeviceState:
+          finetune_steps: int = 0, lr: float = 1e-2, rank_weight: float = 1.0,
+          known: list[DeviceState] | None = None) -> DeviceState:
     """Adapt to a device from its support set.
 
     Args:
         support: the measured graphs (k graphs).
         log_latency: (k,) their measured log(latency in ms).
         finetune_steps: inner-loop gradient steps after the amortised embedding (0: none).
+        known: embeddings of known devices (e.g. the training devices). When given, the
+            known device whose predictions rank the support set best is re-calibrated on
+            it, and the result is the ensemble of that and the amortised embedding.
 
     Returns:
         The device's state for `predict`.
     """
+    own = _adapt_one(model, support, log_latency, finetune_steps, lr, rank_weight)
+    if not known:
+        return own
+    nearest = nearest_device(model, support, log_latency, known)
+    return DeviceState(own.z, own.a, own.b, members=[own, nearest])
+
+
+def nearest_device(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
+                   known: list[DeviceState]) -> DeviceState:
+    """The known device whose predictions best rank-correlate with the support set,
+    re-calibrated on it (an honest choice: known embeddings never saw this support set)."""
+    from scipy.stats import spearmanr
+
+    best, best_key = None, None
+    with torch.no_grad():
+        h, _ = model.encode(support)
+        for state in known:
+            raw = _call_raw(model, state.params, support, h, state.z)
+            rho = spearmanr(raw.numpy(), log_latency.numpy()).statistic
+            a, b = model.calibrate(raw, log_latency)
+            mse = float(((a * raw + b - log_latency) ** 2).mean())
+            key = (-2.0 if rho != rho else float(rho), -mse)
+            if best_key is None or key > best_key:
+                best, best_key = DeviceState(state.z, a, b, state.params), key
+    assert best is not None
+    return best
+
+
+def _adapt_one(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
+               finetune_steps: int, lr: float, rank_weight: float) -> DeviceState:
     with torch.no_grad():
         h, g = model.encode(support)
         z = model.embed_device(g, log_latency)
@@ -121,5 +159,6 @@ def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch
     """Calibrated log(latency in ms) (B,) of `batch` on the adapted device."""
     with torch.no_grad():
         h, _ = model.encode(batch)
-        raw = _call_raw(model, state.params, batch, h, state.z)
-        return state.a * raw + state.b
+        states = state.members or [state]
+        preds = [s.a * _call_raw(model, s.params, batch, h, s.z) + s.b for s in states]
+        return torch.stack(preds).mean(dim=0)

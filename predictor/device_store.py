@@ -46,17 +46,18 @@ def device_dirs() -> list[Path]:
 
 
 def _state_to_json(state: DeviceState) -> dict[str, Any]:
-    d = state.to_dict()
-    return {"z": d["z"].tolist(), "a": float(d["a"]), "b": float(d["b"]),
+    return {"z": state.z.tolist(), "a": float(state.a), "b": float(state.b),
             "params": {k: {"shape": list(v.shape), "values": v.flatten().tolist()}
-                       for k, v in d["params"].items()}}
+                       for k, v in state.params.items()},
+            "members": [_state_to_json(m) for m in state.members]}
 
 
 def _state_from_json(d: dict[str, Any]) -> DeviceState:
     params = {k: torch.tensor(v["values"], dtype=torch.float32).reshape(v["shape"])
               for k, v in d.get("params", {}).items()}
     return DeviceState(torch.tensor(d["z"], dtype=torch.float32), torch.tensor(float(d["a"])),
-                       torch.tensor(float(d["b"])), params)
+                       torch.tensor(float(d["b"])), params,
+                       [_state_from_json(m) for m in d.get("members", [])])
 
 
 def save_device(name: str, state: DeviceState, fingerprint: str, info: dict[str, Any],
@@ -85,8 +86,8 @@ def load_device(name: str, fingerprint: str | None = None) -> tuple[DeviceState,
     files = list_device_files()
     if name not in files:
         raise UnknownDeviceError(
-            f"Unknown device '{name}'; known: {sorted(files)}; "
-            f"run 'latpred calibrate {name}' first")
+            f"Unknown device '{name}'; known: {sorted(files)}; adapt one first "
+            "(Predictor.adapt(..., save=True))")
     path = files[name]
     try:
         obj = json.loads(path.read_text())

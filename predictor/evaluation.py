@@ -123,15 +123,18 @@ Predictor = Callable[[GraphStore, np.ndarray, np.ndarray, np.ndarray], np.ndarra
 
 
 def predictor_fn(model, finetune_steps: int = 0, finetune_lr: float = 1e-2,
-                 chunk: int = 1024) -> Predictor:
-    """Wrap a `LatencyModel` as (store, support, y_ms, test) -> predicted ms."""
+                 chunk: int = 1024, known: list | None = None) -> Predictor:
+    """Wrap a `LatencyModel` as (store, support, y_ms, test) -> predicted ms.
+
+    `known`: device states of known (training) devices for the nearest-device ensemble.
+    """
     from predictor.adaptation import adapt, predict
 
     def run(store: GraphStore, support: np.ndarray, y_ms: np.ndarray, test: np.ndarray
             ) -> np.ndarray:
         y = torch.tensor(np.log(y_ms), dtype=torch.float32)
         state = adapt(model, store.batch(support), y, finetune_steps=finetune_steps,
-                      lr=finetune_lr)
+                      lr=finetune_lr, known=known)
         out = [predict(model, store.batch(test[i:i + chunk]), state)
                for i in range(0, test.size, chunk)]
         return torch.exp(torch.cat(out)).numpy().astype(np.float64)

@@ -95,6 +95,8 @@ def test_bad_op_sequences_raise() -> None:
         nb201.arch_to_str(["none"] * 5 + ["conv"])
     with pytest.raises(InvalidArchError, match="must be a string"):
         nb201.parse_arch(123)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArchError, match="got int 123"):
+        nb201.NB201Network(123)  # type: ignore[arg-type]
 
 
 # -- the network -------------------------------------------------------------------------

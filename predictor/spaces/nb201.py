@@ -14,8 +14,13 @@ ONNX export has the graph that was measured. Two details matter for latency:
 
 * a ``none`` edge is not dropped: the reference ``Zero`` op computes
   ``x.mul(0.0)`` and the cell adds it into its node like any other edge, so the
-  exported graph holds a ``Mul`` by 0 and an ``Add`` per none edge (a node whose
-  inputs are all none is that sum of zeros, still wired to its inputs);
+  exported graph holds a ``Mul`` by 0 and an ``Add`` for it (a node whose inputs
+  are all none is that sum of zeros, still wired to its inputs);
+* the legacy exporter's common-subexpression elimination merges equal
+  parameter-free ops on one tensor: the ReLU in front of several convs reading
+  the same node, repeated avg pools or ``Mul`` by 0 of one node, ``Add(x, x)``
+  repeats in skip-only cells. The graph therefore has fewer nodes than the
+  module has ops (eager PyTorch runs them all);
 * the classifier's input is flattened with ``view(batch, -1)``, exported as a
   ``Reshape``.
 
@@ -112,7 +117,15 @@ def arch_to_str(ops: Sequence[str]) -> str:
     Raises:
         InvalidArchError: not exactly 6 operations, or one outside `OPS`.
     """
-    ops = list(ops)
+    if isinstance(ops, str):
+        raise InvalidArchError(f"arch_to_str takes the 6 edge ops, got the string {ops!r}")
+    try:
+        ops = list(ops)
+    except TypeError:
+        raise InvalidArchError(
+            f"NB201 arch must be an arch string or 6 edge ops from {list(OPS)}, "
+            f"got {type(ops).__name__} {ops!r}"
+        ) from None
     if len(ops) != len(EDGES):
         raise InvalidArchError(f"An NB201 cell has {len(EDGES)} edges, got {len(ops)} ops: {ops!r}")
     for op in ops:
