@@ -1,0 +1,70 @@
+"""The shipped checkpoint and shipped devices work out of the box."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from predictor.api import Predictor
+from predictor.corpus import SPACES
+from predictor.device_store import list_device_files, load_device
+from predictor.errors import UnknownDeviceError
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Predictor:
+    return Predictor.load()
+
+
+def test_every_shipped_device_belongs_to_the_shipped_checkpoint(shipped) -> None:
+    files = list_device_files()
+    trained = {f"{e.split('/')[1]}@{e.split('/')[0]}" for e in shipped.checkpoint.devices}
+    assert trained <= set(files)
+    for name in trained:
+        state, info = load_device(name, shipped.fingerprint)
+        assert state.z.shape == (shipped.model.config.hardware.dim,)
+        assert info["kind"] == "training device"
+
+
+def test_shipped_checkpoint_never_saw_test_devices(shipped) -> None:
+    from predictor.splits import get_split
+
+    for space in ("nb201", "fbnet"):
+        split = get_split(space)
+        names = {e.split("/")[1] for e in shipped.checkpoint.devices if e.startswith(space)}
+        assert names == set(split.train)
+        assert not names & (set(split.test) | set(split.valid))
+
+
+def test_predict_search_space_graphs(shipped, tmp_path) -> None:
+    space = SPACES["nb201"]
+    light = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+    heavy = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    paths = []
+    for name, arch in (("light", light), ("heavy", heavy)):
+        path = tmp_path / f"{name}.onnx"
+        path.write_bytes(space.build_onnx(arch).SerializeToString())
+        paths.append(path)
+    ms = shipped.predict(paths, device="silver_4114@nb201")
+    assert np.all(np.isfinite(ms)) and np.all(ms > 0)
+    assert ms[1] > ms[0]  # nine 3x3 convs per cell cost more than skips on a CPU
+    with pytest.raises(UnknownDeviceError, match="silver_4114@nb201"):
+        shipped.predict(paths, device="silver_4114")
+
+
+def test_cli_predict_json(tmp_path) -> None:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(SPACES["fbnet"].build_onnx("-".join(["k3_e3"] * 22)).SerializeToString())
+    result = subprocess.run([sys.executable, "-m", "predictor.cli", "predict", str(path),
+                             "--device", "pixel3@fbnet", "--json"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows[0]["model"] == str(path) and rows[0]["latency_ms"] > 0
+    bad = subprocess.run([sys.executable, "-m", "predictor.cli", "predict", str(path),
+                          "--device", "nosuch"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "Unknown device 'nosuch'" in bad.stderr
