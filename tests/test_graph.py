@@ -183,3 +183,20 @@ def test_with_batch_equals_a_real_export_at_that_batch() -> None:
     derived = one.with_batch(3)
     assert strip(derived) == strip(three)
     assert derived.summary() == three.summary()
+
+
+def test_python_api_raises_typed_errors(tmp_path, tiny_onnx) -> None:
+    from predictor.errors import InvalidModelError, ModelNotFoundError, PredictorError
+
+    with pytest.raises(ModelNotFoundError):
+        extract_graph(tmp_path / "missing.onnx")
+    (tmp_path / "text.onnx").write_text("not a model")
+    with pytest.raises(InvalidModelError, match="not a valid ONNX model"):
+        extract_graph(tmp_path / "text.onnx")
+    data = tiny_onnx.read_bytes()
+    with pytest.raises(InvalidModelError):
+        extract_graph(data[: len(data) // 3])
+    with pytest.raises(InvalidModelError, match="example input"):
+        extract_graph(nn.Linear(2, 2))
+    with pytest.raises(PredictorError, match="Unsupported model type"):
+        extract_graph(12345)
