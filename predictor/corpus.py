@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 CACHE_ENV_VAR = "LATPRED_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "datasets" / "cache"
 # Bump when the graphs a builder emits change, so that old caches are not reused.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 SHARD_SIZE = 250
 
 
