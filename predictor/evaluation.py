@@ -165,7 +165,8 @@ def scratch_gnn_fn(steps: int = 150, lr: float = 3e-3) -> Predictor:
             loss.backward()
             opt.step()
         with torch.no_grad():
-            h, _ = model.encode(store.batch(test))
-            return torch.exp(model.raw_log_latency(store.batch(test), h, z)).numpy()
+            test_batch = store.batch(test)
+            h, _ = model.encode(test_batch)
+            return torch.exp(model.raw_log_latency(test_batch, h, z)).numpy()
 
     return run
