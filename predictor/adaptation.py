@@ -14,7 +14,7 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from predictor.graph_store import GraphBatch
+from predictor.graph_store import GraphBatch, select_graphs
 from predictor.model import LatencyModel
 
 # Parameters the inner loop may change: the conditioning and the head, never the
@@ -162,3 +162,74 @@ def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch
         states = state.members or [state]
         preds = [s.a * _call_raw(model, s.params, batch, h, s.z) + s.b for s in states]
         return torch.stack(preds).mean(dim=0)
+
+
+# Adaptation strategies `adapt_selected` chooses among: (fine-tuning steps, nearest-device
+# ensemble). Which is best depends on the device: fine-tuning rescues devices unlike any
+# training device, and over-fits where the amortised embedding is already right.
+STRATEGIES: tuple[tuple[str, int, bool], ...] = (
+    ("amortised", 0, False), ("nearest", 0, True), ("finetune", -1, False),
+    ("finetune+nearest", -1, True))
+
+
+def _strategy_states(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
+                     finetune_steps: int, lr: float, rank_weight: float,
+                     known: list[DeviceState] | None) -> dict[str, DeviceState]:
+    """The state of every applicable strategy, fitted on this support set."""
+    own = {0: _adapt_one(model, support, log_latency, 0, lr, rank_weight)}
+    if finetune_steps > 0:
+        own[-1] = _adapt_one(model, support, log_latency, finetune_steps, lr, rank_weight)
+    near = nearest_device(model, support, log_latency, known) if known else None
+    states = {}
+    for name, steps, with_nearest in STRATEGIES:
+        if steps not in own or (with_nearest and near is None):
+            continue
+        base = own[steps]
+        states[name] = (DeviceState(base.z, base.a, base.b, members=[base, near])
+                        if with_nearest else base)
+    return states
+
+
+def cross_validated_errors(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
+                           *, finetune_steps: int, lr: float = 1e-2, rank_weight: float = 1.0,
+                           known: list[DeviceState] | None = None, folds: int = 5
+                           ) -> dict[str, float]:
+    """Out-of-fold mean squared log-latency error of each strategy (k-fold on the support)."""
+    k = log_latency.numel()
+    order = torch.randperm(k, generator=torch.Generator().manual_seed(0))
+    squared: dict[str, list[torch.Tensor]] = {}
+    for fold in range(min(folds, k)):
+        held = order[fold::folds]
+        kept = order[torch.isin(order, held, invert=True)]
+        kept, held = kept.sort().values, held.sort().values
+        states = _strategy_states(model, select_graphs(support, kept), log_latency[kept],
+                                  finetune_steps, lr, rank_weight, known)
+        held_batch = select_graphs(support, held)
+        for name, state in states.items():
+            err = predict(model, held_batch, state) - log_latency[held]
+            squared.setdefault(name, []).append(err ** 2)
+    return {name: float(torch.cat(errs).mean()) for name, errs in squared.items()}
+
+
+def adapt_selected(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor, *,
+                   finetune_steps: int, lr: float = 1e-2, rank_weight: float = 1.0,
+                   known: list[DeviceState] | None = None, folds: int = 5,
+                   min_shots: int = 6) -> tuple[DeviceState, str]:
+    """Adapt with the strategy of least cross-validated error on the support set.
+
+    With fewer than `min_shots` samples cross-validation is too noisy: the nearest-device
+    ensemble (or the amortised embedding without known devices) is used.
+
+    Returns:
+        (state fitted on the whole support set, the chosen strategy's name).
+    """
+    if log_latency.numel() < min_shots:
+        choice = "nearest" if known else "amortised"
+    else:
+        errors = cross_validated_errors(model, support, log_latency,
+                                        finetune_steps=finetune_steps, lr=lr,
+                                        rank_weight=rank_weight, known=known, folds=folds)
+        choice = min(errors, key=errors.__getitem__)
+    steps = finetune_steps if choice.startswith("finetune") else 0
+    return adapt(model, support, log_latency, finetune_steps=steps, lr=lr,
+                 rank_weight=rank_weight, known=known if "nearest" in choice else None), choice

@@ -14,15 +14,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from predictor.adaptation import DeviceState, adapt, predict
+from predictor.adaptation import STRATEGIES, DeviceState, adapt, adapt_selected, predict
 from predictor.checkpoint import Checkpoint
-from predictor.device_store import load_device, model_fingerprint, save_device
+from predictor.device_store import (
+    list_device_files,
+    load_device,
+    model_fingerprint,
+    save_device,
+)
 from predictor.errors import PredictorError
 from predictor.graph import OpGraph, extract_graph
 from predictor.graph_store import GraphStore
 from predictor.onnx_io import InputShapes
 
 MIN_SHOTS = 5
+DEFAULT_FINETUNE_STEPS = 20  # when the checkpoint's config sets none
 
 
 def check_latencies(latencies_ms: Sequence[float], count: int) -> np.ndarray:
@@ -68,19 +74,53 @@ class Predictor:
         return GraphStore.from_graphs(graphs)
 
     def adapt(self, device_name: str, models: Sequence[Any], latencies_ms: Sequence[float], *,
-              input_shape: InputShapes = None, finetune_steps: int | None = None,
-              save: bool = False, info: dict[str, Any] | None = None) -> DeviceState:
-        """Adapt to a device from measured models; with `save`, store it for later sessions."""
+              input_shape: InputShapes = None, strategy: str = "auto",
+              finetune_steps: int | None = None, save: bool = False,
+              info: dict[str, Any] | None = None) -> DeviceState:
+        """Adapt to a device from measured models; with `save`, store it for later sessions.
+
+        `strategy`: "auto" (default) picks, by cross-validation on the measurements, among
+        the amortised embedding, fine-tuning and the nearest-known-device ensemble (see
+        `predictor.adaptation.STRATEGIES`); or name one of them. The choice is recorded
+        in the device's `info["strategy"]`.
+        """
+        names = [name for name, _, _ in STRATEGIES]
+        if strategy != "auto" and strategy not in names:
+            raise PredictorError(f"Unknown adaptation strategy '{strategy}'; "
+                                 f"use 'auto' or one of {names}")
         y = check_latencies(latencies_ms, len(models))
         store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
-        steps = self.checkpoint.config.finetune_steps if finetune_steps is None else finetune_steps
-        state = adapt(self.model, store.batch(range(len(store))),
-                      torch.tensor(np.log(y), dtype=torch.float32), finetune_steps=steps,
-                      lr=self.checkpoint.config.finetune_lr)
+        steps = (finetune_steps if finetune_steps is not None
+                 else self.checkpoint.config.finetune_steps or DEFAULT_FINETUNE_STEPS)
+        support = store.batch(range(len(store)))
+        log_y = torch.tensor(np.log(y), dtype=torch.float32)
+        lr = self.checkpoint.config.finetune_lr
+        if strategy == "auto":
+            state, strategy = adapt_selected(self.model, support, log_y, finetune_steps=steps,
+                                             lr=lr, known=self.known_devices())
+        else:
+            state = adapt(self.model, support, log_y,
+                          finetune_steps=steps if strategy.startswith("finetune") else 0,
+                          lr=lr, known=self.known_devices() if "nearest" in strategy else None)
         self.devices[device_name] = state
         if save:
-            save_device(device_name, state, self.fingerprint, info or {})
+            save_device(device_name, state, self.fingerprint, {**(info or {}),
+                                                               "strategy": strategy})
         return state
+
+    def known_devices(self) -> list[DeviceState]:
+        """The checkpoint's training devices (shipped embeddings), for the nearest-device
+        ensemble; empty when none match this checkpoint."""
+        if not hasattr(self, "_known"):
+            self._known = []
+            for name in list_device_files():
+                try:
+                    state, info = load_device(name, self.fingerprint)
+                except PredictorError:
+                    continue  # another checkpoint's or a corrupt file: not a reference
+                if info.get("kind") == "training device":
+                    self._known.append(state)
+        return self._known
 
     def device(self, name: str) -> DeviceState:
         if name not in self.devices:

@@ -122,19 +122,27 @@ def make_cases(space: str, device: str, table: np.ndarray, shots: int, seeds: in
 Predictor = Callable[[GraphStore, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-def predictor_fn(model, finetune_steps: int = 0, finetune_lr: float = 1e-2,
-                 chunk: int = 1024, known: list | None = None) -> Predictor:
+def predictor_fn(model, strategy: str = "amortised", finetune_steps: int = 20,
+                 finetune_lr: float = 1e-2, chunk: int = 1024, known: list | None = None
+                 ) -> Predictor:
     """Wrap a `LatencyModel` as (store, support, y_ms, test) -> predicted ms.
 
+    `strategy`: one of `predictor.adaptation.STRATEGIES` or "auto" (cross-validated choice).
     `known`: device states of known (training) devices for the nearest-device ensemble.
     """
-    from predictor.adaptation import adapt, predict
+    from predictor.adaptation import adapt, adapt_selected, predict
 
     def run(store: GraphStore, support: np.ndarray, y_ms: np.ndarray, test: np.ndarray
             ) -> np.ndarray:
         y = torch.tensor(np.log(y_ms), dtype=torch.float32)
-        state = adapt(model, store.batch(support), y, finetune_steps=finetune_steps,
-                      lr=finetune_lr, known=known)
+        batch = store.batch(support)
+        if strategy == "auto":
+            state, _ = adapt_selected(model, batch, y, finetune_steps=finetune_steps,
+                                      lr=finetune_lr, known=known)
+        else:
+            steps = finetune_steps if strategy.startswith("finetune") else 0
+            state = adapt(model, batch, y, finetune_steps=steps, lr=finetune_lr,
+                          known=known if "nearest" in strategy else None)
         out = [predict(model, store.batch(test[i:i + chunk]), state)
                for i in range(0, test.size, chunk)]
         return torch.exp(torch.cat(out)).numpy().astype(np.float64)

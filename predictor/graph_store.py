@@ -45,6 +45,18 @@ class GraphBatch(NamedTuple):
     num_graphs: int
 
 
+def select_graphs(batch: GraphBatch, ids: Sequence[int] | torch.Tensor) -> GraphBatch:
+    """The sub-batch of graphs `ids` of `batch` (graph j of the result = graph ids[j])."""
+    ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+    position = torch.full((batch.num_graphs,), -1, dtype=torch.long)
+    position[ids] = torch.arange(ids.numel())
+    keep = position[batch.batch] >= 0
+    new_index = torch.cumsum(keep.long(), 0) - 1
+    edges = batch.edge_index[:, keep[batch.edge_index[0]]]
+    return GraphBatch(batch.x[keep], new_index[edges], position[batch.batch[keep]],
+                      batch.graph_attr[ids], ids.numel())
+
+
 @dataclass
 class GraphStore:
     """Graphs as unique node rows + per-graph row ids and edges (see module docstring).

@@ -10,7 +10,7 @@ from predictor import model_zoo
 from predictor.errors import DataError
 from predictor.features import to_data
 from predictor.graph import extract_graph
-from predictor.graph_store import GraphStore
+from predictor.graph_store import GraphStore, select_graphs
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +57,13 @@ def test_data_item(graphs) -> None:
     item = store.data(1)
     ref = to_data(graphs[1])
     assert torch.equal(item.x, ref.x) and torch.equal(item.edge_index, ref.edge_index)
+
+
+def test_select_graphs_equals_batching_the_subset(graphs) -> None:
+    store = GraphStore.from_graphs(graphs)
+    whole = store.batch([0, 1, 2])
+    for ids in ([0], [1], [0, 2], [1, 2]):
+        ours, ref = select_graphs(whole, ids), store.batch(ids)
+        for name in ("x", "edge_index", "batch", "graph_attr"):
+            assert torch.equal(getattr(ours, name), getattr(ref, name)), name
+        assert ours.num_graphs == len(ids)

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from predictor.adaptation import DeviceState, adapt, predict
+from predictor.adaptation import (
+    STRATEGIES,
+    DeviceState,
+    adapt,
+    adapt_selected,
+    cross_validated_errors,
+    predict,
+)
 from predictor.checkpoint import Checkpoint
 from predictor.config import load_config
 from predictor.corpus import build_corpus
@@ -61,6 +68,38 @@ def test_adaptation_beats_unadapted_prediction(tiny_run) -> None:
     assert mape < 0.5
 
 
+def test_cross_validated_strategy_choice(tiny_run) -> None:
+    checkpoint, root, config, data_dir = tiny_run
+    model = checkpoint.model
+    limit = config.data.limit_archs
+    known = []
+    for device in get_split("nb201").train[:3]:
+        t = load_device_task("nb201", device, data_dir)
+        store = build_corpus("nb201", batch_sizes=(t.batch_size,), data_dir=data_dir,
+                             root=root / "cache", limit=limit, progress=False)[t.batch_size]
+        ids = t.pool[t.pool < limit][:10]
+        known.append(adapt(model, store.batch(ids),
+                           torch.tensor(np.log(t.latency_ms[ids]), dtype=torch.float32)))
+    task = load_device_task("nb201", HELD_OUT, data_dir)
+    store = build_corpus("nb201", batch_sizes=(task.batch_size,), data_dir=data_dir,
+                         root=root / "cache", limit=limit, progress=False)[task.batch_size]
+    support = task.pool[task.pool < limit][:10]
+    y = torch.tensor(np.log(task.latency_ms[support]), dtype=torch.float32)
+    errors = cross_validated_errors(model, store.batch(support), y, finetune_steps=5,
+                                    known=known)
+    assert set(errors) == {name for name, _, _ in STRATEGIES}
+    assert all(np.isfinite(e) and e >= 0 for e in errors.values())
+    state, choice = adapt_selected(model, store.batch(support), y, finetune_steps=5, known=known)
+    assert choice == min(errors, key=errors.__getitem__)
+    own = state.members[0] if state.members else state  # an ensemble lists its own state first
+    assert bool(own.params) == choice.startswith("finetune")
+    assert bool(state.members) == ("nearest" in choice)
+    # Too few samples to cross-validate: the nearest-device ensemble, without fine-tuning.
+    _, few = adapt_selected(model, store.batch(support[:5]), y[:5], finetune_steps=5,
+                            known=known)
+    assert few == "nearest"
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path, shared_data_dir) -> None:
     """`latpred train` with strategy ddp on 2 CPU processes (Lightning relaunches the CLI)."""
@@ -100,6 +139,9 @@ def test_api_adapt_predict_and_stored_device(tiny_run, tmp_path, monkeypatch) ->
     table = load_device_task("nb201", HELD_OUT, data_dir).latency_ms
     predictor = Predictor(checkpoint)
     predictor.adapt("board", paths[:6], table[:6], save=True, info={"note": "test"})
+    from predictor.device_store import load_device
+
+    assert load_device("board")[1]["strategy"] in {name for name, _, _ in STRATEGIES}
     ms = predictor.predict(paths[6:], device="board")
     assert ms.shape == (2,) and np.all(ms > 0)
     # a new session finds the stored device and predicts the same
@@ -113,3 +155,5 @@ def test_api_adapt_predict_and_stored_device(tiny_run, tmp_path, monkeypatch) ->
         predictor.adapt("neg", paths[:6], [1, 2, -3, 4, 5, 6])
     with pytest.raises(PredictorError, match="positive"):
         predictor.adapt("nan", paths[:6], [1, 2, float("nan"), 4, 5, 6])
+    with pytest.raises(PredictorError, match="strategy"):
+        predictor.adapt("odd", paths[:6], table[:6], strategy="magic")
