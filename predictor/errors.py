@@ -43,8 +43,18 @@ class DataError(PredictorError, ValueError):
     """A missing, partial or corrupt data directory, table or cache entry."""
 
 
+class MeasurementError(PredictorError, RuntimeError):
+    """A model that cannot be timed here: bad option, missing backend or device, runtime failure."""
+
+
 class UnknownDeviceError(PredictorError, KeyError):
     """A device name that is neither in the registry nor calibrated."""
 
     def __str__(self) -> str:  # KeyError would otherwise print the message quoted
         return str(self.args[0]) if self.args else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for one-line error reports."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

@@ -1,0 +1,437 @@
+"""Honest latency measurement: time a model on this machine until its median is stable.
+
+Warm-up runs, then timed runs (`time.perf_counter_ns`) until at least `min_runs` are done
+and the 95% confidence interval of the median (order-statistic interval) is narrower than
+`target_rel_ci` x median, or the `max_runs` / `max_seconds` budget is spent. Optional
+energy per inference comes from a cumulative hardware counter (NVML for NVIDIA GPUs,
+RAPL for CPUs, see `predictor.energy`) with the idle power subtracted. The provenance
+(CPU, GPU, versions, settings) travels with the CSV files of `predictor.measurements`.
+
+    m = measure_onnx("model.onnx", threads=1, input_shape=(1, 3, 224, 224))
+    m.latency_ms, m.p10_ms, m.p90_ms, m.cv, m.noisy     # milliseconds per inference
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from predictor.energy import measure_energy, open_energy_meter
+from predictor.errors import DynamicShapeError, InvalidModelError, MeasurementError
+from predictor.errors import first_line as _first_line
+from predictor.onnx_io import read_model
+
+if TYPE_CHECKING:  # torch is imported lazily: timing ONNX models must not pay for it
+    import torch
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnxruntime", "torch")
+DEVICES = ("cpu", "cuda")
+GRAPH_OPTIMIZATIONS = ("all", "extended", "basic", "disabled")
+_ORT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
+               "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}
+NOISY_CV = 0.10  # coefficient of variation above which a measurement is flagged noisy
+_Z95 = 1.959964
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Latency of one model on this machine: times in ms per inference, energy in mJ.
+
+    `model` is the path as given, or `<bytes>`, `<ModelProto:name>`, `<torch:Class>`
+    (angle brackets mark names that are not paths). `ci_rel` is the achieved 95% CI
+    half-width of the median divided by the median.
+    """
+
+    model: str
+    latency_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    runs: int
+    cv: float
+    noisy: bool
+    noisy_reason: str | None = None
+    ci_rel: float = 0.0
+    energy_mj: float | None = None
+    energy_note: str | None = None
+
+
+# ----------------------------------------------------------------------------- timing
+def median_ci_rel(times_ms: Sequence[float] | np.ndarray) -> float:
+    """Half-width of the 95% order-statistic CI of the median, relative to the median."""
+    x = np.sort(np.asarray(times_ms, dtype=np.float64))
+    n = len(x)
+    if n == 0:
+        return math.inf
+    half = _Z95 * math.sqrt(n) / 2
+    lo = min(n - 1, max(0, math.floor(n / 2 - half) - 1))  # 1-based rank floor(n/2 - h)
+    hi = min(n - 1, max(0, math.ceil(n / 2 + half)))  # 1-based rank ceil(1 + n/2 + h)
+    median = float(np.median(x))
+    return (x[hi] - x[lo]) / 2 / median if median > 0 else math.inf
+
+
+def time_runs(
+    run: Callable[[], object],
+    *,
+    min_runs: int = 10,
+    max_runs: int = 1000,
+    max_seconds: float = 5.0,
+    warmup: int = 5,
+    target_rel_ci: float = 0.02,
+) -> np.ndarray:
+    """Call `run` `warmup` times, then time it until the median is stable.
+
+    Stops once `min_runs` are done and `median_ci_rel` <= `target_rel_ci`, or after
+    `max_runs` runs, or when the timed runs (warm-up excluded) have used `max_seconds`;
+    at least one run is always timed.
+
+    Returns:
+        (runs,) float64 wall-clock times in ms, in call order.
+    """
+    if min_runs < 1 or max_runs < 1 or warmup < 0 or max_seconds <= 0 or target_rel_ci <= 0:
+        raise MeasurementError(
+            f"Bad timing budget min_runs={min_runs}, max_runs={max_runs}, warmup={warmup}, "
+            f"max_seconds={max_seconds}, target_rel_ci={target_rel_ci}: runs and seconds must "
+            "be positive (warmup >= 0)")
+    for _ in range(warmup):
+        run()
+    times: list[int] = []
+    deadline = time.perf_counter_ns() + int(max_seconds * 1e9)
+    while len(times) < max_runs:
+        t0 = time.perf_counter_ns()
+        run()
+        t1 = time.perf_counter_ns()
+        times.append(t1 - t0)
+        if t1 >= deadline:
+            break
+        if len(times) >= min_runs and median_ci_rel(times) <= target_rel_ci:
+            break
+    return np.asarray(times, dtype=np.float64) / 1e6
+
+
+def summarize(model: str, times_ms: Sequence[float] | np.ndarray, *,
+              min_runs: int = 1) -> Measurement:
+    """Median, p10, p90, mean, std (ms), CV and the noisy flag of timed runs."""
+    x = np.asarray(times_ms, dtype=np.float64)
+    if x.size == 0:
+        raise MeasurementError(f"{model}: no timed runs to summarize")
+    mean = float(x.mean())
+    std = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    cv = std / mean if mean > 0 else 0.0
+    reasons = []
+    if cv > NOISY_CV:
+        reasons.append(f"CV {cv:.2f} > {NOISY_CV:.2f}: run times vary a lot (other load, "
+                       "frequency scaling?); close other programs, pin --threads or raise "
+                       "--max-seconds")
+    if x.size < min_runs:
+        reasons.append(f"only {x.size} runs fit the time budget (min_runs={min_runs}); "
+                       "raise --max-seconds")
+    p10, p90 = np.percentile(x, [10, 90])
+    return Measurement(
+        model=model, latency_ms=float(np.median(x)), p10_ms=float(p10), p90_ms=float(p90),
+        mean_ms=mean, std_ms=std, runs=int(x.size), cv=cv, noisy=bool(reasons),
+        noisy_reason="; ".join(reasons) or None, ci_rel=float(median_ci_rel(x)))
+
+
+# ----------------------------------------------------------------------------- inputs
+def _declared_dims(value_info: onnx.ValueInfoProto) -> list[int | str] | None:
+    """Dims of a graph input: an int when fixed, the dim name ('?' if unnamed) when not."""
+    if not value_info.type.HasField("tensor_type"):
+        raise InvalidModelError(f"Input '{value_info.name}' is not a tensor; only tensor "
+                                "inputs can be fed random data")
+    tensor_type = value_info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            for d in tensor_type.shape.dim]
+
+
+def _resolve_shape(name: str, declared: list[int | str] | None, given: Sequence[int] | None,
+                   batch: int | None, named: dict[str, int], first: bool) -> tuple[int, ...]:
+    if given is not None:
+        if declared is not None and len(declared) != len(given):
+            raise DynamicShapeError(
+                f"Input '{name}' has rank {len(declared)}, but the given shape "
+                f"{','.join(map(str, given))} has rank {len(given)}")
+        target: list[int | str] = list(given)
+    elif declared is None:
+        raise DynamicShapeError(f"Input '{name}' has an unknown rank; give a fixed shape, "
+                                "e.g. --input-shape 1,3,224,224")
+    else:
+        target = list(declared)
+    if batch is not None and target:
+        target[0] = batch
+    for i, (want, have) in enumerate(zip(declared or target, target, strict=True)):
+        if isinstance(want, int) and isinstance(have, int) and want != have:
+            why = f"--batch {batch}" if i == 0 and batch is not None else "the given shape"
+            raise DynamicShapeError(
+                f"Input '{name}' has fixed size {want} in dim {i}, but {why} asks for {have}; "
+                "export the model with that dimension dynamic")
+        if isinstance(want, str) and want != "?" and isinstance(have, int):
+            named.setdefault(want, have)
+    shape = [named.get(d, d) if isinstance(d, str) else d for d in target]
+    free = [d for d in shape if isinstance(d, str)]
+    if free:
+        hint = ("give a fixed shape, e.g. --input-shape 1,3,224,224" if first else
+                "only the first input takes --input-shape; export this one with fixed dims")
+        raise DynamicShapeError(f"Input '{name}' has dynamic dimensions {free}; {hint}")
+    return tuple(int(d) for d in shape)
+
+
+def _random_array(rng: np.random.Generator, name: str, shape: tuple[int, ...],
+                  elem_type: int) -> np.ndarray:
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError):
+        dtype = np.dtype("O")
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind in "iu":  # small values stay valid as indices (Gather, Embedding)
+        return rng.integers(0, 4, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    raise InvalidModelError(f"Input '{name}' has element type "
+                            f"{onnx.TensorProto.DataType.Name(elem_type)}, which cannot be fed "
+                            "random data; supported: float, int, uint and bool tensors")
+
+
+def make_inputs(
+    model: onnx.ModelProto,
+    *,
+    input_shape: Sequence[int] | None = None,
+    batch: int | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Random feeds of the right dtype for every run-time input (initializers excluded).
+
+    Args:
+        input_shape: shape of the first input; resolves its dynamic dims, and dims of other
+            inputs that share their names (e.g. `batch`, `seq`).
+        batch: overrides dim 0 of every input.
+    """
+    init_names = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in init_names]
+    if input_shape is not None and not inputs:
+        raise DynamicShapeError("The model has no run-time input to give a shape to")
+    rng = np.random.default_rng(seed)
+    named: dict[str, int] = {}
+    feeds = {}
+    for k, value_info in enumerate(inputs):
+        shape = _resolve_shape(value_info.name, _declared_dims(value_info),
+                               input_shape if k == 0 else None, batch, named, first=k == 0)
+        feeds[value_info.name] = _random_array(rng, value_info.name, shape,
+                                               value_info.type.tensor_type.elem_type)
+    return feeds
+
+
+# ----------------------------------------------------------------------------- backends
+def _check_options(backend: str, device: str, threads: int | None, batch: int | None,
+                   graph_optimization: str) -> None:
+    for what, value, known in (("backend", backend, BACKENDS), ("device", device, DEVICES),
+                               ("graph_optimization", graph_optimization, GRAPH_OPTIMIZATIONS)):
+        if value not in known:
+            raise MeasurementError(f"Unknown {what} {value!r}; known: {list(known)}")
+    for what, value in (("threads", threads), ("batch", batch)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise MeasurementError(f"Bad {what} {value!r}: expected a positive integer or None")
+
+
+def _model_name(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, onnx.ModelProto):
+        return f"<ModelProto:{source.graph.name}>" if source.graph.name else "<ModelProto>"
+    return "<bytes>"
+
+
+def _ort_session(model: Any, name: str, device: str, threads: int | None,
+                 graph_optimization: str) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                               _ORT_LEVELS[graph_optimization])
+    options.log_severity_level = 3  # errors only
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise MeasurementError(
+                f"Device 'cuda' needs ONNX Runtime's CUDAExecutionProvider; this onnxruntime "
+                f"has {available}; install onnxruntime-gpu or use --device cpu")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(model, sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / ... types
+        raise MeasurementError(f"ONNX Runtime cannot load {name}: {_first_line(exc)}") from exc
+    if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise MeasurementError(f"ONNX Runtime fell back to {session.get_providers()} for {name}: "
+                               "the CUDA libraries did not load; check CUDA/cuDNN versions")
+    return session
+
+
+def _ort_runner(session: Any, feeds: dict[str, np.ndarray], device: str) -> Callable[[], object]:
+    if device == "cpu":
+        return lambda: session.run(None, feeds)
+    import onnxruntime as ort
+
+    binding = session.io_binding()  # inputs stay on the GPU: time the model, not the copies
+    for key, value in feeds.items():
+        binding.bind_ortvalue_input(key, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+    for out in session.get_outputs():
+        binding.bind_output(out.name, "cuda")
+
+    def run() -> None:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run
+
+
+def measure_onnx(
+    model: str | os.PathLike | bytes | onnx.ModelProto,
+    *,
+    backend: str = "onnxruntime",
+    device: str = "cpu",
+    threads: int | None = None,
+    batch: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    graph_optimization: str = "all",
+    min_runs: int = 10,
+    max_runs: int = 1000,
+    max_seconds: float = 5.0,
+    warmup: int = 5,
+    target_rel_ci: float = 0.02,
+    energy: bool = False,
+) -> Measurement:
+    """Time an ONNX model with ONNX Runtime on random inputs; see `time_runs` for the stop rule.
+
+    Args:
+        model: ONNX path, ONNX bytes or an `onnx.ModelProto`.
+        device: `cpu` (CPU execution provider) or `cuda` (CUDA execution provider; inputs
+            and outputs stay on the GPU).
+        threads: intra-op threads (inter-op then 1); None keeps ONNX Runtime's default.
+        batch: overrides dim 0 of every input (the dim must be dynamic).
+        input_shape: shape of the first input, e.g. ``(1, 3, 224, 224)``.
+        graph_optimization: `all`, `extended`, `basic` or `disabled`.
+        energy: also measure energy per inference (>= 2 s more; see `measure_energy`).
+
+    Raises:
+        ModelNotFoundError, InvalidModelError: a bad model source.
+        DynamicShapeError: an input dim stays unknown or conflicts with `batch`/`input_shape`.
+        MeasurementError: a bad option, a missing backend/device, or a failing run.
+    """
+    _check_options(backend, device, threads, batch, graph_optimization)
+    if backend == "torch":
+        raise MeasurementError("Backend 'torch' times a torch.nn.Module: call "
+                               "`measure_torch(module, example_input)`; ONNX models use "
+                               "backend 'onnxruntime'")
+    if not isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview, onnx.ModelProto)):
+        raise InvalidModelError(f"measure_onnx takes an ONNX path, bytes or onnx.ModelProto, not "
+                                f"{type(model).__name__}; time a torch.nn.Module with "
+                                "`measure_torch(module, example_input)`")
+    proto = read_model(model)  # ModelNotFoundError / InvalidModelError / EmptyGraphError
+    name = _model_name(model)
+    feeds = make_inputs(proto, input_shape=input_shape, batch=batch)
+    # ORT reads a path itself, so external weight files next to the model are found.
+    source = str(model) if isinstance(model, (str, os.PathLike)) else (
+        bytes(model) if not isinstance(model, onnx.ModelProto) else proto.SerializeToString())
+    session = _ort_session(source, name, device, threads, graph_optimization)
+    run = _ort_runner(session, feeds, device)
+    try:
+        run()
+    except Exception as exc:
+        shapes = {k: list(v.shape) for k, v in feeds.items()}
+        raise MeasurementError(f"ONNX Runtime failed to run {name} on random inputs {shapes}: "
+                               f"{_first_line(exc)}") from exc
+    times = time_runs(run, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds,
+                      warmup=warmup, target_rel_ci=target_rel_ci)
+    result = summarize(name, times, min_runs=min_runs)
+    return _with_energy(result, run, device) if energy else result
+
+
+def measure_torch(
+    module: torch.nn.Module,
+    example_input: Any,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    min_runs: int = 10,
+    max_runs: int = 1000,
+    max_seconds: float = 5.0,
+    warmup: int = 5,
+    target_rel_ci: float = 0.02,
+    energy: bool = False,
+) -> Measurement:
+    """Time a torch module in eval mode under `torch.inference_mode` on `example_input`.
+
+    `threads` sets `torch.set_num_threads` for the measurement only; the previous value
+    and the module's train/eval mode are restored. With `device="cuda"` the module is
+    moved to the GPU (in place) and each run is synchronised.
+    """
+    import torch
+
+    _check_options("torch", device, threads, None, "all")
+    if not isinstance(module, torch.nn.Module):
+        raise InvalidModelError(f"measure_torch takes a torch.nn.Module, not "
+                                f"{type(module).__name__}; time ONNX models with `measure_onnx`")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MeasurementError(f"Device 'cuda' needs a CUDA build of torch and an NVIDIA GPU; "
+                               f"torch {torch.__version__} sees none; use device 'cpu'")
+    name = f"<torch:{type(module).__name__}>"
+    target = torch.device(device)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    args = tuple(a.to(target) if isinstance(a, torch.Tensor) else a for a in args)
+    module.to(target)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run() -> None:
+        module(*args)
+        sync()
+
+    was_training, old_threads = module.training, torch.get_num_threads()
+    module.eval()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            try:
+                run()
+            except Exception as exc:
+                raise MeasurementError(f"{name} failed on the example input: "
+                                       f"{_first_line(exc)}") from exc
+            times = time_runs(run, min_runs=min_runs, max_runs=max_runs,
+                              max_seconds=max_seconds, warmup=warmup,
+                              target_rel_ci=target_rel_ci)
+            result = summarize(name, times, min_runs=min_runs)
+            return _with_energy(result, run, device) if energy else result
+    finally:
+        torch.set_num_threads(old_threads)
+        module.train(was_training)
+
+
+def _with_energy(result: Measurement, run: Callable[[], object], device: str) -> Measurement:
+    from dataclasses import replace
+
+    meter, note = open_energy_meter(device)
+    if meter is None:
+        return replace(result, energy_mj=None, energy_note=note)
+    try:
+        energy_mj, note = measure_energy(meter, run)
+    finally:
+        meter.close()
+    return replace(result, energy_mj=energy_mj, energy_note=note)

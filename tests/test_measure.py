@@ -1,0 +1,291 @@
+"""`predictor.measure` and `latpred measure`: real ONNX Runtime runs on tiny models."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from predictor.energy import RaplEnergyMeter, open_energy_meter
+from predictor.errors import (
+    DataError,
+    DynamicShapeError,
+    InvalidModelError,
+    MeasurementError,
+    ModelNotFoundError,
+)
+from predictor.measure import (
+    Measurement,
+    make_inputs,
+    measure_onnx,
+    measure_torch,
+    median_ci_rel,
+    summarize,
+    time_runs,
+)
+from predictor.measurements import (
+    CSV_COLUMNS,
+    provenance,
+    read_measurements_csv,
+    write_measurements_csv,
+)
+
+FAST = {"threads": 1, "max_seconds": 0.3, "max_runs": 300, "warmup": 2}
+
+
+def _add_model(dims: list[int | str]) -> onnx.ModelProto:
+    """y = x + x: almost no work."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "add", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _matmul_model(layers: int = 3, rows: int = 256, width: int = 512) -> onnx.ModelProto:
+    """A chain of `layers` (rows x width) @ (width x width) MatMuls: ~200 M MACs by default."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((width, width)).astype("float32"),
+                                       f"w{i}") for i in range(layers)]
+    names = ["x"] + [f"h{i}" for i in range(layers - 1)] + ["y"]
+    nodes = [helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]])
+             for i in range(layers)]
+    graph = helper.make_graph(
+        nodes, "matmuls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture
+def add_onnx(tmp_path: Path) -> Path:
+    path = tmp_path / "add.onnx"
+    onnx.save(_add_model([1, 64]), path)
+    return path
+
+
+def test_median_positive_and_ordered(add_onnx: Path) -> None:
+    m = measure_onnx(add_onnx, **FAST)
+    assert m.model == str(add_onnx)
+    assert m.latency_ms > 0 and m.runs >= 1
+    assert m.p10_ms <= m.latency_ms <= m.p90_ms
+    assert math.isfinite(m.mean_ms) and m.std_ms >= 0 and m.cv >= 0
+    assert m.noisy == (m.noisy_reason is not None)
+    assert m.energy_mj is None and m.energy_note is None  # energy only when asked
+
+
+def test_more_work_measures_slower() -> None:
+    small = measure_onnx(_add_model([1, 64]), **FAST)
+    big = measure_onnx(_matmul_model(), **FAST)  # ~10^5 x the arithmetic
+    assert big.latency_ms > 5 * small.latency_ms, (small, big)
+
+
+@pytest.mark.parametrize(("threads", "level"), [(1, "all"), (2, "extended"), (1, "basic"),
+                                                (None, "disabled")])
+def test_threads_and_graph_optimization_accepted(add_onnx: Path, threads: int | None,
+                                                 level: str) -> None:
+    m = measure_onnx(add_onnx, threads=threads, graph_optimization=level, max_seconds=0.1,
+                     max_runs=100)
+    assert m.latency_ms > 0
+
+
+@pytest.mark.parametrize("kwargs", [{"graph_optimization": "fast"}, {"threads": 0},
+                                    {"device": "tpu"}, {"backend": "tvm"}, {"batch": -1}])
+def test_bad_options_name_the_value(add_onnx: Path, kwargs: dict) -> None:
+    with pytest.raises(MeasurementError, match=repr(next(iter(kwargs.values())))):
+        measure_onnx(add_onnx, **kwargs)
+
+
+def test_torch_backend_points_to_measure_torch(add_onnx: Path) -> None:
+    with pytest.raises(MeasurementError, match="measure_torch"):
+        measure_onnx(add_onnx, backend="torch")
+
+
+def test_cuda_without_provider_is_clear(add_onnx: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(MeasurementError, match="onnxruntime-gpu"):
+        measure_onnx(add_onnx, device="cuda")
+
+
+def test_dynamic_input_needs_shape() -> None:
+    with pytest.raises(DynamicShapeError, match="Input 'x'") as info:
+        measure_onnx(_add_model(["batch", 64]), **FAST)
+    assert "\n" not in str(info.value) and "--input-shape" in str(info.value)
+
+
+def test_dynamic_input_with_shape_and_batch() -> None:
+    model = _add_model(["batch", "features"])
+    assert measure_onnx(model, input_shape=(2, 64), **FAST).latency_ms > 0
+    assert make_inputs(model, input_shape=(2, 64), batch=4)["x"].shape == (4, 64)
+    with pytest.raises(DynamicShapeError, match="features"):
+        make_inputs(model, batch=4)
+
+
+def test_fixed_dims_conflicts_are_clear() -> None:
+    model = _add_model([1, 64])
+    with pytest.raises(DynamicShapeError, match="--batch 4"):
+        make_inputs(model, batch=4)
+    with pytest.raises(DynamicShapeError, match="rank 2"):
+        make_inputs(model, input_shape=(1, 3, 64))
+    with pytest.raises(DynamicShapeError, match="fixed size 64"):
+        make_inputs(model, input_shape=(1, 32))
+
+
+def test_symbolic_dims_shared_across_inputs() -> None:
+    a = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])
+    b = helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", "seq"])
+    graph = helper.make_graph([helper.make_node("Identity", ["ids"], ["y"])], "g", [a, b],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    feeds = make_inputs(helper.make_model(graph), input_shape=(2, 7))
+    assert feeds["ids"].shape == feeds["mask"].shape == (2, 7)
+    assert feeds["ids"].dtype == np.int64 and feeds["mask"].dtype == np.bool_
+
+
+def test_initializer_listed_as_input_needs_no_feed() -> None:
+    model = _matmul_model(layers=1, rows=4, width=8)
+    model.graph.input.append(helper.make_tensor_value_info("w0", TensorProto.FLOAT, [8, 8]))
+    assert list(make_inputs(model)) == ["x"]
+    assert measure_onnx(model, **FAST).latency_ms > 0
+
+
+def test_bad_onnx_sources(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError):
+        measure_onnx(tmp_path / "nope.onnx")
+    with pytest.raises(InvalidModelError):
+        measure_onnx(b"definitely not onnx")
+    with pytest.raises(InvalidModelError, match="measure_torch"):
+        measure_onnx(12)  # type: ignore[arg-type]
+
+
+def test_time_runs_budget_and_ci() -> None:
+    assert median_ci_rel([2.0] * 20) == 0.0
+    assert median_ci_rel([1.0, 2.0, 3.0]) > 0.4
+    assert len(time_runs(lambda: None, min_runs=3, max_runs=7, warmup=0)) <= 7
+    import time
+
+    times = time_runs(lambda: time.sleep(0.02), min_runs=50, max_seconds=0.05, warmup=0)
+    assert 1 <= len(times) <= 4 and (times >= 15).all()
+    m = summarize("slow", times, min_runs=50)
+    assert m.noisy and "min_runs=50" in m.noisy_reason
+    assert summarize("jitter", [1.0, 1.0, 3.0, 1.0]).noisy  # CV > 0.10
+
+
+def test_energy_is_a_number_or_explained(add_onnx: Path) -> None:
+    m = measure_onnx(add_onnx, energy=True, **FAST)
+    assert (m.energy_mj is not None and m.energy_mj > 0) or (m.energy_mj is None and m.energy_note)
+
+
+def test_rapl_meter_sums_packages_and_handles_wrap(tmp_path: Path) -> None:
+    assert open_energy_meter("cpu", rapl_root=tmp_path / "missing")[1].startswith("RAPL not")
+    for zone, energy in (("intel-rapl:0", 900), ("intel-rapl:1", 100), ("intel-rapl:0:0", 5)):
+        (tmp_path / zone).mkdir()
+        (tmp_path / zone / "energy_uj").write_text(f"{energy}\n")
+        (tmp_path / zone / "max_energy_range_uj").write_text("1000\n")
+    meter, note = open_energy_meter("cpu", rapl_root=tmp_path)
+    assert isinstance(meter, RaplEnergyMeter) and note is None
+    start = meter.read()
+    assert start == (900.0, 100.0)  # the core sub-zone is part of package 0
+    (tmp_path / "intel-rapl:0" / "energy_uj").write_text("100\n")  # wrapped: +200 uJ
+    (tmp_path / "intel-rapl:1" / "energy_uj").write_text("400\n")  # +300 uJ
+    assert meter.delta_mj(start, meter.read()) == pytest.approx(0.5)
+
+
+def _row(model: str, latency: float = 1.5, energy: float | None = None) -> Measurement:
+    return Measurement(model=model, latency_ms=latency, p10_ms=1.25, p90_ms=2.0, mean_ms=1.6,
+                       std_ms=0.1, runs=42, cv=0.0625, noisy=False, energy_mj=energy)
+
+
+def test_csv_round_trip(tmp_path: Path) -> None:
+    model = tmp_path / "models" / "m.onnx"
+    model.parent.mkdir()
+    onnx.save(_add_model([1, 4]), model)
+    out = tmp_path / "results" / "measured.csv"
+    info = provenance("onnxruntime", "cpu", 1, None, "all", max_seconds=0.3)
+    assert {"cpu", "logical_cores", "os", "python", "onnxruntime", "torch", "latpred", "date",
+            "threads", "batch", "backend", "graph_optimization"} <= set(info)
+    write_measurements_csv(out, [_row(str(model)), _row("<bytes>", 3.0, energy=0.25)], info)
+    lines = out.read_text().splitlines()
+    assert lines[: len(info)] == [f"# {k}: {v}" for k, v in info.items()]
+    assert lines[len(info)] == ",".join(CSV_COLUMNS)
+    assert lines[len(info) + 1].startswith("../models/m.onnx,1.5,1.25,2,,42,0.0625,false")
+    assert not list(out.parent.glob(".*tmp"))  # atomic write left no temp file
+
+    rows, read_info = read_measurements_csv(out)
+    assert read_info == {k: str(v) for k, v in info.items()}
+    assert Path(rows[0]["model"]) == model.resolve()
+    assert rows[0]["latency_ms"] == 1.5 and rows[0]["energy_mj"] is None
+    assert rows[0]["runs"] == 42 and rows[0]["noisy"] is False
+    assert rows[1]["model"] == "<bytes>" and rows[1]["energy_mj"] == 0.25
+
+
+@pytest.mark.parametrize("latency", ["nan", "-1", "0", "inf", "abc", ""])
+def test_read_rejects_bad_latency(tmp_path: Path, latency: str) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text(f"# cpu: x\nmodel,latency_ms\na.onnx,1.0\nb.onnx,{latency}\n")
+    with pytest.raises(DataError, match=r"m\.csv:4"):
+        read_measurements_csv(path)
+
+
+def test_read_needs_latency_column(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("model,time_ms\na.onnx,1.0\n")
+    with pytest.raises(DataError, match="model,latency_ms"):
+        read_measurements_csv(path)
+    with pytest.raises(DataError, match="not found"):
+        read_measurements_csv(tmp_path / "none.csv")
+
+
+def test_measure_torch_restores_threads(tiny_module: torch.nn.Module) -> None:
+    seen: list[int] = []
+    tiny_module.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    other = 2 if before != 2 else 1
+    m = measure_torch(tiny_module, torch.randn(1, 3, 16, 16), threads=other, max_seconds=0.2,
+                      warmup=1)
+    assert m.latency_ms > 0 and m.p10_ms <= m.latency_ms <= m.p90_ms
+    assert m.model == "<torch:TinyConvNet>"
+    assert set(seen) == {other}
+    assert torch.get_num_threads() == before
+    with pytest.raises(InvalidModelError):
+        measure_torch("model.onnx", None)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- CLI
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "predictor.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_measure_writes_csv(tmp_path: Path, add_onnx: Path) -> None:
+    out = tmp_path / "out" / "measured.csv"
+    result = run_cli("measure", str(add_onnx), "--threads", "1", "--max-seconds", "0.2",
+                     "--graph-optimization", "basic", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "median ms" in result.stdout and "add.onnx" in result.stdout
+    rows, info = read_measurements_csv(out)
+    assert Path(rows[0]["model"]) == add_onnx.resolve() and rows[0]["latency_ms"] > 0
+    assert info["threads"] == "1" and info["graph_optimization"] == "basic"
+    with out.open() as handle:
+        assert next(csv.reader(line for line in handle if not line.startswith("#")))[:2] == \
+            ["model", "latency_ms"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--backend", "torch"]])
+def test_cli_measure_errors_in_one_line(tmp_path: Path, add_onnx: Path, extra: list[str]) -> None:
+    model = str(tmp_path / "nope.onnx") if not extra else str(add_onnx)
+    out = tmp_path / "m.csv"
+    result = run_cli("measure", model, "--out", str(out), *extra)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("latpred: error:"), result.stderr
+    assert ("not found" if not extra else "measure_torch") in lines[0]
+    assert not out.exists()
