@@ -1,0 +1,105 @@
+"""Calibrating a new device: measurements of a few models -> a stored, adapted device.
+
+Two sources of measurements: the shipped reference set (`predictor.generator`) timed on
+this machine, or the user's own CSV (`model,latency_ms`, see `predictor.measurements`).
+The adapted device is written atomically, under a lock, so two calibrations of one
+device cannot interleave.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from predictor.device_store import device_dirs, load_device
+from predictor.errors import PredictorError
+
+REFERENCE_CACHE = Path(__file__).resolve().parent.parent / "datasets" / "cache" / "reference"
+
+
+class CalibrationLockedError(PredictorError):
+    """Another calibration of the same device is running."""
+
+
+@contextmanager
+def device_lock(name: str, folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on device `name` in `folder` (non-blocking: fails fast)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f".{name}.lock"
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CalibrationLockedError(
+                f"Device '{name}' is being calibrated by another process (lock {path})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def reference_models(folder: Path | None = None, progress: bool = True) -> list[Path]:
+    """ONNX files of the versioned reference calibration set (written once, then reused)."""
+    from predictor.generator import REFERENCE_SET_VERSION, reference_specs, write_models
+
+    folder = folder or REFERENCE_CACHE / f"v{REFERENCE_SET_VERSION}"
+    return write_models(reference_specs(), folder, progress=progress)
+
+
+def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
+                          threads: int | None = None, graph_optimization: str = "all",
+                          max_seconds: float = 3.0, progress: bool = True
+                          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Time the reference set on this machine: (rows {model, latency_ms, ...}, provenance)."""
+    from tqdm import tqdm
+
+    from predictor.generator import REFERENCE_SET_VERSION
+    from predictor.measure import measure_onnx
+    from predictor.measurements import provenance
+
+    if backend != "onnxruntime":
+        raise PredictorError(f"Measuring the reference set supports backend 'onnxruntime', "
+                             f"not '{backend}'; time the models yourself and pass "
+                             "--measurements FILE.csv")
+    rows = []
+    for path in tqdm(reference_models(progress=progress), desc="reference set", unit="model",
+                     disable=not progress):
+        m = measure_onnx(path, backend=backend, device=device, threads=threads,
+                         graph_optimization=graph_optimization, max_seconds=max_seconds)
+        rows.append({"model": str(path), "latency_ms": m.latency_ms, "p10_ms": m.p10_ms,
+                     "p90_ms": m.p90_ms, "cv": m.cv, "noisy": m.noisy})
+    info = provenance(backend, device, threads, None, graph_optimization,
+                      reference_set_version=REFERENCE_SET_VERSION)
+    return rows, info
+
+
+def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: dict[str, Any],
+              *, strategy: str = "auto", input_shape=None) -> dict[str, Any]:
+    """Adapt `predictor` to device `name` from measured rows and store it.
+
+    Args:
+        predictor: a `predictor.api.Predictor`.
+        rows: dicts with at least `model` (an ONNX path) and `latency_ms`.
+        provenance: how the rows were measured (machine, runtime, settings).
+
+    The device goes to the user device folder (`$LATPRED_DEVICE_DIR`) when set, else
+    to the shipped `device_embeddings/`.
+
+    Returns:
+        The stored device's info (strategy, provenance, measured rows, date).
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise PredictorError(f"Invalid device name {name!r}: use letters, digits, -, _, @")
+    folder = device_dirs()[0]
+    models = [row["model"] for row in rows]
+    latencies = [float(row["latency_ms"]) for row in rows]
+    info = {"kind": "calibrated device", "date": datetime.now(timezone.utc).isoformat(),
+            "provenance": dict(provenance), "measurements": [dict(r) for r in rows]}
+    with device_lock(name, folder):
+        predictor.adapt(name, models, latencies, input_shape=input_shape, strategy=strategy,
+                        save=True, info=info)
+    return load_device(name, predictor.fingerprint)[1]

@@ -1,0 +1,97 @@
+"""Calibrating a new device from a CSV of measured ONNX models, end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from predictor.calibration import CalibrationLockedError, device_lock
+from predictor.corpus import SPACES
+from predictor.datasets import load_device_task
+
+DEVICE = "gold_6240"  # a meta-valid device: the shipped checkpoint never trained on it
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "predictor.cli", *args], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **env})
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory, shared_data_dir) -> tuple[Path, np.ndarray, list[Path]]:
+    """12 NB201 models as ONNX files in models/, a CSV of 10 of them with real latencies."""
+    root = tmp_path_factory.mktemp("calib")
+    task = load_device_task("nb201", DEVICE, shared_data_dir)
+    ids = np.random.default_rng(0).choice(task.pool, 12, replace=False)
+    archs = SPACES["nb201"].archs(shared_data_dir)
+    (root / "models").mkdir()
+    paths = []
+    for i in ids:
+        path = root / "models" / f"arch{i}.onnx"
+        path.write_bytes(SPACES["nb201"].build_onnx(archs[i]).SerializeToString())
+        paths.append(path)
+    lines = ["model,latency_ms"] + [f"models/{p.name},{task.latency_ms[i]}"
+                                    for p, i in zip(paths[:10], ids[:10], strict=True)]
+    (root / "m.csv").write_text("\n".join(lines) + "\n")
+    return root, task.latency_ms[ids], paths
+
+
+def test_calibrate_from_csv_then_predict(measured, tmp_path) -> None:
+    root, latency, paths = measured
+    env = {"LATPRED_DEVICE_DIR": str(tmp_path / "devices")}
+    result = _cli("calibrate", "myboard", "--measurements", str(root / "m.csv"), "--json",
+                  env=env)
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(result.stdout)
+    assert stored["kind"] == "calibrated device" and stored["strategy"]
+    assert len(stored["measurements"]) == 10
+    assert (tmp_path / "devices" / "myboard.json").is_file()
+    listed = {d["name"]: d for d in json.loads(_cli("devices", "--json", env=env).stdout)}
+    assert listed["myboard"]["kind"] == "calibrated device"
+    assert listed["silver_4114@nb201"]["kind"] == "training device"  # shipped defaults too
+    pred = _cli("predict", *map(str, paths[10:]), "--device", "myboard", "--json", env=env)
+    assert pred.returncode == 0, pred.stderr
+    ms = np.array([row["latency_ms"] for row in json.loads(pred.stdout)])
+    # Unseen models of the calibrated device: within 25% of the measured latency.
+    assert np.all(np.abs(ms / latency[10:] - 1) < 0.25), (ms, latency[10:])
+
+
+@pytest.mark.parametrize("rows, message", [
+    (3, "Too few calibration samples"),
+    (-1, "must be a finite number > 0"),
+])
+def test_calibrate_rejects_bad_measurements(measured, tmp_path, rows, message) -> None:
+    root, _, _ = measured
+    lines = (root / "m.csv").read_text().splitlines()
+    if rows > 0:
+        lines = lines[: rows + 1]
+    else:
+        lines[3] = lines[3].split(",")[0] + ",-2.0"
+    csv = root / f"bad{rows}.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    env = {"LATPRED_DEVICE_DIR": str(tmp_path / "devices")}
+    result = _cli("calibrate", "bad", "--measurements", str(csv), env=env)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "devices" / "bad.json").exists()  # nothing written half-way
+
+
+def test_calibrate_needs_one_source(tmp_path) -> None:
+    env = {"LATPRED_DEVICE_DIR": str(tmp_path)}
+    result = _cli("calibrate", "x", env=env)
+    assert result.returncode == 2 and "exactly one of --measure" in result.stderr
+
+
+def test_device_lock_excludes_a_second_calibration(tmp_path) -> None:
+    with device_lock("board", tmp_path):
+        with pytest.raises(CalibrationLockedError, match="being calibrated"):
+            with device_lock("board", tmp_path):
+                pass
+    with device_lock("board", tmp_path):  # released afterwards
+        pass
