@@ -15,6 +15,7 @@ from pathlib import Path
 
 from predictor import __version__
 from predictor.cli_data import register_data_commands
+from predictor.cli_generate import register as register_generate_commands
 from predictor.cli_measure import register as register_measure_commands
 from predictor.cli_model import register as register_model_commands
 from predictor.errors import PredictorError
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands defined in other modules register here (keeps this file thin).
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    register_data_commands, register_model_commands, register_measure_commands]
+    register_data_commands, register_model_commands, register_measure_commands,
+    register_generate_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,160 @@
+"""This machine as a new device: calibrate on ~10 measured models, predict CNNs and transformers.
+
+    python scripts/benchmark_local_device.py --json results/local_device.json
+
+The held-out "new device" is this machine's CPU under ONNX Runtime, 1 thread, full graph
+optimisation; no checkpoint ever trains on it. Test models come from the generator's test
+seed (CNNs and transformers at varied resolutions and sequence lengths), all measured here
+(cached in a CSV with provenance; --remeasure to redo). Cases, each over --seeds draws:
+  (a) calibrate on 10 CNNs, predict the other CNNs;
+  (b) the same calibration, predict all transformers;
+  (c) calibrate on 5 CNNs + 5 transformers, predict the rest.
+Baselines in the same run: MACs rank, a per-device linear fit on MACs/params/memory/depth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from predictor.api import Predictor
+from predictor.evaluation import (
+    linear_fit_baseline,
+    macs_baseline,
+    metrics,
+    predictor_fn,
+    summarise,
+)
+from predictor.graph import extract_graph
+from predictor.graph_store import GraphStore
+
+TEST_SEED = 20_261_126  # never used for training data
+CACHE = Path("datasets/cache/local_device")
+
+
+def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds: float
+                    ) -> tuple[list[dict], list[str]]:
+    """(rows {model, kind, latency_ms, ...}, spec names) of the test models, measured here."""
+    from tqdm import tqdm
+
+    from predictor.generator import sample_specs, write_models
+    from predictor.measure import measure_onnx
+    from predictor.measurements import provenance, read_measurements_csv, write_measurements_csv
+
+    specs = (sample_specs(TEST_SEED, n_cnn, kinds=("cnn",))
+             + sample_specs(TEST_SEED, n_transformer, kinds=("transformer",)))
+    folder = CACHE / f"seed{TEST_SEED}"
+    paths = write_models(specs, folder)
+    csv = folder / f"ort-1thread-all-{n_cnn}cnn-{n_transformer}tf.csv"
+    if csv.exists() and not remeasure:
+        rows, _ = read_measurements_csv(csv)
+    else:
+        measured = [measure_onnx(p, threads=1, graph_optimization="all", max_seconds=max_seconds)
+                    for p in tqdm(paths, desc="measure (ORT, 1 thread)", unit="model")]
+        write_measurements_csv(csv, measured, provenance("onnxruntime", "cpu", 1, None, "all"))
+        rows, _ = read_measurements_csv(csv)
+    kinds = {s.name: s.kind for s in specs}
+    for row in rows:
+        row["kind"] = kinds[Path(row["model"]).stem]
+    return rows, [s.name for s in specs]
+
+
+def run(args: argparse.Namespace) -> dict:
+    rows, _ = measured_models(args.cnns, args.transformers, args.remeasure, args.max_seconds)
+    predictor = Predictor.load(args.checkpoint)
+    store = GraphStore.from_graphs([extract_graph(r["model"]) for r in rows])
+    latency = np.array([r["latency_ms"] for r in rows])
+    kind = np.array([r["kind"] for r in rows])
+    cnn, tf = np.flatnonzero(kind == "cnn"), np.flatnonzero(kind == "transformer")
+    known = predictor.known_devices()
+    methods = {
+        "latpred+auto": predictor_fn(predictor.model, "auto", known=known),
+        "latpred": predictor_fn(predictor.model, "amortised"),
+        "latpred+nearest": predictor_fn(predictor.model, "nearest", known=known),
+        "latpred+ft20": predictor_fn(predictor.model, "finetune"),
+        "macs": macs_baseline,
+        "linear": linear_fit_baseline,
+    }
+    cases = {"a: 10 CNN -> CNN": [], "b: 10 CNN -> transformer": [],
+             "c: 5+5 -> rest": []}
+    for seed in range(args.seeds):
+        rng = np.random.default_rng(seed)
+        sup_a = rng.choice(cnn, 10, replace=False)
+        sup_c = np.concatenate([rng.choice(cnn, 5, replace=False), rng.choice(tf, 5, replace=False)])
+        cases["a: 10 CNN -> CNN"].append((sup_a, np.setdiff1d(cnn, sup_a)))
+        cases["b: 10 CNN -> transformer"].append((sup_a, tf))
+        cases["c: 5+5 -> rest"].append((sup_c, np.setdiff1d(np.arange(len(rows)), sup_c)))
+    results: dict = {c: {} for c in cases}
+    raw: dict = {}
+    for case, draws in cases.items():
+        for name, fn in methods.items():
+            runs = []
+            for i, (support, test) in enumerate(draws):
+                pred = fn(store, support, latency[support], test)
+                runs.append(metrics(pred, latency[test]))
+                if i == 0:
+                    raw.setdefault(case, {})[name] = (pred, latency[test])
+            results[case][name] = summarise(runs)
+    return {"results": results, "raw": raw, "models": len(rows), "cnns": int(cnn.size),
+            "transformers": int(tf.size)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cnns", type=int, default=100)
+    parser.add_argument("--transformers", type=int, default=60)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--max-seconds", type=float, default=2.0,
+                        help="timing budget per model")
+    parser.add_argument("--remeasure", action="store_true")
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    start = time.time()
+    out = run(args)
+    methods = list(next(iter(out["results"].values())))
+    print(f"\n## This CPU, ONNX Runtime 1 thread: {out['cnns']} CNNs, {out['transformers']} "
+          f"transformers, {args.seeds} seeds\n")
+    for metric, fmt in (("spearman", ".3f"), ("mape", ".1f"), ("within10", ".1f")):
+        print(f"\n{metric} (mean over seeds)\n")
+        print("| case | " + " | ".join(methods) + " |")
+        print("|---|" + "---|" * len(methods))
+        for case, per in out["results"].items():
+            print(f"| {case} | " + " | ".join(f"{per[m][metric]['mean']:{fmt}}" for m in methods)
+                  + " |")
+    print(f"\nseconds: {time.time() - start:.1f}")
+    if args.json:
+        report = {k: v for k, v in out.items() if k != "raw"}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        plot(out["raw"], "latpred+auto", args.json.with_suffix(".png"))
+        print(f"wrote {args.json} and {args.json.with_suffix('.png')}")
+
+
+def plot(raw: dict, method: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(raw), figsize=(4 * len(raw), 4), squeeze=False)
+    for ax, (case, per) in zip(axes.flat, raw.items(), strict=True):
+        pred, true = per[method]
+        ax.loglog(true, pred, ".", ms=4, alpha=0.6)
+        lo, hi = min(true.min(), pred.min()), max(true.max(), pred.max())
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_title(case, fontsize=9)
+        ax.set_xlabel("measured ms")
+        ax.set_ylabel("predicted ms")
+    fig.suptitle(f"this CPU (ORT, 1 thread), {method}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

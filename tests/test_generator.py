@@ -1,0 +1,167 @@
+"""Generated CNNs / transformers: deterministic, balanced, and every model goes through the pipeline.
+
+Uses ``small=True`` samples (tiny models, ~0.1 s export each) except for the reference set.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from predictor import generator
+from predictor.errors import InvalidArchError
+from predictor.generator import (
+    DEFAULT_MACS_RANGE,
+    FAMILIES,
+    ModelSpec,
+    build_module,
+    estimate_cost,
+    export_spec,
+    reference_specs,
+    sample_specs,
+    spec_from_model,
+    write_models,
+)
+from predictor.graph import extract_graph
+
+COUNT = 14  # two of each of the 7 families
+
+
+@pytest.fixture(scope="module")
+def small_specs() -> list[ModelSpec]:
+    return sample_specs(0, COUNT, small=True)
+
+
+def _run_onnx(model: onnx.ModelProto, x: torch.Tensor) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def test_same_seed_same_specs_and_onnx_bytes(small_specs: list[ModelSpec]) -> None:
+    again = sample_specs(0, COUNT, small=True)
+    assert again == small_specs
+    assert [s.name for s in again] == [s.name for s in small_specs]
+    spec = small_specs[0]
+    assert export_spec(spec).SerializeToString() == export_spec(spec).SerializeToString()
+    # spec index i depends on (seed, i, family) only: a shorter sample is a prefix
+    assert sample_specs(0, 5, small=True) == small_specs[:5]
+
+
+def test_different_seeds_differ(small_specs: list[ModelSpec]) -> None:
+    other = sample_specs(1, COUNT, small=True)
+    assert [s.params for s in other] != [s.params for s in small_specs]
+    assert not {s.name for s in other} & {s.name for s in small_specs}
+
+
+def test_kinds_balanced_and_every_family_appears(small_specs: list[ModelSpec]) -> None:
+    assert Counter(s.kind for s in small_specs) == {"cnn": 7, "transformer": 7}
+    assert {s.family for s in small_specs} == set(FAMILIES)
+    assert len({s.name for s in small_specs}) == COUNT
+    for spec in small_specs:
+        assert spec.kind == FAMILIES[spec.family].kind
+        assert spec.input_dtype == ("int64" if spec.family == "bert" else "float32")
+
+
+def test_kind_and_family_filters() -> None:
+    cnns = sample_specs(3, 6, kinds=("cnn",), small=True)
+    assert {s.kind for s in cnns} == {"cnn"}
+    assert [s.family for s in sample_specs(3, 4, families=["vit", "resnet"], small=True)] == [
+        "resnet", "vit", "resnet", "vit"]  # kinds alternate, cnn first
+    with pytest.raises(InvalidArchError, match="known"):
+        sample_specs(0, 2, families=["alexnet"])
+    with pytest.raises(InvalidArchError, match="kinds"):
+        sample_specs(0, 2, kinds=("cnn",), families=["vit"])
+    with pytest.raises(InvalidArchError, match="rnn"):
+        sample_specs(0, 2, kinds="cnn,rnn")
+
+
+def test_global_rng_untouched(small_specs: list[ModelSpec]) -> None:
+    state = torch.random.get_rng_state()
+    module, x = build_module(small_specs[1])
+    estimate_cost(small_specs[1])
+    assert torch.equal(state, torch.random.get_rng_state())
+    module2, x2 = build_module(small_specs[1])
+    assert torch.equal(x, x2)
+    assert all(torch.equal(a, b) for a, b in zip(module.state_dict().values(),
+                                                 module2.state_dict().values(), strict=True))
+
+
+def test_small_sample_goes_through_the_pipeline(small_specs: list[ModelSpec]) -> None:
+    for spec in small_specs:
+        model = export_spec(spec)
+        graph = extract_graph(model)
+        assert graph.summary()["unknown_ops"] == {}, spec.name
+        assert graph.macs > 0
+        assert graph.macs == estimate_cost(spec)[0], spec.name
+        assert graph.primary_input_shape == spec.input_shape
+        assert spec_from_model(model) == spec
+        _, x = build_module(spec)
+        out = _run_onnx(model, x)
+        assert out.shape == (1, spec.params["num_classes"])
+        assert np.isfinite(out).all(), spec.name
+
+
+def test_default_sample_within_budget() -> None:
+    specs = sample_specs(0, 8)  # each family once (cnn: 4, transformer: 4)
+    assert {s.family for s in specs} == set(FAMILIES)
+    for spec in specs:
+        macs, params = estimate_cost(spec)
+        assert DEFAULT_MACS_RANGE[0] <= macs <= DEFAULT_MACS_RANGE[1], spec.name
+        assert params <= generator.DEFAULT_MAX_PARAMS
+
+
+def test_spec_dict_roundtrip(small_specs: list[ModelSpec]) -> None:
+    import json
+
+    for spec in small_specs:
+        assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert len(set(small_specs)) == COUNT  # hashable despite the params dict
+
+
+def test_reference_set() -> None:
+    specs = reference_specs()
+    assert generator.REFERENCE_SET_VERSION == 1
+    assert len({s.name for s in specs}) == 10
+    assert all(s.name.startswith("ref1-") for s in specs)
+    assert {s.kind for s in specs} == {"cnn", "transformer"}
+    assert len({s.family for s in specs}) >= 5
+    assert reference_specs() == specs
+    macs = []
+    for spec in specs:
+        graph = extract_graph(export_spec(spec))
+        assert not graph.unknown_ops, spec.name
+        macs.append(graph.macs)
+    assert min(macs) > 0 and max(macs) / min(macs) >= 20, macs
+
+
+def test_write_models_atomic_and_skips_existing(tmp_path: Path, small_specs: list[ModelSpec],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    specs = small_specs[:2]
+    paths = write_models(specs, tmp_path / "out", progress=False)
+    assert paths == [tmp_path / "out" / f"{s.name}.onnx" for s in specs]
+    assert spec_from_model(onnx.load(paths[0])) == specs[0]
+    assert not list((tmp_path / "out").glob(".*"))  # no temp files left
+    before = [p.read_bytes() for p in paths]
+    paths[1].write_bytes(b"")  # an empty (broken) file is rewritten, a good one is kept
+    exported = []
+
+    def spy(spec: ModelSpec) -> onnx.ModelProto:
+        exported.append(spec.name)
+        return export_spec(spec)
+
+    monkeypatch.setattr(generator, "export_spec", spy)
+    write_models(specs, tmp_path / "out", progress=False)
+    assert exported == [specs[1].name]
+    assert [p.read_bytes() for p in paths] == before
+    with pytest.raises(InvalidArchError, match="Duplicate"):
+        write_models([specs[0], specs[0]], tmp_path / "dup", progress=False)
