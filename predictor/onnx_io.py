@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
@@ -275,6 +276,12 @@ def load_model(
     stripped = _strip_large_initializers(model)
     fix_input_shapes(stripped, input_shape)
     inferred = _infer(stripped)
+    # Shape arithmetic (Shape -> Gather -> Concat -> Expand, as in `cls.expand(B, -1, -1)`)
+    # can defeat ONNX's data propagation; fold it to constants, as runtimes do at load.
+    for _ in range(4):
+        if not _has_unknown_shapes(inferred) or not _fold_constants(inferred):
+            break
+        inferred = _infer(inferred)
     # ONNX cannot infer through custom-domain ops. Assume such an op keeps the shape and
     # type of its first input (true of the usual custom activations and norms), then
     # infer again so that the nodes after it get shapes too.
@@ -283,6 +290,77 @@ def load_model(
             break
         inferred = _infer(inferred)
     return inferred
+
+
+FOLD_MAX_ELEMENTS = 4096  # constant tensors folded at most this large (shape arithmetic)
+
+
+def _static_shapes(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for v in (*graph.input, *graph.value_info, *graph.output):
+        t = v.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            out[v.name] = tuple(d.dim_value for d in t.shape.dim)
+    return out
+
+
+def _has_unknown_shapes(model: onnx.ModelProto) -> bool:
+    graph = model.graph
+    known = set(_static_shapes(graph)) | {i.name for i in graph.initializer}
+    return any(o and o not in known for n in graph.node for o in n.output)
+
+
+def _fold_constants(model: onnx.ModelProto) -> bool:
+    """Replace small constant subgraphs (Constant, Shape of static tensors, and ops on
+    those) by initializers, in place. Returns whether anything was folded."""
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    shapes = _static_shapes(graph)
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer
+              if np.prod(i.dims, dtype=np.int64) <= FOLD_MAX_ELEMENTS}
+    outputs = {o.name for o in graph.output}
+    opset = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    kept, folded = [], []
+    for node in graph.node:
+        inputs = [i for i in node.input if i]
+        result = None
+        if node.domain in ("", "ai.onnx") and not set(node.output) & outputs:
+            if node.op_type == "Shape" and inputs and inputs[0] in shapes:
+                dims = np.array(shapes[inputs[0]], dtype=np.int64)
+                attrs = {a.name: a.i for a in node.attribute}
+                result = [dims[attrs.get("start", 0):attrs.get("end", len(dims))]]
+            elif all(i in values for i in inputs) and node.op_type not in ("RandomNormal",
+                                                                           "RandomUniform"):
+                try:
+                    single = onnx.helper.make_model(
+                        onnx.helper.make_graph(
+                            [node], "fold", [],
+                            [onnx.helper.make_tensor_value_info(o, 0, None)
+                             for o in node.output],
+                            [numpy_helper.from_array(values[i], i) for i in set(inputs)]),
+                        opset_imports=opset)
+                    result = ReferenceEvaluator(single).run(None, {})
+                except Exception:  # unsupported by the reference runtime: keep the node
+                    result = None
+        if result is not None and all(np.size(r) <= FOLD_MAX_ELEMENTS for r in result):
+            for name, value in zip(node.output, result, strict=True):
+                values[name] = np.asarray(value)
+                folded.append(numpy_helper.from_array(np.asarray(value), name))
+        else:
+            kept.append(node)
+    if not folded:
+        return False
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(folded)
+    # Drop partial shapes from the last inference: ONNX merges into them rather than
+    # replacing them, so an unknown dim would survive the next pass.
+    static = [v for v in graph.value_info if v.name in shapes and v.name not in values]
+    del graph.value_info[:]
+    graph.value_info.extend(static)
+    return True
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:

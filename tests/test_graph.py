@@ -200,3 +200,26 @@ def test_python_api_raises_typed_errors(tmp_path, tiny_onnx) -> None:
         extract_graph(nn.Linear(2, 2))
     with pytest.raises(PredictorError, match="Unsupported model type"):
         extract_graph(12345)
+
+
+def test_shape_arithmetic_is_folded_cls_token_expand() -> None:
+    """`cls.expand(x.shape[0], -1, -1)` (ViTs) exports Shape/ConstantOfShape/Where/Expand
+    arithmetic that ONNX's own inference leaves unknown; extraction folds it."""
+    from torch import nn
+
+    class ClsViT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, 32, 8, 8)
+            self.cls = nn.Parameter(torch.randn(1, 1, 32))
+            self.proj = nn.Linear(32, 32)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.patch(x).flatten(2).transpose(1, 2)
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+            return self.proj(x).mean(1)
+
+    graph = extract_graph(ClsViT(), example_input=torch.randn(1, 3, 32, 32))
+    # patch conv: 16 positions x 32 x 3*8*8; projection: 17 tokens x 32 x 32
+    assert graph.macs == 16 * 32 * 192 + 17 * 32 * 32
+    assert "Expand" not in graph.op_counts() and "Where" not in graph.op_counts()
