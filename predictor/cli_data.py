@@ -214,13 +214,31 @@ def cmd_info(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def cmd_model_set(args: argparse.Namespace) -> int:
+    from predictor import model_sets
+    from predictor.errors import PredictorError
+
+    if args.action == "create":
+        path = model_sets.create_model_set(args.name, args.seed, args.cnns, args.transformers)
+        print(f"wrote {path}")
+        return 0
+    if args.config not in model_sets.TRAINING_CONFIGS:
+        raise PredictorError(f"Unknown runtime config '{args.config}'; training configs: "
+                             f"{sorted(model_sets.TRAINING_CONFIGS)}")
+    device = args.device or f"{model_sets.machine_tag()}-{args.config}"
+    path = model_sets.measure_device(args.name, device, model_sets.TRAINING_CONFIGS[args.config],
+                                     max_seconds=args.max_seconds)
+    print(f"wrote {path}")
+    return 0
+
+
 def register_data_commands(sub: argparse._SubParsersAction) -> None:
     """Add `data` with its `build`, `download`, `check`, `info` subcommands to `latpred`."""
     data = sub.add_parser("data", help="HELP latency data and the graph corpus",
                           description="Fetch, check and describe the HELP latency tables; "
                                       "build the cached graph corpus.")
     cmds = data.add_subparsers(dest="data_command", required=True,
-                               metavar="{build,download,check,info}")
+                               metavar="{build,download,check,info,model-set}")
 
     def data_dir_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", metavar="DIR",
@@ -258,3 +276,16 @@ def register_data_commands(sub: argparse._SubParsersAction) -> None:
     data_dir_arg(p)
     p.add_argument("--cache-dir", metavar="DIR", help="cache folder to report on")
     p.set_defaults(handler=cmd_info)
+
+    p = cmds.add_parser("model-set", help="create a set of generated models, or measure "
+                                          "it on this machine under a runtime config")
+    p.add_argument("action", choices=("create", "measure"))
+    p.add_argument("name", help="model set name (datasets/model_sets/NAME)")
+    p.add_argument("--seed", type=int, default=1, help="create: generator seed")
+    p.add_argument("--cnns", type=int, default=120, help="create: number of CNNs")
+    p.add_argument("--transformers", type=int, default=80, help="create: number of transformers")
+    p.add_argument("--config", default="ort-2t",
+                   help="measure: runtime config (ort-2t, ort-noopt-1t, torch-1t)")
+    p.add_argument("--device", help="measure: device name (default: <cpu tag>-<config>)")
+    p.add_argument("--max-seconds", type=float, default=1.0, help="measure: timing budget per model")
+    p.set_defaults(handler=cmd_model_set)

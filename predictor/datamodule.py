@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from predictor.corpus import build_corpus
 from predictor.datasets import DeviceTask, EpisodeDataset, collate_episodes, load_device_task
+from predictor.errors import PredictorError
 from predictor.graph_store import GraphStore
 
 
@@ -30,6 +31,8 @@ class DataConfig:
         episodes_per_step: episodes per optimiser step (the loader's batch).
         val_episodes: fixed validation episodes.
         limit_archs: only the first N architectures of each space (tests).
+        model_sets: measured model sets to meta-train on too (`predictor.model_sets`):
+            {set name: {"train": [devices], "valid": [devices]}}.
     """
 
     spaces: tuple[str, ...] = ("nb201", "fbnet")
@@ -44,6 +47,7 @@ class DataConfig:
     num_workers: int = 0
     max_shots: int | None = None  # k drawn from shots..max_shots per training episode
     mix_prob: float = 0.0  # share of training episodes on mixtures of two devices
+    model_sets: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 class EpisodeDataModule(L.LightningDataModule):
@@ -80,6 +84,23 @@ class EpisodeDataModule(L.LightningDataModule):
                 val = [_limit(t, self.config.limit_archs) for t in val]
             self.train_tasks += train
             self.val_tasks += val
+        self._setup_model_sets()
+
+    def _setup_model_sets(self) -> None:
+        from predictor.model_sets import load_model_set_task, model_set_store
+
+        for name, roles in self.config.model_sets.items():
+            unknown = sorted(set(roles) - {"train", "valid"})
+            if unknown:
+                raise PredictorError(f"model_sets.{name}: unknown role(s) {unknown}; "
+                                     "use train and valid")
+            store = model_set_store(name, cache_root=self.cache_root, progress=self.progress)
+            tasks = {role: [load_model_set_task(name, d) for d in roles.get(role, [])]
+                     for role in ("train", "valid")}
+            for task in tasks["train"] + tasks["valid"]:
+                self.stores[task.store_key] = store
+            self.train_tasks += tasks["train"]
+            self.val_tasks += tasks["valid"]
 
     def train_dataloader(self) -> DataLoader:
         c = self.config

@@ -19,16 +19,26 @@ SHOTS = 20  # measurements per shipped device embedding
 def embed_table_device(model, space: str, device: str, *, data_dir: str | Path | None = None,
                        cache_root: str | Path | None = None, shots: int = SHOTS, seed: int = 0
                        ) -> tuple[DeviceState, dict]:
-    """Embed a device of the HELP tables from `shots` of its training-pool measurements."""
-    task = load_device_task(space, device, data_dir)
-    store = build_corpus(space, batch_sizes=(task.batch_size,), data_dir=data_dir,
-                         root=cache_root, progress=False)[task.batch_size]
+    """Embed a device of the HELP tables (or of a model set, space "set:<name>") from
+    `shots` of its training-pool measurements."""
+    from predictor.model_sets import SPACE_PREFIX, load_model_set_task, model_set_store
+
+    if space.startswith(SPACE_PREFIX):
+        name = space.removeprefix(SPACE_PREFIX)
+        task = load_model_set_task(name, device)
+        store = model_set_store(name, cache_root=cache_root, progress=False)
+        shots = min(shots, task.pool.size)
+    else:
+        task = load_device_task(space, device, data_dir)
+        store = build_corpus(space, batch_sizes=(task.batch_size,), data_dir=data_dir,
+                             root=cache_root, progress=False)[task.batch_size]
     rng = np.random.default_rng(seed)
     support = np.sort(rng.choice(task.pool, size=shots, replace=False))
     y = torch.tensor(np.log(task.latency_ms[support]), dtype=torch.float32)
     state = adapt(model, store.batch(support), y)
     info = {"space": space, "device": device, "batch_size": task.batch_size,
-            "source": "help", "support_indices": support.tolist(), "kind": "training device"}
+            "source": "model set" if space.startswith(SPACE_PREFIX) else "help",
+            "support_indices": support.tolist(), "kind": "training device"}
     return state, info
 
 
@@ -43,5 +53,6 @@ def export_training_devices(checkpoint: Checkpoint, folder: str | Path, *,
         state, info = embed_table_device(checkpoint.model, space, device, data_dir=data_dir,
                                          cache_root=cache_root, seed=seed)
         # One file per device *and* space: the same board ranks NB201 and FBNet differently.
-        paths.append(save_device(f"{device}@{space}", state, fingerprint, info, Path(folder)))
+        label = space.split(":", 1)[-1]  # "set:zoo1" -> "zoo1"
+        paths.append(save_device(f"{device}@{label}", state, fingerprint, info, Path(folder)))
     return paths

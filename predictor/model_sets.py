@@ -1,0 +1,169 @@
+"""Measured model sets: generated CNNs and transformers timed on real machines.
+
+NB201 and FBNet cells are small CNNs; users bring ResNets, MobileNets and transformers.
+A *model set* is a list of generator specs (`predictor.generator`) plus one measurement
+CSV per *device*, where a device is a machine under a runtime configuration (e.g. this
+CPU with ONNX Runtime on 2 threads). Each CSV keeps its provenance. Model sets join
+meta-training like the HELP tables: a device of a set is a `DeviceTask` whose graphs are
+the set's models.
+
+Layout: `datasets/model_sets/<set>/specs.json` and `<set>/<device>.csv` (small, committed);
+the ONNX files and the graph store are regenerated deterministically into the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from predictor.errors import DataError
+from predictor.graph_store import GraphStore
+from predictor.storage import atomic_write_bytes, atomic_write_json
+
+MODEL_SETS_DIR = Path(__file__).resolve().parent.parent / "datasets" / "model_sets"
+SPACE_PREFIX = "set:"  # DeviceTask.space of a model set: "set:<name>"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How models are run when a device of a model set is measured."""
+
+    name: str
+    backend: str  # "onnxruntime" or "torch"
+    threads: int
+    graph_optimization: str = "all"
+
+
+# The benchmark's held-out "new device" is ONNX Runtime, 1 thread, full optimisation
+# (`scripts/benchmark_local_device.py`): it is deliberately not a training configuration.
+HELD_OUT_CONFIG = RuntimeConfig("ort-1t", "onnxruntime", 1, "all")
+TRAINING_CONFIGS: dict[str, RuntimeConfig] = {c.name: c for c in (
+    RuntimeConfig("ort-2t", "onnxruntime", 2, "all"),
+    RuntimeConfig("ort-noopt-1t", "onnxruntime", 1, "disabled"),
+    RuntimeConfig("torch-1t", "torch", 1),
+)}
+
+
+def machine_tag() -> str:
+    """A short name for this machine's CPU, e.g. "xeon-platinum-8480c"."""
+    import re
+
+    from predictor.measurements import cpu_model
+
+    words = re.sub(r"\(r\)|\(tm\)|cpu|@.*|processor|intel|amd", " ", cpu_model().lower())
+    return "-".join(re.findall(r"[a-z0-9]+", words)[:3]) or "cpu"
+
+
+def set_dir(name: str, root: Path | None = None) -> Path:
+    return (root or MODEL_SETS_DIR) / name
+
+
+def create_model_set(name: str, seed: int, cnns: int, transformers: int,
+                     root: Path | None = None, small: bool = False) -> Path:
+    """Write the specs of a new model set (deterministic in seed and counts; `small`:
+    the generator's small-cost range, for tests)."""
+    from predictor.generator import sample_specs
+
+    specs = (sample_specs(seed, cnns, kinds=("cnn",), small=small)
+             + sample_specs(seed, transformers, kinds=("transformer",), small=small))
+    path = set_dir(name, root) / "specs.json"
+    atomic_write_json(path, {"seed": seed, "cnns": cnns, "transformers": transformers,
+                             "specs": [s.to_dict() for s in specs]})
+    return path
+
+
+def model_set_specs(name: str, root: Path | None = None) -> list:
+    from predictor.generator import ModelSpec
+
+    path = set_dir(name, root) / "specs.json"
+    if not path.is_file():
+        raise DataError(f"Unknown model set '{name}': {path} not found")
+    return [ModelSpec.from_dict(d) for d in json.loads(path.read_text())["specs"]]
+
+
+def model_set_devices(name: str, root: Path | None = None) -> list[str]:
+    """Devices measured on a model set (one CSV each)."""
+    return sorted(p.stem for p in set_dir(name, root).glob("*.csv"))
+
+
+def model_set_store(name: str, root: Path | None = None, cache_root: Path | None = None,
+                    progress: bool = True) -> GraphStore:
+    """The set's operator graphs (index i = spec i), cached and checksummed."""
+    from tqdm import tqdm
+
+    from predictor.corpus import cache_dir
+    from predictor.generator import export_spec
+    from predictor.graph import extract_graph
+
+    specs = model_set_specs(name, root)
+    key = hashlib.sha256(json.dumps([s.to_dict() for s in specs], sort_keys=True)
+                         .encode()).hexdigest()[:16]
+    path = cache_dir(cache_root) / "model_sets" / f"{name}-{key}.store"
+    if path.is_file():
+        try:
+            return GraphStore.from_bytes(path.read_bytes(), str(path))
+        except DataError:
+            pass  # corrupt: rebuild
+    graphs = [extract_graph(export_spec(s))
+              for s in tqdm(specs, desc=f"graphs {name}", unit="model", disable=not progress)]
+    store = GraphStore.from_graphs(graphs, meta={"model_set": name, "key": key})
+    atomic_write_bytes(path, store.to_bytes())
+    return store
+
+
+def measure_device(name: str, device: str, config: RuntimeConfig, *, max_seconds: float = 1.0,
+                   root: Path | None = None, progress: bool = True) -> Path:
+    """Time every model of the set under `config`; write `<set>/<device>.csv`."""
+    from tqdm import tqdm
+
+    from predictor.generator import build_module, export_spec
+    from predictor.measure import measure_onnx, measure_torch
+    from predictor.measurements import provenance, write_measurements_csv
+
+    if config == HELD_OUT_CONFIG:
+        raise DataError(f"'{config.name}' is the benchmark's held-out configuration; "
+                        "it must not become training data")
+    rows = []
+    for spec in tqdm(model_set_specs(name, root), desc=f"measure {device}", unit="model",
+                     disable=not progress):
+        if config.backend == "torch":
+            module, example = build_module(spec)
+            m = measure_torch(module, example, threads=config.threads, max_seconds=max_seconds)
+        else:
+            m = measure_onnx(export_spec(spec), threads=config.threads,
+                             graph_optimization=config.graph_optimization,
+                             max_seconds=max_seconds)
+        rows.append(_named(m, spec.name))
+    path = set_dir(name, root) / f"{device}.csv"
+    info = provenance(config.backend, "cpu", config.threads, 1, config.graph_optimization,
+                      model_set=name, runtime_config=config.name)
+    write_measurements_csv(path, rows, info)
+    return path
+
+
+def _named(measurement: Any, name: str) -> Any:
+    from dataclasses import replace
+
+    return replace(measurement, model=name)
+
+
+def load_model_set_task(name: str, device: str, root: Path | None = None):
+    """A device of a model set as a `DeviceTask` aligned with `model_set_store(name)`."""
+    from predictor.datasets import DeviceTask
+    from predictor.measurements import read_measurements_csv
+
+    specs = model_set_specs(name, root)
+    path = set_dir(name, root) / f"{device}.csv"
+    if not path.is_file():
+        raise DataError(f"Model set '{name}' has no device '{device}'; measured: "
+                        f"{model_set_devices(name, root)}")
+    rows, _ = read_measurements_csv(path)
+    by_name = {Path(str(r["model"])).stem: float(r["latency_ms"]) for r in rows}
+    latency = np.array([by_name.get(s.name, np.nan) for s in specs])
+    pool = np.flatnonzero(np.isfinite(latency))
+    return DeviceTask(f"{SPACE_PREFIX}{name}", device, 1, latency, pool)

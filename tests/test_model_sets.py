@@ -1,0 +1,59 @@
+"""Model sets: generated models measured here become device tasks for meta-training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from predictor import model_sets
+from predictor.datamodule import DataConfig, EpisodeDataModule
+from predictor.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sets")
+    model_sets.create_model_set("tiny", seed=3, cnns=4, transformers=3, root=root, small=True)
+    config = model_sets.TRAINING_CONFIGS["ort-2t"]
+    model_sets.measure_device("tiny", "here-ort-2t", config, max_seconds=0.2, root=root,
+                              progress=False)
+    return root
+
+
+def test_measured_set_is_a_device_task(small_set, tmp_path) -> None:
+    specs = model_sets.model_set_specs("tiny", small_set)
+    assert [s.kind for s in specs] == ["cnn"] * 4 + ["transformer"] * 3
+    assert model_sets.model_set_devices("tiny", small_set) == ["here-ort-2t"]
+    task = model_sets.load_model_set_task("tiny", "here-ort-2t", small_set)
+    assert task.space == "set:tiny" and task.batch_size == 1
+    assert task.latency_ms.shape == (7,) and np.all(task.latency_ms > 0)
+    assert task.pool.tolist() == list(range(7))
+    store = model_sets.model_set_store("tiny", small_set, cache_root=tmp_path, progress=False)
+    assert len(store) == 7
+    # cached: the second call reads the same graphs back
+    again = model_sets.model_set_store("tiny", small_set, cache_root=tmp_path, progress=False)
+    assert (again.graph_attr == store.graph_attr).all()
+
+
+def test_held_out_config_and_unknown_names_are_refused(small_set) -> None:
+    with pytest.raises(DataError, match="held-out"):
+        model_sets.measure_device("tiny", "x", model_sets.HELD_OUT_CONFIG, root=small_set)
+    with pytest.raises(DataError, match="no device 'nosuch'"):
+        model_sets.load_model_set_task("tiny", "nosuch", small_set)
+    with pytest.raises(DataError, match="Unknown model set"):
+        model_sets.model_set_specs("nosuch", small_set)
+
+
+def test_model_set_devices_join_meta_training(small_set, tmp_path, monkeypatch,
+                                              shared_data_dir) -> None:
+    monkeypatch.setattr(model_sets, "MODEL_SETS_DIR", small_set)
+    config = DataConfig(spaces=("nb201",), shots=3, queries=3, episodes_per_epoch=8,
+                        val_episodes=2, limit_archs=50,
+                        model_sets={"tiny": {"train": ["here-ort-2t"]}})
+    dm = EpisodeDataModule(config, data_dir=shared_data_dir, cache_root=tmp_path,
+                           progress=False)
+    dm.setup()
+    assert ("set:tiny", 1) in dm.stores
+    assert any(t.space == "set:tiny" for t in dm.train_tasks)
+    episodes = [ep for batch in dm.train_dataloader() for ep in batch]
+    assert len(episodes) == 8 and all(ep.support_y.isfinite().all() for ep in episodes)
