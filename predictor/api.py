@@ -122,6 +122,31 @@ class Predictor:
                     self._known.append(state)
         return self._known
 
+    def space_graphs(self, space: str, archs: Sequence[Any], *,
+                     input_shape: Sequence[int] | None = None,
+                     num_classes: int | None = None) -> GraphStore:
+        """Operator graphs of search-space architectures (NB201 arch strings, FBNet block
+        lists), memoised per (space, input shape, classes, arch)."""
+        from predictor.corpus import arch_graph
+
+        cache = self.__dict__.setdefault("_arch_graphs", {})
+        shape = tuple(input_shape) if input_shape is not None else None
+        graphs = []
+        for arch in archs:
+            key = (space, shape, num_classes, arch if isinstance(arch, str) else tuple(arch))
+            if key not in cache:
+                cache[key] = arch_graph(space, arch, shape, num_classes)
+            graphs.append(cache[key])
+        return GraphStore.from_graphs(graphs)
+
+    def predict_batch(self, space: str, archs: Sequence[Any], device: str, *,
+                      input_shape: Sequence[int] | None = None,
+                      num_classes: int | None = None) -> np.ndarray:
+        """Predicted latency in ms of search-space architectures on `device`, (n,)."""
+        store = self.space_graphs(space, archs, input_shape=input_shape,
+                                  num_classes=num_classes)
+        return self.predict(store, device)
+
     def device(self, name: str) -> DeviceState:
         if name not in self.devices:
             self.devices[name] = load_device(name, self.fingerprint)[0]

@@ -38,7 +38,16 @@ class ModelConfig:
 
 
 class Standardiser(nn.Module):
-    """Fixed per-feature mean/std, fitted once on training graphs and saved as buffers."""
+    """Fixed per-feature mean/std, fitted once on training graphs and saved as buffers.
+
+    A feature that never varied in training (an op type absent from the training graphs,
+    a fixed input resolution) keeps unit scale: dividing by its ~0 std would turn the
+    first unseen value into an input of thousands and the prediction into nonsense.
+    Standardised values are also clipped to +-CLIP for the same reason.
+    """
+
+    MIN_STD = 0.05  # below this a feature counts as constant in training
+    CLIP = 20.0
 
     def __init__(self, size: int):
         super().__init__()
@@ -50,7 +59,9 @@ class Standardiser(nn.Module):
         self.std.copy_(x.std(dim=0).clamp_min(1e-3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        # Applied here, not in `fit`, so that checkpoints fitted before keep working.
+        std = torch.where(self.std < self.MIN_STD, torch.ones_like(self.std), self.std)
+        return ((x - self.mean) / std).clamp(-self.CLIP, self.CLIP)
 
 
 def affine_calibration(raw: torch.Tensor, y: torch.Tensor, ridge: float

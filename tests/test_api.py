@@ -68,3 +68,20 @@ def test_cli_predict_json(tmp_path) -> None:
     bad = subprocess.run([sys.executable, "-m", "predictor.cli", "predict", str(path),
                           "--device", "nosuch"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Unknown device 'nosuch'" in bad.stderr
+
+
+def test_unseen_shapes_and_ops_give_sane_predictions(shipped) -> None:
+    """Resolutions and op types that never occur in training (NB201 at 16x16 and 64x64,
+    transformers) must not blow up: features constant in training keep unit scale."""
+    from predictor.generator import export_spec, sample_specs
+
+    archs = SPACES["nb201"].archs()[:4]
+    device = "silver_4114@nb201"
+    small = shipped.predict_batch("nb201", archs, device, input_shape=(1, 3, 16, 16),
+                                  num_classes=120)
+    base = shipped.predict_batch("nb201", archs, device)
+    large = shipped.predict_batch("nb201", archs, device, input_shape=(1, 3, 64, 64))
+    assert np.all(small < base) and np.all(base < large)
+    specs = sample_specs(0, 4, kinds=("transformer",), small=True)
+    ms = shipped.predict([export_spec(s) for s in specs], device=device)
+    assert np.all(np.isfinite(ms)) and np.all((ms > 1e-3) & (ms < 1e4)), ms
