@@ -20,6 +20,10 @@ from predictor.model import LatencyModel
 # Parameters the inner loop may change: the conditioning and the head, never the
 # shared encoder (10 samples cannot re-learn graph structure).
 INNER_LOOP_PREFIXES = ("film_encoder.", "film_head.", "cost_in.", "cost_out.", "overhead.")
+# Graph-level features of the linear member (a per-device ridge fit, HELP-style baseline
+# that is strong where latency follows MACs and memory closely).
+LINEAR_FEATURES = ("log_macs", "log_params", "log_memory_bytes", "log_depth")
+LINEAR_RIDGE = 1.0
 
 
 @dataclass
@@ -38,16 +42,19 @@ class DeviceState:
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     # An ensemble: predictions are the mean log-latency of the members (see `adapt`).
     members: list[DeviceState] = field(default_factory=list)
+    # A linear member instead of the network: weights over LINEAR_FEATURES and 1.
+    linear: torch.Tensor | None = None
 
     def to_dict(self) -> dict:
         return {"z": self.z.detach().cpu(), "a": self.a.detach().cpu(), "b": self.b.detach().cpu(),
                 "params": {k: v.detach().cpu() for k, v in self.params.items()},
-                "members": [m.to_dict() for m in self.members]}
+                "members": [m.to_dict() for m in self.members],
+                "linear": None if self.linear is None else self.linear.detach().cpu()}
 
     @classmethod
     def from_dict(cls, d: dict) -> DeviceState:
         return cls(d["z"], d["a"], d["b"], dict(d.get("params", {})),
-                   [cls.from_dict(m) for m in d.get("members", [])])
+                   [cls.from_dict(m) for m in d.get("members", [])], d.get("linear"))
 
 
 def rank_loss(pred: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -155,46 +162,83 @@ def _adapt_one(model: LatencyModel, support: GraphBatch, log_latency: torch.Tens
                        {k: v.detach() for k, v in params.items()})
 
 
+def _linear_design(model: LatencyModel, batch: GraphBatch) -> torch.Tensor:
+    """(B, len(LINEAR_FEATURES) + 1): standardised graph features and a constant."""
+    from predictor.features import FEATURE_SCHEMA
+
+    cols = [FEATURE_SCHEMA.graph_features.index(f) for f in LINEAR_FEATURES]
+    x = model.graph_norm(batch.graph_attr)[:, cols]
+    return torch.cat([x, torch.ones(x.shape[0], 1)], dim=1)
+
+
+def fit_linear(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
+               ridge: float = LINEAR_RIDGE) -> DeviceState:
+    """A linear member: ridge regression of log-latency on graph features (no network)."""
+    x = _linear_design(model, support)
+    penalty = ridge * torch.eye(x.shape[1])
+    penalty[-1, -1] = 0.0  # the intercept is free
+    w = torch.linalg.solve(x.T @ x + penalty, x.T @ log_latency)
+    return DeviceState(torch.zeros(model.config.hardware.dim), torch.tensor(1.0),
+                       torch.tensor(0.0), linear=w)
+
+
 def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch.Tensor:
     """Calibrated log(latency in ms) (B,) of `batch` on the adapted device."""
     with torch.no_grad():
-        h, _ = model.encode(batch)
         states = state.members or [state]
-        preds = [s.a * _call_raw(model, s.params, batch, h, s.z) + s.b for s in states]
+        h = model.encode(batch)[0] if any(s.linear is None for s in states) else None
+        preds = [_linear_design(model, batch) @ s.linear if s.linear is not None
+                 else s.a * _call_raw(model, s.params, batch, h, s.z) + s.b for s in states]
         return torch.stack(preds).mean(dim=0)
 
 
-# Adaptation strategies `adapt_selected` chooses among: (fine-tuning steps, nearest-device
-# ensemble). Which is best depends on the device: fine-tuning rescues devices unlike any
-# training device, and over-fits where the amortised embedding is already right.
-STRATEGIES: tuple[tuple[str, int, bool], ...] = (
-    ("amortised", 0, False), ("nearest", 0, True), ("finetune", -1, False),
-    ("finetune+nearest", -1, True))
+# Adaptation strategies `adapt_selected` chooses among: name -> (fine-tune, ensemble with
+# the nearest known device, ensemble with a linear fit on graph features, the network at
+# all). Which is best depends on the device: fine-tuning rescues devices unlike any
+# training device and over-fits where the amortised embedding is already right; the
+# linear member helps where latency follows MACs and memory closely.
+STRATEGIES: dict[str, tuple[bool, bool, bool, bool]] = {
+    "amortised": (False, False, False, True),
+    "nearest": (False, True, False, True),
+    "finetune": (True, False, False, True),
+    "finetune+nearest": (True, True, False, True),
+    "finetune+nearest+linear": (True, True, True, True),
+    "linear": (False, False, True, False),
+}
+# The candidates of "auto". The linear strategies stay out: on the meta-valid devices and
+# HW-NAS-Bench-360's boards, adding them made the cross-validated choice slightly worse.
+AUTO_CANDIDATES = ("amortised", "nearest", "finetune", "finetune+nearest")
 
 
 def _strategy_states(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
                      finetune_steps: int, lr: float, rank_weight: float,
                      known: list[DeviceState] | None) -> dict[str, DeviceState]:
     """The state of every applicable strategy, fitted on this support set."""
-    own = {0: _adapt_one(model, support, log_latency, 0, lr, rank_weight)}
+    own = {False: _adapt_one(model, support, log_latency, 0, lr, rank_weight)}
     if finetune_steps > 0:
-        own[-1] = _adapt_one(model, support, log_latency, finetune_steps, lr, rank_weight)
+        own[True] = _adapt_one(model, support, log_latency, finetune_steps, lr, rank_weight)
     near = nearest_device(model, support, log_latency, known) if known else None
+    linear = fit_linear(model, support, log_latency)
     states = {}
-    for name, steps, with_nearest in STRATEGIES:
-        if steps not in own or (with_nearest and near is None):
+    for name, (tuned, with_nearest, with_linear, network) in STRATEGIES.items():
+        if not network:
+            states[name] = linear
             continue
-        base = own[steps]
-        states[name] = (DeviceState(base.z, base.a, base.b, members=[base, near])
-                        if with_nearest else base)
+        if tuned not in own or (with_nearest and near is None):
+            continue
+        base = own[tuned]
+        members = [base] + ([near] if with_nearest else []) + ([linear] if with_linear else [])
+        states[name] = base if len(members) == 1 else DeviceState(base.z, base.a, base.b,
+                                                                  members=members)
     return states
 
 
 def cross_validated_errors(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
                            *, finetune_steps: int, lr: float = 1e-2, rank_weight: float = 1.0,
-                           known: list[DeviceState] | None = None, folds: int = 5
-                           ) -> dict[str, float]:
-    """Out-of-fold mean squared log-latency error of each strategy (k-fold on the support)."""
+                           known: list[DeviceState] | None = None, folds: int = 5,
+                           candidates: tuple[str, ...] = AUTO_CANDIDATES) -> dict[str, float]:
+    """Out-of-fold mean squared log-latency error of each candidate strategy (k-fold on
+    the support set)."""
     k = log_latency.numel()
     order = torch.randperm(k, generator=torch.Generator().manual_seed(0))
     squared: dict[str, list[torch.Tensor]] = {}
@@ -206,6 +250,8 @@ def cross_validated_errors(model: LatencyModel, support: GraphBatch, log_latency
                                   finetune_steps, lr, rank_weight, known)
         held_batch = select_graphs(support, held)
         for name, state in states.items():
+            if name not in candidates:
+                continue
             err = predict(model, held_batch, state) - log_latency[held]
             squared.setdefault(name, []).append(err ** 2)
     return {name: float(torch.cat(errs).mean()) for name, errs in squared.items()}
@@ -230,6 +276,23 @@ def adapt_selected(model: LatencyModel, support: GraphBatch, log_latency: torch.
                                         finetune_steps=finetune_steps, lr=lr,
                                         rank_weight=rank_weight, known=known, folds=folds)
         choice = min(errors, key=errors.__getitem__)
-    steps = finetune_steps if choice.startswith("finetune") else 0
-    return adapt(model, support, log_latency, finetune_steps=steps, lr=lr,
-                 rank_weight=rank_weight, known=known if "nearest" in choice else None), choice
+    return adapt_strategy(model, support, log_latency, choice, finetune_steps=finetune_steps,
+                          lr=lr, rank_weight=rank_weight, known=known), choice
+
+
+def adapt_strategy(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
+                   strategy: str, *, finetune_steps: int, lr: float = 1e-2,
+                   rank_weight: float = 1.0, known: list[DeviceState] | None = None
+                   ) -> DeviceState:
+    """Adapt with one named strategy of `STRATEGIES`."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown adaptation strategy '{strategy}'; known: {list(STRATEGIES)}")
+    tuned, with_nearest, with_linear, network = STRATEGIES[strategy]
+    if not network:
+        return fit_linear(model, support, log_latency)
+    state = adapt(model, support, log_latency, finetune_steps=finetune_steps if tuned else 0,
+                  lr=lr, rank_weight=rank_weight, known=known if with_nearest else None)
+    if with_linear:
+        members = (state.members or [state]) + [fit_linear(model, support, log_latency)]
+        state = DeviceState(state.z, state.a, state.b, members=members)
+    return state

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from predictor.adaptation import STRATEGIES, DeviceState, adapt, adapt_selected, predict
+from predictor.adaptation import (
+    STRATEGIES,
+    DeviceState,
+    adapt_selected,
+    adapt_strategy,
+    predict,
+)
 from predictor.checkpoint import Checkpoint
 from predictor.device_store import (
     list_device_files,
@@ -84,7 +90,7 @@ class Predictor:
         `predictor.adaptation.STRATEGIES`); or name one of them. The choice is recorded
         in the device's `info["strategy"]`.
         """
-        names = [name for name, _, _ in STRATEGIES]
+        names = list(STRATEGIES)
         if strategy != "auto" and strategy not in names:
             raise PredictorError(f"Unknown adaptation strategy '{strategy}'; "
                                  f"use 'auto' or one of {names}")
@@ -99,9 +105,8 @@ class Predictor:
             state, strategy = adapt_selected(self.model, support, log_y, finetune_steps=steps,
                                              lr=lr, known=self.known_devices())
         else:
-            state = adapt(self.model, support, log_y,
-                          finetune_steps=steps if strategy.startswith("finetune") else 0,
-                          lr=lr, known=self.known_devices() if "nearest" in strategy else None)
+            state = adapt_strategy(self.model, support, log_y, strategy, finetune_steps=steps,
+                                   lr=lr, known=self.known_devices())
         self.devices[device_name] = state
         if save:
             save_device(device_name, state, self.fingerprint, {**(info or {}),

@@ -49,7 +49,8 @@ def _state_to_json(state: DeviceState) -> dict[str, Any]:
     return {"z": state.z.tolist(), "a": float(state.a), "b": float(state.b),
             "params": {k: {"shape": list(v.shape), "values": v.flatten().tolist()}
                        for k, v in state.params.items()},
-            "members": [_state_to_json(m) for m in state.members]}
+            "members": [_state_to_json(m) for m in state.members],
+            "linear": None if state.linear is None else state.linear.tolist()}
 
 
 def _state_from_json(d: dict[str, Any]) -> DeviceState:
@@ -57,7 +58,9 @@ def _state_from_json(d: dict[str, Any]) -> DeviceState:
               for k, v in d.get("params", {}).items()}
     return DeviceState(torch.tensor(d["z"], dtype=torch.float32), torch.tensor(float(d["a"])),
                        torch.tensor(float(d["b"])), params,
-                       [_state_from_json(m) for m in d.get("members", [])])
+                       [_state_from_json(m) for m in d.get("members", [])],
+                       None if d.get("linear") is None
+                       else torch.tensor(d["linear"], dtype=torch.float32))
 
 
 def save_device(name: str, state: DeviceState, fingerprint: str, info: dict[str, Any],

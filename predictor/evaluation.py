@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from scipy.stats import kendalltau, spearmanr
 
+from predictor.adaptation import LINEAR_FEATURES
 from predictor.features import FEATURE_SCHEMA
 from predictor.graph_store import GraphStore
-
-LINEAR_FEATURES = ("log_macs", "log_params", "log_memory_bytes", "log_depth")
 
 
 def metrics(pred_ms: np.ndarray, true_ms: np.ndarray) -> dict[str, float]:
@@ -130,7 +129,7 @@ def predictor_fn(model, strategy: str = "amortised", finetune_steps: int = 20,
     `strategy`: one of `predictor.adaptation.STRATEGIES` or "auto" (cross-validated choice).
     `known`: device states of known (training) devices for the nearest-device ensemble.
     """
-    from predictor.adaptation import adapt, adapt_selected, predict
+    from predictor.adaptation import adapt_selected, adapt_strategy, predict
 
     def run(store: GraphStore, support: np.ndarray, y_ms: np.ndarray, test: np.ndarray
             ) -> np.ndarray:
@@ -140,9 +139,8 @@ def predictor_fn(model, strategy: str = "amortised", finetune_steps: int = 20,
             state, _ = adapt_selected(model, batch, y, finetune_steps=finetune_steps,
                                       lr=finetune_lr, known=known)
         else:
-            steps = finetune_steps if strategy.startswith("finetune") else 0
-            state = adapt(model, batch, y, finetune_steps=steps, lr=finetune_lr,
-                          known=known if "nearest" in strategy else None)
+            state = adapt_strategy(model, batch, y, strategy, finetune_steps=finetune_steps,
+                                   lr=finetune_lr, known=known)
         out = [predict(model, store.batch(test[i:i + chunk]), state)
                for i in range(0, test.size, chunk)]
         return torch.exp(torch.cat(out)).numpy().astype(np.float64)

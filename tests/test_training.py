@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from predictor.adaptation import (
+    AUTO_CANDIDATES,
     STRATEGIES,
     DeviceState,
     adapt,
@@ -87,13 +88,15 @@ def test_cross_validated_strategy_choice(tiny_run) -> None:
     y = torch.tensor(np.log(task.latency_ms[support]), dtype=torch.float32)
     errors = cross_validated_errors(model, store.batch(support), y, finetune_steps=5,
                                     known=known)
-    assert set(errors) == {name for name, _, _ in STRATEGIES}
+    assert set(errors) == set(AUTO_CANDIDATES)
     assert all(np.isfinite(e) and e >= 0 for e in errors.values())
     state, choice = adapt_selected(model, store.batch(support), y, finetune_steps=5, known=known)
     assert choice == min(errors, key=errors.__getitem__)
-    own = state.members[0] if state.members else state  # an ensemble lists its own state first
-    assert bool(own.params) == choice.startswith("finetune")
-    assert bool(state.members) == ("nearest" in choice)
+    tuned, with_nearest, with_linear, network = STRATEGIES[choice]
+    members = state.members or [state]  # an ensemble lists its own state first
+    assert bool(members[0].params) == tuned
+    assert len(members) == 1 + with_nearest + with_linear
+    assert (members[-1].linear is not None) == (with_linear or not network)
     # Too few samples to cross-validate: the nearest-device ensemble, without fine-tuning.
     _, few = adapt_selected(model, store.batch(support[:5]), y[:5], finetune_steps=5,
                             known=known)
@@ -141,7 +144,7 @@ def test_api_adapt_predict_and_stored_device(tiny_run, tmp_path, monkeypatch) ->
     predictor.adapt("board", paths[:6], table[:6], save=True, info={"note": "test"})
     from predictor.device_store import load_device
 
-    assert load_device("board")[1]["strategy"] in {name for name, _, _ in STRATEGIES}
+    assert load_device("board")[1]["strategy"] in set(STRATEGIES)
     ms = predictor.predict(paths[6:], device="board")
     assert ms.shape == (2,) and np.all(ms > 0)
     # a new session finds the stored device and predicts the same
