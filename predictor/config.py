@@ -26,6 +26,8 @@ class TrainConfig:
         accelerator, devices, strategy, num_nodes: passed through to `lightning.Trainer`
             (e.g. strategy "ddp" with devices 2 for data-parallel meta-training).
         finetune_steps: inner-loop steps at adaptation time (0: amortised embedding only).
+        init_from: start from this checkpoint's weights and feature standardisers (its
+            model config must equal `model`), e.g. to add devices to a trained predictor.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -43,6 +45,7 @@ class TrainConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     seed: int = 0
+    init_from: str | None = None
 
 
 def _build(cls: type[T], raw: dict[str, Any], where: str) -> T:

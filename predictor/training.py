@@ -12,6 +12,7 @@ import torch
 from predictor.checkpoint import Checkpoint
 from predictor.config import TrainConfig
 from predictor.datamodule import EpisodeDataModule
+from predictor.errors import PredictorError
 from predictor.graph_store import GraphStore
 from predictor.metalearner import MetaLearner
 
@@ -35,7 +36,16 @@ def train(config: TrainConfig, out: str | Path, *, data_dir: str | Path | None =
                                    progress=progress)
     datamodule.setup("fit")
     learner = MetaLearner(config)
-    fit_standardisers(learner, list(datamodule.stores.values()))
+    base_devices: tuple[str, ...] = ()
+    if config.init_from:
+        base = Checkpoint.load(config.init_from)
+        if base.config.model != config.model:
+            raise PredictorError(f"init_from {config.init_from}: its model config differs "
+                                 "from this config's 'model' section")
+        learner.model.load_state_dict(base.model.state_dict())
+        base_devices = base.devices
+    else:
+        fit_standardisers(learner, list(datamodule.stores.values()))
 
     loggers: list = [L.pytorch.loggers.CSVLogger(str(log_dir), name="train")]
     if use_wandb:
@@ -60,13 +70,16 @@ def train(config: TrainConfig, out: str | Path, *, data_dir: str | Path | None =
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
         learner.load_state_dict(state["state_dict"])
-    devices = tuple(f"{t.space}/{t.device}" for t in datamodule.train_tasks)
+    # A warm-started predictor has also seen its base checkpoint's training devices.
+    devices = tuple(dict.fromkeys(
+        [*base_devices, *(f"{t.space}/{t.device}" for t in datamodule.train_tasks)]))
     checkpoint = Checkpoint(
         model=learner.model.cpu().eval(), config=config, devices=devices,
         info={"train_minutes": round(minutes, 2),
               "best_val_spearman": float(best.best_model_score or float("nan")),
               "valid_devices": [f"{t.space}/{t.device}" for t in datamodule.val_tasks],
-              "epochs": trainer.current_epoch},
+              "epochs": trainer.current_epoch,
+              **({"init_from": str(config.init_from)} if config.init_from else {})},
     )
     if trainer.is_global_zero:
         checkpoint.save(out)

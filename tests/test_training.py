@@ -103,6 +103,29 @@ def test_cross_validated_strategy_choice(tiny_run) -> None:
     assert few == "nearest"
 
 
+def test_warm_start_from_a_checkpoint(tiny_run, tmp_path) -> None:
+    import dataclasses
+
+    from predictor.errors import PredictorError
+
+    checkpoint, root, config, data_dir = tiny_run
+    data = dataclasses.replace(config.data, spaces=("fbnet",), episodes_per_epoch=8)
+    warm = dataclasses.replace(config, data=data, max_epochs=1,
+                               init_from=str(root / "tiny.ckpt"))
+    out = train(warm, tmp_path / "warm.ckpt", data_dir=data_dir, cache_root=root / "cache",
+                log_dir=tmp_path / "logs", progress=False)
+    # the base's devices stay listed next to the new ones, and its standardisers are kept
+    assert set(checkpoint.devices) < set(out.devices)
+    assert any(d.startswith("fbnet/") for d in out.devices)
+    assert torch.equal(out.model.node_norm.std, checkpoint.model.node_norm.std)
+    assert out.info["init_from"] == str(root / "tiny.ckpt")
+    model = dataclasses.replace(config.model, graph_dim=config.model.graph_dim + 1)
+    with pytest.raises(PredictorError, match="model config differs"):
+        train(dataclasses.replace(warm, model=model), tmp_path / "bad.ckpt", data_dir=data_dir,
+              cache_root=root / "cache", log_dir=tmp_path / "logs", progress=False)
+    assert not (tmp_path / "bad.ckpt").exists()
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path, shared_data_dir) -> None:
     """`latpred train` with strategy ddp on 2 CPU processes (Lightning relaunches the CLI)."""
