@@ -33,6 +33,8 @@ class DataConfig:
         limit_archs: only the first N architectures of each space (tests).
         model_sets: measured model sets to meta-train on too (`predictor.model_sets`):
             {set name: {"train": [devices], "valid": [devices]}}.
+        model_set_share: share of training episodes drawn from model-set devices
+            (default: uniform over all devices).
     """
 
     spaces: tuple[str, ...] = ("nb201", "fbnet")
@@ -48,6 +50,7 @@ class DataConfig:
     max_shots: int | None = None  # k drawn from shots..max_shots per training episode
     mix_prob: float = 0.0  # share of training episodes on mixtures of two devices
     model_sets: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    model_set_share: float | None = None
 
 
 class EpisodeDataModule(L.LightningDataModule):
@@ -86,6 +89,18 @@ class EpisodeDataModule(L.LightningDataModule):
             self.val_tasks += val
         self._setup_model_sets()
 
+    def _task_weights(self) -> list[float] | None:
+        """Per-task weights giving model-set devices `model_set_share` of the episodes."""
+        from predictor.model_sets import SPACE_PREFIX
+
+        share = self.config.model_set_share
+        in_set = [t.space.startswith(SPACE_PREFIX) for t in self.train_tasks]
+        if share is None or not any(in_set) or all(in_set):
+            return None
+        n_set = sum(in_set)
+        n_other = len(in_set) - n_set
+        return [share / n_set if s else (1 - share) / n_other for s in in_set]
+
     def _setup_model_sets(self) -> None:
         from predictor.model_sets import load_model_set_task, model_set_store
 
@@ -106,7 +121,7 @@ class EpisodeDataModule(L.LightningDataModule):
         c = self.config
         dataset = EpisodeDataset(self.train_tasks, self.stores, c.shots, c.queries,
                                  c.episodes_per_epoch, seed=c.seed, max_shots=c.max_shots,
-                                 mix_prob=c.mix_prob)
+                                 mix_prob=c.mix_prob, task_weights=self._task_weights())
         if self.trainer is not None:
             dataset.set_epoch(self.trainer.current_epoch)
         return DataLoader(dataset, batch_size=c.episodes_per_step, shuffle=False,

@@ -113,11 +113,13 @@ class EpisodeDataset(torch.utils.data.Dataset):
         max_shots: if set, k is drawn uniformly from shots..max_shots per episode.
         mix_prob: probability that an episode's device is a synthetic mixture of two
             training devices with the same graphs (task augmentation; see `mix_tasks`).
+        task_weights: sampling weights of the tasks (default: uniform).
     """
 
     def __init__(self, tasks: Sequence[DeviceTask], stores: dict[tuple[str, int], GraphStore],
                  shots: int, queries: int, episodes: int, seed: int = 0,
-                 max_shots: int | None = None, mix_prob: float = 0.0):
+                 max_shots: int | None = None, mix_prob: float = 0.0,
+                 task_weights: Sequence[float] | None = None):
         if not tasks:
             raise ValueError("EpisodeDataset needs at least one device task")
         self.tasks = list(tasks)
@@ -129,6 +131,12 @@ class EpisodeDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.max_shots = max_shots
         self.mix_prob = mix_prob
+        self.task_p = None
+        if task_weights is not None:
+            w = np.asarray(task_weights, dtype=np.float64)
+            if w.shape != (len(self.tasks),) or (w < 0).any() or w.sum() <= 0:
+                raise ValueError("task_weights: one non-negative weight per task, not all 0")
+            self.task_p = w / w.sum()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -138,7 +146,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Episode:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        task_index = int(rng.integers(len(self.tasks)))
+        task_index = (int(rng.integers(len(self.tasks))) if self.task_p is None
+                      else int(rng.choice(len(self.tasks), p=self.task_p)))
         task = self.tasks[task_index]
         if self.mix_prob > 0 and rng.random() < self.mix_prob:
             partners = [t for t in self.tasks if t.store_key == task.store_key and t is not task]

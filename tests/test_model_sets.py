@@ -49,7 +49,7 @@ def test_model_set_devices_join_meta_training(small_set, tmp_path, monkeypatch,
     monkeypatch.setattr(model_sets, "MODEL_SETS_DIR", small_set)
     config = DataConfig(spaces=("nb201",), shots=3, queries=3, episodes_per_epoch=8,
                         val_episodes=2, limit_archs=50,
-                        model_sets={"tiny": {"train": ["here-ort-2t"]}})
+                        model_sets={"tiny": {"train": ["here-ort-2t"]}}, model_set_share=0.5)
     dm = EpisodeDataModule(config, data_dir=shared_data_dir, cache_root=tmp_path,
                            progress=False)
     dm.setup()
@@ -57,3 +57,7 @@ def test_model_set_devices_join_meta_training(small_set, tmp_path, monkeypatch,
     assert any(t.space == "set:tiny" for t in dm.train_tasks)
     episodes = [ep for batch in dm.train_dataloader() for ep in batch]
     assert len(episodes) == 8 and all(ep.support_y.isfinite().all() for ep in episodes)
+    # one model-set device against 9 NB201 devices, yet half the episodes
+    weights = dm._task_weights()
+    in_set = [t.space == "set:tiny" for t in dm.train_tasks]
+    assert abs(sum(w for w, s in zip(weights, in_set, strict=True) if s) - 0.5) < 1e-9
