@@ -22,7 +22,9 @@ def shipped() -> Predictor:
 
 def test_every_shipped_device_belongs_to_the_shipped_checkpoint(shipped) -> None:
     files = list_device_files()
-    trained = {f"{e.split('/')[1]}@{e.split('/')[0]}" for e in shipped.checkpoint.devices}
+    # "nb201/pixel3" -> "pixel3@nb201"; a model set's "set:zoo1/epyc-ort-2t" -> "epyc-ort-2t@zoo1"
+    trained = {f"{e.split('/')[1]}@{e.split('/')[0].split(':')[-1]}"
+               for e in shipped.checkpoint.devices}
     assert trained <= set(files)
     for name in trained:
         state, info = load_device(name, shipped.fingerprint)
@@ -38,6 +40,11 @@ def test_shipped_checkpoint_never_saw_test_devices(shipped) -> None:
         names = {e.split("/")[1] for e in shipped.checkpoint.devices if e.startswith(space)}
         assert names == set(split.train)
         assert not names & (set(split.test) | set(split.valid))
+    # Model-set devices: never the local benchmark's held-out runtime configuration.
+    from predictor.model_sets import HELD_OUT_CONFIG, SPACE_PREFIX
+
+    sets = [e for e in shipped.checkpoint.devices if e.startswith(SPACE_PREFIX)]
+    assert not [e for e in sets if e.endswith(f"-{HELD_OUT_CONFIG.name}")]
 
 
 def test_predict_search_space_graphs(shipped, tmp_path) -> None:
