@@ -296,3 +296,18 @@ def adapt_strategy(model: LatencyModel, support: GraphBatch, log_latency: torch.
         members = (state.members or [state]) + [fit_linear(model, support, log_latency)]
         state = DeviceState(state.z, state.a, state.b, members=members)
     return state
+
+
+def adapt_named(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
+                strategy: str, *, finetune_steps: int, lr: float = 1e-2,
+                known: list[DeviceState] | None = None) -> tuple[DeviceState, str]:
+    """Adapt with `strategy`: "auto" (cross-validated choice) or a name of `STRATEGIES`.
+
+    Returns:
+        (state, the strategy used).
+    """
+    if strategy == "auto":
+        return adapt_selected(model, support, log_latency, finetune_steps=finetune_steps,
+                              lr=lr, known=known)
+    return adapt_strategy(model, support, log_latency, strategy, finetune_steps=finetune_steps,
+                          lr=lr, known=known), strategy

@@ -17,8 +17,7 @@ import torch
 from predictor.adaptation import (
     STRATEGIES,
     DeviceState,
-    adapt_selected,
-    adapt_strategy,
+    adapt_named,
     predict,
 )
 from predictor.checkpoint import Checkpoint
@@ -101,12 +100,8 @@ class Predictor:
         support = store.batch(range(len(store)))
         log_y = torch.tensor(np.log(y), dtype=torch.float32)
         lr = self.checkpoint.config.finetune_lr
-        if strategy == "auto":
-            state, strategy = adapt_selected(self.model, support, log_y, finetune_steps=steps,
-                                             lr=lr, known=self.known_devices())
-        else:
-            state = adapt_strategy(self.model, support, log_y, strategy, finetune_steps=steps,
-                                   lr=lr, known=self.known_devices())
+        state, strategy = adapt_named(self.model, support, log_y, strategy, finetune_steps=steps,
+                                      lr=lr, known=self.known_devices())
         self.devices[device_name] = state
         if save:
             save_device(device_name, state, self.fingerprint, {**(info or {}),

@@ -129,18 +129,14 @@ def predictor_fn(model, strategy: str = "amortised", finetune_steps: int = 20,
     `strategy`: one of `predictor.adaptation.STRATEGIES` or "auto" (cross-validated choice).
     `known`: device states of known (training) devices for the nearest-device ensemble.
     """
-    from predictor.adaptation import adapt_selected, adapt_strategy, predict
+    from predictor.adaptation import adapt_named, predict
 
     def run(store: GraphStore, support: np.ndarray, y_ms: np.ndarray, test: np.ndarray
             ) -> np.ndarray:
         y = torch.tensor(np.log(y_ms), dtype=torch.float32)
         batch = store.batch(support)
-        if strategy == "auto":
-            state, _ = adapt_selected(model, batch, y, finetune_steps=finetune_steps,
-                                      lr=finetune_lr, known=known)
-        else:
-            state = adapt_strategy(model, batch, y, strategy, finetune_steps=finetune_steps,
-                                   lr=finetune_lr, known=known)
+        state, _ = adapt_named(model, batch, y, strategy, finetune_steps=finetune_steps,
+                               lr=finetune_lr, known=known)
         out = [predict(model, store.batch(test[i:i + chunk]), state)
                for i in range(0, test.size, chunk)]
         return torch.exp(torch.cat(out)).numpy().astype(np.float64)
