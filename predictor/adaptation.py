@@ -15,6 +15,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from predictor.graph_store import GraphBatch, select_graphs
+from predictor.encoder import UniquePlan
 from predictor.model import LatencyModel
 
 # Parameters the inner loop may change: the conditioning and the head, never the
@@ -74,17 +75,18 @@ class _RawHead(torch.nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, batch: GraphBatch, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.inner.raw_log_latency(batch, h, z)
+    def forward(self, batch: GraphBatch, h: torch.Tensor, z: torch.Tensor,
+                plan: UniquePlan | None = None) -> torch.Tensor:
+        return self.inner.raw_log_latency(batch, h, z, plan)
 
 
 def _call_raw(model: LatencyModel, params: dict[str, torch.Tensor], batch: GraphBatch,
-              h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+              h: torch.Tensor, z: torch.Tensor, plan: UniquePlan | None = None) -> torch.Tensor:
     """`model.raw_log_latency` with `params` in place of the model's own parameters."""
     if not params:
-        return model.raw_log_latency(batch, h, z)
+        return model.raw_log_latency(batch, h, z, plan)
     return functional_call(_RawHead(model), {f"inner.{k}": v for k, v in params.items()},
-                           (batch, h, z), strict=False)
+                           (batch, h, z, plan), strict=False)
 
 
 def adapt(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor, *,
@@ -186,9 +188,13 @@ def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch
     """Calibrated log(latency in ms) (B,) of `batch` on the adapted device."""
     with torch.no_grad():
         states = state.members or [state]
-        h = model.encode(batch)[0] if any(s.linear is None for s in states) else None
+        plan = h = None
+        if any(s.linear is None for s in states):
+            plan = model.plan(batch)  # each distinct node once: same numbers, less work
+            h = model.node_states(batch, plan)
         preds = [_linear_design(model, batch) @ s.linear if s.linear is not None
-                 else s.a * _call_raw(model, s.params, batch, h, s.z) + s.b for s in states]
+                 else s.a * _call_raw(model, s.params, batch, h, s.z, plan) + s.b
+                 for s in states]
         return torch.stack(preds).mean(dim=0)
 
 

@@ -59,6 +59,9 @@ class Predictor:
         self.model = checkpoint.model.eval()
         self.fingerprint = model_fingerprint(self.model)
         self.devices: dict[str, DeviceState] = {}
+        self._infos: dict[str, dict[str, Any]] = {}
+        self._paths: dict[str, Path] = {}  # device files and their mtimes, to notice
+        self._stamps: dict[str, int] = {}  # recalibrations by other processes
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Predictor:
@@ -103,9 +106,13 @@ class Predictor:
         state, strategy = adapt_named(self.model, support, log_y, strategy, finetune_steps=steps,
                                       lr=lr, known=self.known_devices())
         self.devices[device_name] = state
+        self._infos[device_name] = {**(info or {}), "strategy": strategy}
         if save:
-            save_device(device_name, state, self.fingerprint, {**(info or {}),
-                                                               "strategy": strategy})
+            path = save_device(device_name, state, self.fingerprint, self._infos[device_name])
+            self._paths[device_name] = path
+            self._stamps[device_name] = path.stat().st_mtime_ns
+        else:
+            self._paths.pop(device_name, None)
         return state
 
     def known_devices(self) -> list[DeviceState]:
@@ -125,35 +132,67 @@ class Predictor:
     def space_graphs(self, space: str, archs: Sequence[Any], *,
                      input_shape: Sequence[int] | None = None,
                      num_classes: int | None = None) -> GraphStore:
-        """Operator graphs of search-space architectures (NB201 arch strings, FBNet block
-        lists), memoised per (space, input shape, classes, arch)."""
-        from predictor.corpus import arch_graph
+        """Operator graphs of search-space architectures (NB201 arch strings or op lists,
+        FBNet block lists or '-'-joined names), assembled from cached per-segment templates
+        (`predictor.space_templates`): the graphs of the ONNX path, without building ONNX.
 
-        cache = self.__dict__.setdefault("_arch_graphs", {})
-        shape = tuple(input_shape) if input_shape is not None else None
-        graphs = []
-        for arch in archs:
-            key = (space, shape, num_classes, arch if isinstance(arch, str) else tuple(arch))
-            if key not in cache:
-                cache[key] = arch_graph(space, arch, shape, num_classes)
-            graphs.append(cache[key])
-        return GraphStore.from_graphs(graphs)
+        Raises:
+            InvalidArchError: a malformed arch, naming it and the problem.
+        """
+        from predictor.space_templates import space_templates
+
+        return space_templates(space, input_shape, num_classes).store(list(archs))
 
     def predict_batch(self, space: str, archs: Sequence[Any], device: str, *,
                       input_shape: Sequence[int] | None = None,
                       num_classes: int | None = None) -> np.ndarray:
-        """Predicted latency in ms of search-space architectures on `device`, (n,)."""
+        """Predicted latency in ms of search-space architectures on `device`, (n,).
+
+        `input_shape` and `num_classes` default to the setting the device was calibrated
+        with on this space, else to the space's benchmark setting at the device's batch
+        size (e.g. 256 for HELP's `1080ti_256`).
+        """
+        info = self.device_info(device)
+        if info.get("space") == space:  # calibrated on this space: its setting by default
+            input_shape = input_shape or info.get("input_shape")
+            num_classes = num_classes or info.get("num_classes")
+        if input_shape is None:
+            from predictor.corpus import get_space
+
+            batch = info.get("batch_size") or 1
+            input_shape = (int(batch), *get_space(space).input_shape[1:])
         store = self.space_graphs(space, archs, input_shape=input_shape,
                                   num_classes=num_classes)
         return self.predict(store, device)
 
     def device(self, name: str) -> DeviceState:
-        if name not in self.devices:
-            self.devices[name] = load_device(name, self.fingerprint)[0]
-        return self.devices[name]
+        """The adapted state of device `name` (calibrated here or loaded from its file;
+        reloaded when the file changed, e.g. recalibrated by another process)."""
+        if name in self.devices:
+            path = self._paths.get(name)
+            if path is None:
+                return self.devices[name]  # adapted in this process and not saved
+            try:
+                if path.stat().st_mtime_ns == self._stamps.get(name):
+                    return self.devices[name]
+            except OSError:
+                pass
+        path = list_device_files().get(name)
+        state, info = load_device(name, self.fingerprint)
+        self.devices[name] = state
+        self._infos[name] = info
+        if path is not None:
+            self._paths[name] = path
+            self._stamps[name] = path.stat().st_mtime_ns
+        return state
+
+    def device_info(self, name: str) -> dict[str, Any]:
+        """What is stored about device `name` (kind, batch size, provenance, strategy...)."""
+        self.device(name)
+        return self._infos.get(name, {})
 
     def predict(self, models: Sequence[Any] | GraphStore, device: str, *,
-                input_shape: InputShapes = None, chunk: int = 1024) -> np.ndarray:
+                input_shape: InputShapes = None, chunk: int = 256) -> np.ndarray:
         """Predicted latency in ms, one per model, (n,) float64."""
         state = self.device(device)
         store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)

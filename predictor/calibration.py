@@ -78,13 +78,18 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
 
 
 def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: dict[str, Any],
-              *, strategy: str = "auto", input_shape=None) -> dict[str, Any]:
+              *, strategy: str = "auto", input_shape=None, space: str | None = None,
+              num_classes: int | None = None) -> dict[str, Any]:
     """Adapt `predictor` to device `name` from measured rows and store it.
 
     Args:
         predictor: a `predictor.api.Predictor`.
-        rows: dicts with at least `model` (an ONNX path) and `latency_ms`.
+        rows: dicts with `latency_ms` and either `model` (an ONNX path) or, with `space`,
+            `arch` (a search-space architecture, e.g. an NB201 arch string).
         provenance: how the rows were measured (machine, runtime, settings).
+        space, num_classes, input_shape: the search space of `arch` rows and its setting
+            (defaults: the space's benchmark setting); stored, so that
+            `Predictor.predict_batch` on this device uses the same setting by default.
 
     The device goes to the user device folder (`$LATPRED_DEVICE_DIR`) when set, else
     to the shipped `device_embeddings/`.
@@ -95,10 +100,23 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
     if not name or "/" in name or name.startswith("."):
         raise PredictorError(f"Invalid device name {name!r}: use letters, digits, -, _, @")
     folder = device_dirs()[0]
-    models = [row["model"] for row in rows]
     latencies = [float(row["latency_ms"]) for row in rows]
-    info = {"kind": "calibrated device", "date": datetime.now(timezone.utc).isoformat(),
-            "provenance": dict(provenance), "measurements": [dict(r) for r in rows]}
+    info: dict[str, Any] = {"kind": "calibrated device",
+                            "date": datetime.now(timezone.utc).isoformat(),
+                            "provenance": dict(provenance), "measurements": [dict(r) for r in rows]}
+    if space is None:
+        models = [row["model"] for row in rows]
+    else:
+        from predictor.corpus import get_space
+
+        spec = get_space(space)
+        shape = tuple(int(d) for d in (input_shape or spec.input_shape))
+        classes = int(num_classes or spec.num_classes)
+        models = predictor.space_graphs(space, [row["arch"] for row in rows],
+                                        input_shape=shape, num_classes=classes)
+        info.update(space=spec.name, input_shape=list(shape), num_classes=classes,
+                    batch_size=shape[0])
+        input_shape = None
     with device_lock(name, folder):
         predictor.adapt(name, models, latencies, input_shape=input_shape, strategy=strategy,
                         save=True, info=info)

@@ -23,20 +23,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from predictor.api import Predictor
+def _read_archs(path: Path) -> list[str]:
+    """One architecture per line (blank lines and `#` comments skipped)."""
+    from predictor.errors import DataError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"Cannot read archs file {path}: {exc}") from None
+    archs = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not archs:
+        raise DataError(f"Archs file {path} lists no architecture (one per line)")
+    return archs
+
+
+def _space_setting(args: argparse.Namespace) -> tuple[tuple[int, ...] | None, int | None]:
+    from predictor.errors import PredictorError
     from predictor.onnx_io import parse_shape
 
+    if args.classes is not None and args.classes < 1:
+        raise PredictorError(f"--classes must be >= 1, got {args.classes}")
+    return (parse_shape(args.input_shape) if args.input_shape else None), args.classes
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from predictor.api import Predictor
+    from predictor.errors import PredictorError
+    from predictor.onnx_io import parse_shape
+
+    if bool(args.models) == bool(args.space):
+        raise PredictorError("Give either ONNX models, or --space with --archs FILE")
     predictor = Predictor.load(args.checkpoint)
-    shape = parse_shape(args.input_shape) if args.input_shape else None
-    latencies = predictor.predict(args.models, device=args.device, input_shape=shape)
-    rows = [{"model": str(m), "device": args.device, "latency_ms": float(v)}
-            for m, v in zip(args.models, latencies, strict=True)]
+    if args.space:
+        if args.archs is None:
+            raise PredictorError("--space needs --archs FILE (one architecture per line)")
+        archs = _read_archs(args.archs)
+        shape, classes = _space_setting(args)
+        latencies = predictor.predict_batch(args.space, archs, args.device, input_shape=shape,
+                                            num_classes=classes)
+        key, items = "arch", archs
+    else:
+        shape = parse_shape(args.input_shape) if args.input_shape else None
+        latencies = predictor.predict(args.models, device=args.device, input_shape=shape)
+        key, items = "model", [str(m) for m in args.models]
+    rows = [{key: item, "device": args.device, "latency_ms": float(v)}
+            for item, v in zip(items, latencies, strict=True)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['latency_ms']:10.3f} ms  {row['model']}  ({args.device})")
+            print(f"{row['latency_ms']:10.3f} ms  {row[key]}  ({args.device})")
     return 0
 
 
@@ -50,6 +86,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.measure == (args.measurements is not None):
         raise PredictorError("Give exactly one of --measure (time the reference set here) "
                              "or --measurements FILE.csv")
+    if args.space:
+        if args.measure:
+            raise PredictorError("--space calibrates from --measurements FILE.csv "
+                                 "(header arch,latency_ms), not --measure")
+        rows, info = read_measurements_csv(args.measurements, key="arch")
+        shape, classes = _space_setting(args)
+        predictor = Predictor.load(args.checkpoint)
+        stored = calibrate(predictor, args.name, rows, {**info, "source": str(args.measurements)},
+                           strategy=args.strategy, input_shape=shape, space=args.space,
+                           num_classes=classes)
+        return _report_calibration(args, stored, len(rows),
+                                   f"latpred predict --space {args.space} --archs FILE "
+                                   f"--device {args.name}")
     if args.measure:
         rows, info = measure_reference_set(backend=args.backend, device=args.device_kind,
                                            threads=args.threads,
@@ -61,29 +110,40 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     shape = parse_shape(args.input_shape) if args.input_shape else None
     stored = calibrate(predictor, args.name, rows, info, strategy=args.strategy,
                        input_shape=shape)
+    return _report_calibration(args, stored, len(rows),
+                               f"latpred predict MODEL.onnx --device {args.name}")
+
+
+def _report_calibration(args: argparse.Namespace, stored: dict, count: int, hint: str) -> int:
     if args.json:
         print(json.dumps({"device": args.name, **stored}, indent=2, default=str))
     else:
-        print(f"calibrated '{args.name}' from {len(rows)} measurements "
-              f"(strategy: {stored['strategy']}); predict with: "
-              f"latpred predict MODEL.onnx --device {args.name}")
+        print(f"calibrated '{args.name}' from {count} measurements "
+              f"(strategy: {stored['strategy']}); predict with: {hint}")
     return 0
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from predictor.device_store import list_device_files
+    from predictor.device_store import describe_devices
 
-    files = list_device_files()
+    devices = describe_devices()
     if args.json:
-        out = []
-        for name, path in files.items():
-            info = json.loads(path.read_text()).get("info", {})
-            out.append({"name": name, "path": str(path), **info})
-        print(json.dumps(out, indent=2))
+        print(json.dumps(devices, indent=2))
     else:
-        for name, path in files.items():
-            print(f"{name:24s} {path}")
+        for device in devices:
+            print(f"{device['name']:24s} {device['path']}")
     return 0
+
+
+def _add_space_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", metavar="SHAPE",
+                   help="input shape, e.g. 1,3,16,16 (ONNX models with dynamic dims, or the "
+                        "search-space network's input)")
+    p.add_argument("--space", choices=("nb201", "fbnet"), default=None,
+                   help="search-space architectures instead of ONNX files (NB201 arch "
+                        "strings; FBNet: 22 block names joined by '-')")
+    p.add_argument("--classes", type=int, default=None,
+                   help="with --space: classifier outputs (default: the space's benchmark)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -99,9 +159,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("predict", help="predict latency of ONNX models on a known device")
-    p.add_argument("models", nargs="+", metavar="MODEL.onnx")
+    p.add_argument("models", nargs="*", metavar="MODEL.onnx")
     p.add_argument("--device", required=True)
-    p.add_argument("--input-shape", metavar="SHAPE")
+    _add_space_arguments(p)
+    p.add_argument("--archs", type=Path, default=None, metavar="FILE",
+                   help="with --space: one architecture per line")
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_predict)
@@ -113,7 +175,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="time the shipped reference set on this machine")
     p.add_argument("--measurements", type=Path, default=None, metavar="FILE.csv",
                    help="your own measurements: CSV with header model,latency_ms (model = "
-                        "ONNX path, relative to the CSV's folder)")
+                        "ONNX path, relative to the CSV's folder), or with --space "
+                        "arch,latency_ms")
     p.add_argument("--backend", choices=("onnxruntime",), default="onnxruntime")
     p.add_argument("--device-kind", choices=("cpu", "cuda"), default="cpu",
                    help="where --measure runs the models")
@@ -122,7 +185,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default="all")
     p.add_argument("--strategy", default="auto",
                    help="auto (cross-validated), amortised, nearest, finetune, finetune+nearest")
-    p.add_argument("--input-shape", metavar="SHAPE")
+    _add_space_arguments(p)
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_calibrate)

@@ -84,6 +84,21 @@ def list_device_files() -> dict[str, Path]:
     return found
 
 
+def describe_devices() -> list[dict[str, Any]]:
+    """Every known device, for listings: name, file path, checkpoint fingerprint and the
+    stored info (kind, space, strategy, date, ...). A file that cannot be read is listed
+    with an `error` field instead of its info, so one bad file does not hide the rest."""
+    out = []
+    for name, path in list_device_files().items():
+        try:
+            obj = json.loads(path.read_text())
+            entry = {"checkpoint": obj.get("checkpoint"), **obj.get("info", {})}
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            entry = {"error": f"unreadable device file ({type(exc).__name__}: {exc})"}
+        out.append({"name": name, "path": str(path), **entry})
+    return out
+
+
 def load_device(name: str, fingerprint: str | None = None) -> tuple[DeviceState, dict[str, Any]]:
     """Load a stored device; checks version and (if given) the checkpoint fingerprint."""
     files = list_device_files()

@@ -9,9 +9,11 @@ costs. The last layer is conditioned on the device embedding with FiLM.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,110 @@ class BiMessageLayer(nn.Module):
                 film: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         src, dst = edge_index
         n = h.shape[0]
-        from_producers = scatter_sum(h[src], dst, n)
-        from_consumers = scatter_sum(h[dst], src, n)
+        return self.update(h, scatter_sum(h[src], dst, n), scatter_sum(h[dst], src, n), film)
+
+    def update(self, h: torch.Tensor, from_producers: torch.Tensor, from_consumers: torch.Tensor,
+               film: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The layer given each node's state and its summed neighbour states."""
         update = self.mlp(torch.cat([h, from_producers, from_consumers], dim=1))
         if film is not None:
             gamma, beta = film
             update = update * (1 + gamma) + beta
         return self.norm(h + update)
+
+    def forward_unique(self, h: torch.Tensor, level: PlanLevel,
+                       film: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The layer on distinct nodes only: `h` (K, H) holds one state per class of the
+        previous level; returns one per class of `level`. `film`: (1, H) gamma and beta.
+
+        The first linear map is split over [own, producers, consumers] and applied to the
+        K previous states before gathering (linear maps commute with sums), so the widest
+        matmul runs on the fewer previous classes.
+        """
+        first = self.mlp[0]
+        w_own, w_prod, w_cons = first.weight.split(h.shape[1], dim=1)
+        size = level.own.numel()
+        pre = F.linear(h, w_own, first.bias)[level.own]
+        pre = pre.index_add(0, level.producer_slot, F.linear(h, w_prod)[level.producer_state])
+        pre = pre.index_add(0, level.consumer_slot, F.linear(h, w_cons)[level.consumer_state])
+        update = self.mlp[3](self.mlp[2](self.mlp[1](pre)))
+        if film is not None:
+            gamma, beta = film
+            update = update * (1 + gamma) + beta
+        return self.norm(h[level.own] + update)
+
+
+class PlanLevel(NamedTuple):
+    """One message-passing level of a `UniquePlan`: classes of nodes whose states are equal.
+
+    own: (K',) class (at the previous level) of each new class's representative node;
+    producer_state / producer_slot: for each edge into a representative, the previous
+    class of the producer and the new class it is summed into (consumer_* likewise).
+    """
+
+    own: torch.Tensor
+    producer_state: torch.Tensor
+    producer_slot: torch.Tensor
+    consumer_state: torch.Tensor
+    consumer_slot: torch.Tensor
+
+
+class UniquePlan(NamedTuple):
+    """Which nodes of a batch get equal states, level by level (inference speed-up).
+
+    After k message-passing layers a node's state is a function of its k-hop neighbourhood
+    in both directions, so nodes whose neighbourhoods match (Weisfeiler-Lehman colours:
+    own row, multisets of producer and consumer colours) have equal states. Search-space
+    graphs repeat cells and blocks, so a batch of NB201 networks has ~2-6x fewer distinct
+    states than nodes per layer. Colours are refined with random 64-bit hashes of the
+    multisets (a false merge needs a 64-bit collision).
+
+    first: (K0,) a representative node per class of the input rows;
+    levels: one `PlanLevel` per layer; classes: (N,) class of each node, by input row, then
+    after each level (layers + 1 tensors).
+    """
+
+    first: torch.Tensor
+    levels: list[PlanLevel]
+    classes: list[torch.Tensor]
+
+    @classmethod
+    def build(cls, x: torch.Tensor, edge_index: torch.Tensor, layers: int,
+              row_ids: torch.Tensor | None = None) -> UniquePlan:
+        with torch.no_grad():
+            if row_ids is None:
+                _, colour = torch.unique(x, dim=0, return_inverse=True)
+            else:
+                _, colour = torch.unique(row_ids, return_inverse=True)
+            first = _representatives(colour)
+            src, dst = edge_index
+            g = torch.Generator().manual_seed(0x5EED)
+            levels, classes = [], [colour]
+            for _ in range(layers):
+                k = int(colour.max()) + 1 if colour.numel() else 0
+                salt = torch.randint(-2**62, 2**62, (3, k), generator=g, dtype=torch.long)
+                key = salt[0][colour]
+                key = key.index_add(0, dst, salt[1][colour[src]])
+                key = key.index_add(0, src, salt[2][colour[dst]])
+                _, new = torch.unique(key, return_inverse=True)
+                rep = _representatives(new)
+                is_rep = torch.zeros_like(colour, dtype=torch.bool)
+                is_rep[rep] = True
+                p = is_rep[dst]
+                c = is_rep[src]
+                levels.append(PlanLevel(colour[rep], colour[src[p]], new[dst[p]],
+                                        colour[dst[c]], new[src[c]]))
+                colour = new
+                classes.append(new)
+        return cls(first, levels, classes)
+
+
+def _representatives(classes: torch.Tensor) -> torch.Tensor:
+    """(K,) one node index per class 0..K-1."""
+    k = int(classes.max()) + 1 if classes.numel() else 0
+    rep = torch.empty(k, dtype=torch.long)
+    rep[classes] = torch.arange(classes.numel())
+    return rep
 
 
 class GraphEncoder(nn.Module):
@@ -86,6 +185,16 @@ class GraphEncoder(nn.Module):
         if skip_last:
             return h
         return self.layers[-1](h, edge_index, last_film)
+
+    def forward_unique(self, x_rows: torch.Tensor, plan: UniquePlan) -> torch.Tensor:
+        """States before the last layer, one per class of the plan's second-to-last level.
+
+        `x_rows`: standardised features of the plan's `first` representatives (K0, F).
+        """
+        h = self.embed(x_rows)
+        for layer, level in zip(self.layers[:-1], plan.levels[:-1], strict=True):
+            h = layer.forward_unique(h, level)
+        return h
 
     def last(self, h: torch.Tensor, edge_index: torch.Tensor,
              film: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:

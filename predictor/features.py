@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from predictor.errors import SchemaMismatchError
@@ -139,17 +140,29 @@ def graph_features(graph: OpGraph, batch_size: int | None = None) -> list[float]
     nodes = graph.nodes
     scale = batch_size / graph.batch_size if batch_size else 1.0
     weight_bytes = sum(n.weight_bytes for n in nodes)
-    activation_bytes = (graph.memory_bytes - weight_bytes) * scale
     input_numel = math.prod(graph.primary_input_shape) if graph.primary_input_shape else 0
-    return [
-        _log(graph.macs * scale), _log(graph.params), _log(graph.other_flops * scale),
-        _log(weight_bytes + activation_bytes), _log(weight_bytes), _log(activation_bytes),
-        _log(len(nodes)), _log(graph.depth), _log(batch_size or graph.batch_size),
-        _log(graph.input_resolution), _log(input_numel * scale),
-        _log(sum(n.op_type in ("Conv", "ConvTranspose") for n in nodes)),
-        _log(sum(n.op_type in ("MatMul", "Gemm", "Einsum") for n in nodes)),
-        _log(sum(n.depthwise for n in nodes)),
-    ]
+    row = graph_features_from_totals(
+        macs=graph.macs * scale, params=graph.params, other_flops=graph.other_flops * scale,
+        weight_bytes=weight_bytes,
+        activation_bytes=(graph.memory_bytes - weight_bytes) * scale, nodes=len(nodes),
+        depth=graph.depth, batch=batch_size or graph.batch_size,
+        input_resolution=graph.input_resolution, input_numel=input_numel * scale,
+        conv_nodes=sum(n.op_type in ("Conv", "ConvTranspose") for n in nodes),
+        matmul_nodes=sum(n.op_type in ("MatMul", "Gemm", "Einsum") for n in nodes),
+        depthwise_nodes=sum(n.depthwise for n in nodes))
+    return [float(v) for v in row]
+
+
+def graph_features_from_totals(*, macs, params, other_flops, weight_bytes, activation_bytes,
+                               nodes, depth, batch, input_resolution, input_numel, conv_nodes,
+                               matmul_nodes, depthwise_nodes) -> np.ndarray:
+    """Graph features from a graph's totals; scalars give (Fg,), arrays of G graphs (G, Fg)
+    (how `predictor.space_templates` computes many graphs' features at once)."""
+    values = [macs, params, other_flops, np.add(weight_bytes, activation_bytes), weight_bytes,
+              activation_bytes, nodes, depth, batch, input_resolution, input_numel, conv_nodes,
+              matmul_nodes, depthwise_nodes]
+    columns = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in values))
+    return np.log1p(np.maximum(np.stack(columns, axis=-1), 0.0))
 
 
 def to_data(graph: OpGraph) -> Data:

@@ -43,6 +43,9 @@ class GraphBatch(NamedTuple):
     batch: torch.Tensor
     graph_attr: torch.Tensor
     num_graphs: int
+    # (total_nodes,) long: equal ids <=> equal rows of x (from a store's unique rows);
+    # None when unknown. Lets inference compute each distinct node once.
+    row_ids: torch.Tensor | None = None
 
 
 def select_graphs(batch: GraphBatch, ids: Sequence[int] | torch.Tensor) -> GraphBatch:
@@ -54,7 +57,8 @@ def select_graphs(batch: GraphBatch, ids: Sequence[int] | torch.Tensor) -> Graph
     new_index = torch.cumsum(keep.long(), 0) - 1
     edges = batch.edge_index[:, keep[batch.edge_index[0]]]
     return GraphBatch(batch.x[keep], new_index[edges], position[batch.batch[keep]],
-                      batch.graph_attr[ids], ids.numel())
+                      batch.graph_attr[ids], ids.numel(),
+                      None if batch.row_ids is None else batch.row_ids[keep])
 
 
 @dataclass
@@ -129,14 +133,15 @@ class GraphStore:
         batch = torch.repeat_interleave(graph_range, n_count)
         new_start = torch.cumsum(n_count, 0) - n_count
         pos = torch.arange(batch.numel()) - new_start[batch] + n_start[batch]
-        x = self.node_rows[self.node_ids[pos]]
+        row_ids = self.node_ids[pos]
+        x = self.node_rows[row_ids]
         e_start = self.edge_ptr[ids]
         e_count = self.edge_ptr[ids + 1] - e_start
         e_batch = torch.repeat_interleave(graph_range, e_count)
         e_pos = torch.arange(e_batch.numel()) - (torch.cumsum(e_count, 0) - e_count)[e_batch] \
             + e_start[e_batch]
         edge_index = self.edge_index[:, e_pos] + new_start[e_batch]
-        return GraphBatch(x, edge_index, batch, self.graph_attr[ids], n_graphs)
+        return GraphBatch(x, edge_index, batch, self.graph_attr[ids], n_graphs, row_ids)
 
     def data(self, i: int):
         """Graph `i` as a PyG `Data` (x, edge_index, graph_attr)."""

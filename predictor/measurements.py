@@ -139,17 +139,18 @@ def _parse_float(raw: str, column: str, where: str) -> float | None:
         raise DataError(f"{where}: {column} {raw!r} is not a number") from None
 
 
-def _parse_row(raw: dict[str, str], folder: Path, where: str) -> dict[str, Any]:
+def _parse_row(raw: dict[str, str], folder: Path, where: str, key: str = "model"
+               ) -> dict[str, Any]:
     row: dict[str, Any] = dict(raw)
-    model = raw["model"]
-    if not model:
-        raise DataError(f"{where}: empty model")
-    if not model.startswith("<") and not Path(model).is_absolute():
-        model = str((folder / model).resolve())
-    row["model"] = model
+    item = raw[key]
+    if not item:
+        raise DataError(f"{where}: empty {key}")
+    if key == "model" and not item.startswith("<") and not Path(item).is_absolute():
+        item = str((folder / item).resolve())
+    row[key] = item
     latency = _parse_float(raw["latency_ms"], "latency_ms", where)
     if latency is None or not math.isfinite(latency) or latency <= 0:
-        raise DataError(f"{where}: latency_ms {raw['latency_ms']!r} of model {raw['model']!r} "
+        raise DataError(f"{where}: latency_ms {raw['latency_ms']!r} of {key} {raw[key]!r} "
                         "must be a finite number > 0")
     row["latency_ms"] = latency
     for column in ("p10_ms", "p90_ms", "energy_mj", "cv"):
@@ -163,12 +164,14 @@ def _parse_row(raw: dict[str, str], folder: Path, where: str) -> dict[str, Any]:
     return row
 
 
-def read_measurements_csv(path: Path | str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def read_measurements_csv(path: Path | str, key: str = "model"
+                          ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Read a measurements CSV: (rows, provenance).
 
-    Rows are dicts keyed by the header (which must contain `model,latency_ms`), numbers
-    parsed, relative model paths resolved against the CSV's folder; provenance values
-    are the strings of the `# key: value` comment lines.
+    Rows are dicts keyed by the header (which must contain `model,latency_ms`, or
+    `arch,latency_ms` with `key="arch"` for search-space architectures), numbers parsed,
+    relative model paths resolved against the CSV's folder; provenance values are the
+    strings of the `# key: value` comment lines.
 
     Raises:
         DataError: a missing file, a bad header, or a row whose latency is not finite > 0.
@@ -187,9 +190,9 @@ def read_measurements_csv(path: Path | str) -> tuple[list[dict[str, Any]], dict[
         if not line.strip():
             continue
         if line.lstrip().startswith("#"):
-            key, sep, value = line.lstrip()[1:].partition(":")
-            if sep and key.strip():
-                info[key.strip()] = value.strip()
+            name, sep, value = line.lstrip()[1:].partition(":")
+            if sep and name.strip():
+                info[name.strip()] = value.strip()
             continue
         try:
             fields = [f.strip() for f in next(csv.reader([line]))]
@@ -197,15 +200,15 @@ def read_measurements_csv(path: Path | str) -> tuple[list[dict[str, Any]], dict[
             raise DataError(f"{path}:{lineno}: bad CSV line ({exc})") from None
         if header is None:
             header = fields
-            if "model" not in header or "latency_ms" not in header:
-                raise DataError(f"{path}: the header must contain columns `model,latency_ms`; "
+            if key not in header or "latency_ms" not in header:
+                raise DataError(f"{path}: the header must contain columns `{key},latency_ms`; "
                                 f"found {header}")
             continue
         if len(fields) != len(header):
             raise DataError(f"{path}:{lineno}: {len(fields)} fields, the header has "
                             f"{len(header)}")
         rows.append(_parse_row(dict(zip(header, fields, strict=True)), path.parent,
-                               f"{path}:{lineno}"))
+                               f"{path}:{lineno}", key))
     if header is None:
-        raise DataError(f"{path}: no header line; expected columns `model,latency_ms`")
+        raise DataError(f"{path}: no header line; expected columns `{key},latency_ms`")
     return rows, info

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from predictor.encoder import EncoderConfig, GraphEncoder, scatter_sum
+from predictor.encoder import EncoderConfig, GraphEncoder, UniquePlan, scatter_sum
 from predictor.features import FEATURE_SCHEMA
 from predictor.graph_store import GraphBatch
 from predictor.hardware import HardwareConfig, HardwareEmbedding
@@ -101,28 +101,54 @@ class LatencyModel(nn.Module):
             nn.init.zeros_(film.bias)
 
     # -- device-independent part -------------------------------------------------
-    def encode(self, batch: GraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Node states before the conditioned layer (N, h), and graph embeddings (B, graph_dim)."""
-        x = self.node_norm(batch.x)
-        h = self.encoder(x, batch.edge_index, skip_last=True)
+    def encode(self, batch: GraphBatch, plan: UniquePlan | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node states before the conditioned layer (N, h), and graph embeddings (B, graph_dim).
+
+        With a `plan` (inference), the states are one per class of the plan's second-to-last
+        level instead of one per node: the same numbers, computed once per distinct node.
+        """
+        h = self.node_states(batch, plan)
+        per_node = h if plan is None else h[plan.classes[-2]]
         counts = torch.bincount(batch.batch, minlength=batch.num_graphs).clamp_min(1)
-        summed = scatter_sum(h, batch.batch, batch.num_graphs)
+        summed = scatter_sum(per_node, batch.batch, batch.num_graphs)
         pooled = torch.cat([summed / counts[:, None], summed / 100.0,
                             self.graph_norm(batch.graph_attr)], dim=1)
         return h, self.graph_embed(pooled)
+
+    def node_states(self, batch: GraphBatch, plan: UniquePlan | None = None) -> torch.Tensor:
+        """The first output of `encode` alone (what prediction needs)."""
+        if plan is None:
+            return self.encoder(self.node_norm(batch.x), batch.edge_index, skip_last=True)
+        return self.encoder.forward_unique(self.node_norm(batch.x[plan.first]), plan)
+
+    def plan(self, batch: GraphBatch) -> UniquePlan:
+        """The distinct-node plan of `batch` for `encode` / `raw_log_latency` (inference)."""
+        return UniquePlan.build(batch.x, batch.edge_index, len(self.encoder.layers),
+                                batch.row_ids)
 
     def embed_device(self, graph_emb: torch.Tensor, log_latency: torch.Tensor) -> torch.Tensor:
         """Device embedding (dim,) from support graph embeddings (k, G) and log-latencies (k,)."""
         return self.hardware(graph_emb, log_latency)
 
     # -- device-conditioned part ---------------------------------------------------
-    def raw_log_latency(self, batch: GraphBatch, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Uncalibrated log-latency (B,) of encoded graphs on the device embedded as z (dim,)."""
+    def raw_log_latency(self, batch: GraphBatch, h: torch.Tensor, z: torch.Tensor,
+                        plan: UniquePlan | None = None) -> torch.Tensor:
+        """Uncalibrated log-latency (B,) of encoded graphs on the device embedded as z (dim,).
+
+        `h` and `plan` as returned by / given to `encode`.
+        """
         gamma, beta = self.film_encoder(z).chunk(2)
-        n = h.shape[0]
-        h = self.encoder.last(h, batch.edge_index, (gamma.expand(n, -1), beta.expand(n, -1)))
+        if plan is None:
+            n = h.shape[0]
+            h = self.encoder.last(h, batch.edge_index, (gamma.expand(n, -1), beta.expand(n, -1)))
+        else:
+            h = self.encoder.layers[-1].forward_unique(h, plan.levels[-1],
+                                                       (gamma[None], beta[None]))
         g2, b2 = self.film_head(z).chunk(2)
         cost = F.softplus(self.cost_out(self.cost_in(h) * (1 + g2) + b2)).squeeze(1)
+        if plan is not None:
+            cost = cost[plan.classes[-1]]
         total = scatter_sum(cost[:, None], batch.batch, batch.num_graphs).squeeze(1)
         graph_in = torch.cat([self.graph_norm(batch.graph_attr),
                               z.expand(batch.num_graphs, -1)], dim=1)
@@ -131,3 +157,4 @@ class LatencyModel(nn.Module):
     def calibrate(self, raw_support: torch.Tensor, y_support: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         return affine_calibration(raw_support, y_support, self.config.calibration_ridge)
+

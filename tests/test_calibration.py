@@ -95,3 +95,51 @@ def test_device_lock_excludes_a_second_calibration(tmp_path) -> None:
                 pass
     with device_lock("board", tmp_path):  # released afterwards
         pass
+
+
+def test_calibrate_by_arch_then_predict_by_arch(tmp_path, shared_data_dir) -> None:
+    """No ONNX files: a CSV of NB201 arch strings, then predictions for an archs file, at a
+    non-default input shape and class count that the device remembers."""
+    task = load_device_task("nb201", DEVICE, shared_data_dir)
+    archs = SPACES["nb201"].archs(shared_data_dir)
+    ids = np.random.default_rng(1).choice(task.pool, 16, replace=False)
+    lines = ["# measured: HELP table of " + DEVICE, "arch,latency_ms"]
+    lines += [f"{archs[i]},{task.latency_ms[i]}" for i in ids[:10]]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "archs.txt").write_text("\n".join(archs[i] for i in ids[10:]) + "\n")
+    env = {"LATPRED_DEVICE_DIR": str(tmp_path / "devices")}
+    result = _cli("calibrate", "archboard", "--space", "nb201", "--measurements",
+                  str(tmp_path / "m.csv"), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(result.stdout)
+    assert stored["space"] == "nb201" and stored["input_shape"] == [1, 3, 32, 32]
+    assert stored["provenance"]["measured"] == "HELP table of " + DEVICE
+    pred = _cli("predict", "--space", "nb201", "--archs", str(tmp_path / "archs.txt"),
+                "--device", "archboard", "--json", env=env)
+    assert pred.returncode == 0, pred.stderr
+    rows = json.loads(pred.stdout)
+    assert [r["arch"] for r in rows] == [archs[i] for i in ids[10:]]  # input order
+    ms = np.array([r["latency_ms"] for r in rows])
+    assert np.all(np.abs(ms / task.latency_ms[ids[10:]] - 1) < 0.25), ms
+
+    # A 16x16, 120-class calibration is a different network; predictions follow it.
+    small = _cli("calibrate", "small", "--space", "nb201", "--input-shape", "1,3,16,16",
+                 "--classes", "120", "--measurements", str(tmp_path / "m.csv"), "--json",
+                 env=env)
+    assert small.returncode == 0, small.stderr
+    assert json.loads(small.stdout)["input_shape"] == [1, 3, 16, 16]
+
+    bad = tmp_path / "bad.txt"
+    bad.write_text("|nor_conv_3x3~0|+|none~0|avg_pool_9x9~1|+|none~0|none~1|none~2|\n")
+    result = _cli("predict", "--space", "nb201", "--archs", str(bad), "--device", "archboard",
+                  env=env)
+    assert result.returncode == 2 and "avg_pool_9x9" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    bad.write_text("-".join(["k3_e1"] * 21) + "\n")
+    result = _cli("predict", "--space", "fbnet", "--archs", str(bad), "--device", "archboard",
+                  env=env)
+    assert result.returncode == 2 and "21 layers" in result.stderr
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("model,latency_ms\na.onnx,1.0\n")
+    result = _cli("calibrate", "x", "--space", "nb201", "--measurements", str(wrong), env=env)
+    assert result.returncode == 2 and "arch,latency_ms" in result.stderr

@@ -340,26 +340,43 @@ def build_onnx(
     names = parse_arch(blocks)
     shape = _check_config(input_shape, num_classes)
     b = GraphBuilder(shape, weights=weights)
-    x = b.relu(b.conv(b.input, STEM_CHANNELS, 3, 1, 1))
+    x = emit_stem(b, b.input)
     for name, (c_in, c_out, stride) in zip(names, layer_shapes(), strict=True):
-        spec = block_spec(name)
-        if spec.is_skip:
-            if stride != 1 or c_in != c_out:
-                x = b.relu(b.conv(x, c_out, 1, stride, 0))
-            continue
-        mid, g = c_in * spec.expansion, spec.groups
-        y = b.relu(b.conv(x, mid, 1, groups=g))
-        if g > 1:
-            n, _, h, w = b.shapes[y]
-            y = b.reshape(y, [n, g, mid // g, h, w])
-            y = b.transpose(y, [0, 2, 1, 3, 4])
-            y = b.reshape(y, [n, mid, h, w])
-        y = b.relu(
-            b.conv(y, mid, spec.kernel, stride, same_padding(spec.kernel, stride), groups=mid)
-        )
-        y = b.conv(y, c_out, 1, groups=g)
-        x = b.add(y, x) if c_in == c_out and stride == 1 else y
-    x = b.relu(b.conv(x, HEAD_CHANNELS, 1))
-    x = b.reshape(b.global_avg_pool(x), [shape[0], -1])
-    logits = b.gemm(x, num_classes)
+        x = emit_block(b, x, name, c_in, c_out, stride)
+    logits = emit_head(b, x, num_classes)
     return b.build(logits, doc=f"FBNet {'-'.join(names)} num_classes={num_classes}")
+
+
+# The network's segments, shared by `build_onnx` and the graph templates of
+# `predictor.space_templates` (one source of truth for what the network computes).
+def emit_stem(b: GraphBuilder, x: str) -> str:
+    """3x3 conv -> BN -> ReLU."""
+    return b.relu(b.conv(x, STEM_CHANNELS, 3, 1, 1))
+
+
+def emit_block(b: GraphBuilder, x: str, name: str, c_in: int, c_out: int, stride: int) -> str:
+    """One layer's block (``x`` itself for a shape-keeping ``skip``)."""
+    spec = block_spec(name)
+    if spec.is_skip:
+        if stride != 1 or c_in != c_out:
+            x = b.relu(b.conv(x, c_out, 1, stride, 0))
+        return x
+    mid, g = c_in * spec.expansion, spec.groups
+    y = b.relu(b.conv(x, mid, 1, groups=g))
+    if g > 1:
+        n, _, h, w = b.shapes[y]
+        y = b.reshape(y, [n, g, mid // g, h, w])
+        y = b.transpose(y, [0, 2, 1, 3, 4])
+        y = b.reshape(y, [n, mid, h, w])
+    y = b.relu(
+        b.conv(y, mid, spec.kernel, stride, same_padding(spec.kernel, stride), groups=mid)
+    )
+    y = b.conv(y, c_out, 1, groups=g)
+    return b.add(y, x) if c_in == c_out and stride == 1 else y
+
+
+def emit_head(b: GraphBuilder, x: str, num_classes: int) -> str:
+    """1x1 conv to the head width -> BN -> ReLU -> global average pool -> flatten -> Linear."""
+    x = b.relu(b.conv(x, HEAD_CHANNELS, 1))
+    x = b.reshape(b.global_avg_pool(x), [b.shapes[x][0], -1])
+    return b.gemm(x, num_classes)

@@ -387,16 +387,38 @@ def build_onnx(
     ops = _ops_of(arch)
     shape = _check_config(input_shape, num_classes, C, N)
     b = GraphBuilder(shape, weights=weights)
-    x = b.conv(b.input, C, 3, 1, 1)  # stem conv + BN
+    x = emit_stem(b, b.input, C)
     for stage, c in enumerate((C, 2 * C, 4 * C)):
         if stage > 0:
-            main = b.conv(b.relu(x), c, 3, 2, 1)
-            main = b.conv(b.relu(main), c, 3, 1, 1)
-            residual = b.conv(b.avg_pool(x, 2, 2, 0, count_include_pad=True), c, 1, bias=False)
-            x = b.add(residual, main)
+            x = emit_reduction(b, x, c)
         for _ in range(N):
             x = _emit_cell(b, x, ops, c)
-    x = b.relu(b.batch_norm(x))
-    x = b.reshape(b.global_avg_pool(x), [shape[0], -1])
-    logits = b.gemm(x, num_classes)
+    logits = emit_head(b, x, num_classes)
     return b.build(logits, doc=f"NB201 {arch_to_str(ops)} num_classes={num_classes}")
+
+
+# The network's fixed segments, shared by `build_onnx` and the graph templates of
+# `predictor.space_templates` (one source of truth for what the network computes).
+def emit_stem(b: GraphBuilder, x: str, channels: int) -> str:
+    """Stem: 3x3 conv + BN (folded)."""
+    return b.conv(x, channels, 3, 1, 1)
+
+
+def emit_reduction(b: GraphBuilder, x: str, channels: int) -> str:
+    """`ResNetBasicBlock` between stages: stride-2 main path plus avg-pool shortcut."""
+    main = b.conv(b.relu(x), channels, 3, 2, 1)
+    main = b.conv(b.relu(main), channels, 3, 1, 1)
+    residual = b.conv(b.avg_pool(x, 2, 2, 0, count_include_pad=True), channels, 1, bias=False)
+    return b.add(residual, main)
+
+
+def emit_head(b: GraphBuilder, x: str, num_classes: int) -> str:
+    """BN -> ReLU -> global average pool -> flatten -> Linear."""
+    x = b.relu(b.batch_norm(x))
+    x = b.reshape(b.global_avg_pool(x), [b.shapes[x][0], -1])
+    return b.gemm(x, num_classes)
+
+
+def emit_cell(b: GraphBuilder, x: str, ops: Sequence[str], channels: int) -> str:
+    """One cell (public name of `_emit_cell`)."""
+    return _emit_cell(b, x, ops, channels)
