@@ -14,8 +14,8 @@ import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from predictor.graph_store import GraphBatch, select_graphs
 from predictor.encoder import UniquePlan
+from predictor.graph_store import GraphBatch, select_graphs
 from predictor.model import LatencyModel
 
 # Parameters the inner loop may change: the conditioning and the head, never the

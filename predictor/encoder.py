@@ -71,7 +71,6 @@ class BiMessageLayer(nn.Module):
         """
         first = self.mlp[0]
         w_own, w_prod, w_cons = first.weight.split(h.shape[1], dim=1)
-        size = level.own.numel()
         pre = F.linear(h, w_own, first.bias)[level.own]
         pre = pre.index_add(0, level.producer_slot, F.linear(h, w_prod)[level.producer_state])
         pre = pre.index_add(0, level.consumer_slot, F.linear(h, w_cons)[level.consumer_state])
