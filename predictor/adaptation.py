@@ -190,7 +190,8 @@ def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch
         states = state.members or [state]
         plan = h = None
         if any(s.linear is None for s in states):
-            plan = model.plan(batch)  # each distinct node once: same numbers, less work
+            # Each distinct node once: same numbers, less work (not worth it for one graph).
+            plan = model.plan(batch) if batch.num_graphs > 1 else None
             h = model.node_states(batch, plan)
         preds = [_linear_design(model, batch) @ s.linear if s.linear is not None
                  else s.a * _call_raw(model, s.params, batch, h, s.z, plan) + s.b

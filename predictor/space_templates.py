@@ -466,12 +466,23 @@ class SpaceTemplates:
             return np.zeros((0, 1), np.int64)
         return np.stack([pick(self.canonical(a)) for a in archs])
 
+    def totals(self, archs: Sequence[object]) -> dict[str, np.ndarray]:
+        """Graph totals of `archs` without assembling graphs: macs, params, other_flops,
+        memory bytes, nodes and depth, (G,) each (e.g. the MACs surrogate, a params
+        objective)."""
+        choices = self.choices(archs)
+        stats = self.bank.stats[choices].sum(axis=1)
+        return {"macs": stats[:, 0], "params": _unique_params(stats),
+                "other_flops": stats[:, 1], "memory_bytes": stats[:, 3] + stats[:, 4],
+                "nodes": self.bank.counts[choices, 0].sum(axis=1),
+                "depth": self.bank.depth[choices].sum(axis=1)}
+
     def store(self, archs: Sequence[object]) -> GraphStore:
         """The `GraphStore` of `archs`, in order (equal to `GraphStore.from_graphs` of their
         extracted ONNX graphs, up to the order of nodes and edges)."""
         choices = self.choices(archs)
         rows, counts, edges, e_counts, depth, stats = self.bank.assemble(choices)
-        params = stats[:, 2] - np.maximum(stats[:, _STATS.index("zero_scalars")] - 1, 0)
+        params = _unique_params(stats)
         attrs = graph_features_from_totals(
             macs=stats[:, 0], other_flops=stats[:, 1], params=params,
             weight_bytes=stats[:, 3], activation_bytes=stats[:, 4], nodes=counts,
@@ -488,6 +499,11 @@ class SpaceTemplates:
                 len(choices), FEATURE_SCHEMA.num_graph_features),
             meta={"space": self.space, "input_shape": list(self.input_shape),
                   "num_classes": self.num_classes})
+
+
+def _unique_params(stats: np.ndarray) -> np.ndarray:
+    """Parameter counts from stat sums, the shared scalar zero counted once."""
+    return stats[:, 2] - np.maximum(stats[:, _STATS.index("zero_scalars")] - 1, 0)
 
 
 def _resolution(shape: Sequence[int]) -> int:

@@ -114,3 +114,13 @@ def test_bad_archs_name_the_arch_and_the_problem(space, arch, fragment):
 def test_bad_setting_is_a_clear_error():
     with pytest.raises(InvalidArchError, match="divisible by 4"):
         SpaceTemplates("nb201", (1, 3, 30, 30), 10)
+
+
+def test_totals_match_the_extracted_graphs():
+    archs = _nb201_archs(5, 8)
+    totals = space_templates("nb201").totals(archs)
+    for i, arch in enumerate(archs):
+        g = arch_graph("nb201", arch)
+        assert totals["macs"][i] == g.macs and totals["params"][i] == g.params
+        assert totals["nodes"][i] == len(g.nodes) and totals["depth"][i] == g.depth
+        assert totals["memory_bytes"][i] == g.memory_bytes
