@@ -8,6 +8,7 @@ costs. The last layer is conditioned on the device embedding with FiLM.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -70,10 +71,12 @@ class BiMessageLayer(nn.Module):
         matmul runs on the fewer previous classes.
         """
         first = self.mlp[0]
-        w_own, w_prod, w_cons = first.weight.split(h.shape[1], dim=1)
-        pre = F.linear(h, w_own, first.bias)[level.own]
-        pre = pre.index_add(0, level.producer_slot, F.linear(h, w_prod)[level.producer_state])
-        pre = pre.index_add(0, level.consumer_slot, F.linear(h, w_cons)[level.consumer_state])
+        hidden = h.shape[1]
+        # Row 3j + b of `projected` is block b (own, producers, consumers) of the first
+        # linear map applied to previous class j; `level.mix` sums the right rows.
+        weight = first.weight.view(hidden, 3, hidden).transpose(0, 1).reshape(3 * hidden, hidden)
+        projected = F.linear(h, weight).reshape(3 * h.shape[0], hidden)
+        pre = torch.sparse.mm(level.mix, projected) + first.bias
         update = self.mlp[3](self.mlp[2](self.mlp[1](pre)))
         if film is not None:
             gamma, beta = film
@@ -85,15 +88,13 @@ class PlanLevel(NamedTuple):
     """One message-passing level of a `UniquePlan`: classes of nodes whose states are equal.
 
     own: (K',) class (at the previous level) of each new class's representative node;
-    producer_state / producer_slot: for each edge into a representative, the previous
-    class of the producer and the new class it is summed into (consumer_* likewise).
+    mix: (K', 3K) sparse CSR counts: entry (i, 3j + b) counts how often previous class j is
+    the representative of new class i itself (b = 0), one of its producers (b = 1) or one
+    of its consumers (b = 2).
     """
 
     own: torch.Tensor
-    producer_state: torch.Tensor
-    producer_slot: torch.Tensor
-    consumer_state: torch.Tensor
-    consumer_slot: torch.Tensor
+    mix: torch.Tensor
 
 
 class UniquePlan(NamedTuple):
@@ -139,11 +140,24 @@ class UniquePlan(NamedTuple):
                 is_rep[rep] = True
                 p = is_rep[dst]
                 c = is_rep[src]
-                levels.append(PlanLevel(colour[rep], colour[src[p]], new[dst[p]],
-                                        colour[dst[c]], new[src[c]]))
+                rows = torch.cat([torch.arange(rep.numel()), new[dst[p]], new[src[c]]])
+                cols = torch.cat([3 * colour[rep], 3 * colour[src[p]] + 1,
+                                  3 * colour[dst[c]] + 2])
+                levels.append(PlanLevel(colour[rep], _csr(rows, cols, (rep.numel(), 3 * k))))
                 colour = new
                 classes.append(new)
         return cls(first, levels, classes)
+
+
+def _csr(rows: torch.Tensor, cols: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Sparse CSR matrix of counts: 1 per (row, col) pair, duplicates add up."""
+    order = torch.argsort(rows, stable=True)
+    crow = torch.zeros(size[0] + 1, dtype=torch.long)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=size[0]), 0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product is tested
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols[order], torch.ones(rows.numel()), size,
+                                       check_invariants=False)
 
 
 def _representatives(classes: torch.Tensor) -> torch.Tensor:
