@@ -18,6 +18,7 @@ from predictor.cli_data import register_data_commands
 from predictor.cli_generate import register as register_generate_commands
 from predictor.cli_measure import register as register_measure_commands
 from predictor.cli_model import register as register_model_commands
+from predictor.cli_search import register as register_search_commands
 from predictor.cli_serve import register as register_serve_commands
 from predictor.errors import PredictorError
 
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands defined in other modules register here (keeps this file thin).
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_data_commands, register_model_commands, register_measure_commands,
-    register_generate_commands, register_serve_commands]
+    register_generate_commands, register_search_commands, register_serve_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,8 +122,8 @@ class UniquePlan(NamedTuple):
         with torch.no_grad():
             if row_ids is None:
                 _, colour = torch.unique(x, dim=0, return_inverse=True)
-            else:
-                _, colour = torch.unique(row_ids, return_inverse=True)
+            else:  # a store's row ids: few, so usable as classes directly (some may be unused)
+                colour = row_ids
             first = _representatives(colour)
             src, dst = edge_index
             g = torch.Generator().manual_seed(0x5EED)
@@ -161,9 +161,9 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, size: tuple[int, int]) -> torch
 
 
 def _representatives(classes: torch.Tensor) -> torch.Tensor:
-    """(K,) one node index per class 0..K-1."""
+    """(K,) one node index per class 0..K-1 (node 0 for a class without nodes)."""
     k = int(classes.max()) + 1 if classes.numel() else 0
-    rep = torch.empty(k, dtype=torch.long)
+    rep = torch.zeros(k, dtype=torch.long)
     rep[classes] = torch.arange(classes.numel())
     return rep
 
