@@ -1,0 +1,63 @@
+"""`latpred search`: latency-constrained architecture search, a thin handler over
+`predictor.search`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from predictor.api import Predictor
+    from predictor.search import OBJECTIVES, SearchConfig, builtin_objective, search_device
+
+    builtin_objective(args.objective, args.space)  # unknown objective: fail before loading
+    config = SearchConfig(evaluations=args.budget_evals, population=args.population,
+                          sample=args.sample, margin=args.margin, seed=args.seed, top=args.top)
+    config.check()
+    predictor = Predictor.load(args.checkpoint)
+    result = search_device(predictor, args.space, args.device, args.latency_ms,
+                           args.objective, config)
+    if args.json:
+        print(json.dumps({"space": args.space, "device": args.device,
+                          "budget_ms": result.budget_ms, "margin": result.margin,
+                          "objective": args.objective, "evaluations": result.evaluations,
+                          "feasible": result.feasible, "seed": args.seed,
+                          "archs": result.rows()}, indent=2))
+        return 0
+    print(f"{args.space} on {args.device}: budget {result.budget_ms:g} ms (predicted ms x "
+          f"{1 + result.margin:g} <= budget), objective {args.objective} "
+          f"({OBJECTIVES[args.objective]}); {result.evaluations} evaluated, "
+          f"{result.feasible} within budget")
+    for row in result.rows():
+        print(f"{row['latency_ms']:10.3f} ms  {row['objective']:14,.0f}  {row['arch']}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from predictor.search import DEFAULT_MARGIN, OBJECTIVES, SearchConfig
+
+    defaults = SearchConfig()
+    p = sub.add_parser("search", help="evolutionary search for architectures that meet a "
+                                      "latency budget on a device (predictor as constraint)")
+    p.add_argument("--space", choices=("nb201", "fbnet"), required=True)
+    p.add_argument("--device", required=True,
+                   help="a known device (see 'latpred devices'), e.g. pixel3@nb201")
+    p.add_argument("--latency-ms", type=float, required=True, metavar="BUDGET",
+                   help="latency budget in ms")
+    p.add_argument("--objective", default="params",
+                   help=f"what to maximise: {', '.join(OBJECTIVES)} (default params)")
+    p.add_argument("--budget-evals", type=int, default=defaults.evaluations, metavar="N",
+                   help="distinct architectures evaluated (default %(default)s)")
+    p.add_argument("--population", type=int, default=defaults.population)
+    p.add_argument("--sample", type=int, default=defaults.sample,
+                   help="tournament size (default %(default)s)")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                   help="safety margin on predicted latency (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=defaults.top,
+                   help="architectures to print (default %(default)s)")
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_search)

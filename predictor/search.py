@@ -1,0 +1,471 @@
+"""Latency-constrained architecture search: regularised evolution with a latency surrogate.
+
+    >>> p = Predictor.load()
+    >>> result = search_device(p, "nb201", "pixel3@nb201", budget_ms=5.0)   # maximise params
+    >>> result.archs[0], result.latency_ms[0], result.objective[0]
+
+The search (Real et al., AAAI 2019, "regularised evolution") keeps a population of the
+`population` most recent architectures; each child mutates the best of `sample` random
+members, and the oldest member dies. Children are proposed `generation` at a time and
+evaluated in one call of the latency surrogate and one of the objective, so any batched
+predictor (`Predictor.predict_batch`, a lookup table, a MACs fit) plugs in.
+
+The latency constraint is `predicted_ms * (1 + margin) <= budget_ms`: the margin absorbs
+the surrogate's error so that returned architectures really meet the budget. Selection
+follows the feasibility rule: a feasible architecture beats an infeasible one, feasible
+ones compare by objective (higher is better), infeasible ones by predicted latency
+(lower is better), which walks a population that starts over budget towards it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from predictor.errors import PredictorError
+
+log = logging.getLogger(__name__)
+
+LatencyFn = Callable[[list[str]], np.ndarray]
+"""Canonical arch strings -> (n,) predicted latency in ms; called once per batch."""
+Objective = Callable[[list[str]], np.ndarray]
+"""Canonical arch strings -> (n,) objective, higher is better; called once per batch."""
+
+# Safety margin on the predicted latency. Chosen on HELP's NB201 meta-valid devices only
+# (titanx_1, titanx_32, titanx_256, gold_6240; never a meta-test device), each calibrated
+# with 10 samples drawn as in the few-shot benchmark (5 draws), budgets at the 10th / 50th
+# / 90th percentile of the device's measured latencies, 1000 evaluations, top 10 returned
+# (`scripts/benchmark_constrained_search.py --valid --seeds 5 --margins 0,0.02,0.05,0.1,0.15`,
+# results/constrained_search_nb201_valid.txt).
+# Rule: the smallest margin whose returned archs truly meet the budget >= 95% of the time
+# at every budget level (mean over devices and draws). Measured share (tight / median /
+# loose): margin 0: 0.955 / 0.995 / 0.89; 0.02: 0.98 / 1.00 / 0.94; 0.05: 0.985 / 1.00 / 0.96;
+# 0.10: 1.00 / 1.00 / 0.99. Larger margins cost objective (mean gap 0.14 at 0, 0.17 at
+# 0.05, 0.22 at 0.10): NB201's parameter count moves in steps of one conv.
+# It does not carry over to every unseen device: on the meta-test devices the share is 0.73
+# (results/constrained_search_nb201.txt; eyeriss, fpga and pixel2 are under-predicted near
+# the budget). A per-device margin from the calibration's cross-validated error would adapt.
+DEFAULT_MARGIN = 0.05
+
+
+class SearchError(PredictorError, ValueError):
+    """Bad search input: a non-positive budget, an unknown objective or space."""
+
+
+class NoFeasibleArchError(SearchError):
+    """The search found no architecture that meets the latency budget under the surrogate."""
+
+
+# ------------------------------------------------------------------------- search spaces
+
+
+class SearchSpace:
+    """A search space as genes: `positions` slots, each holding one of `options` (by index).
+
+    Subclasses say how genes map to the space's canonical arch string and back, and
+    count parameters; random sampling and mutation are the same for every space.
+    """
+
+    name: str = ""
+    options: tuple[str, ...] = ()
+    positions: int = 0
+
+    def key(self, genes: Sequence[int]) -> str:
+        """The canonical arch string of `genes` (what `Predictor.predict_batch` takes)."""
+        raise NotImplementedError
+
+    def genes(self, arch: str | Sequence) -> tuple[int, ...]:
+        """Inverse of `key`: option index per position (raises `InvalidArchError`)."""
+        raise NotImplementedError
+
+    def _param_table(self) -> tuple[float, np.ndarray]:
+        raise NotImplementedError
+
+    def random(self, rng: np.random.Generator) -> tuple[int, ...]:
+        """A uniformly random architecture."""
+        return tuple(int(g) for g in rng.integers(len(self.options), size=self.positions))
+
+    def mutate(self, genes: Sequence[int], rng: np.random.Generator) -> tuple[int, ...]:
+        """Change one random position to a different option (one edge op / one block)."""
+        out = list(genes)
+        pos = int(rng.integers(self.positions))
+        new = int(rng.integers(len(self.options) - 1))
+        out[pos] = new if new < out[pos] else new + 1
+        return tuple(out)
+
+    @cached_property
+    def param_table(self) -> tuple[float, np.ndarray]:
+        """Parameters of the network = `base + sum_p table[p, genes[p]]`: (base, (positions,
+        options)). Exact, since every edge / layer owns its modules."""
+        return self._param_table()
+
+    def params(self, archs: Sequence[str]) -> np.ndarray:
+        """(n,) trainable parameters (torch `nn.Module.parameters()`) of the networks."""
+        base, table = self.param_table
+        genes = np.array([self.genes(a) for a in archs], dtype=np.int64).reshape(-1, self.positions)
+        return base + table[np.arange(self.positions), genes].sum(axis=1)
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class NB201Space(SearchSpace):
+    """NAS-Bench-201: 6 cell edges, each one of 5 ops (`predictor.spaces.nb201`)."""
+
+    name = "nb201"
+
+    def __init__(self) -> None:
+        from predictor.spaces import nb201
+
+        self._nb201 = nb201
+        self.options = nb201.OPS
+        self.positions = len(nb201.EDGES)
+
+    def key(self, genes: Sequence[int]) -> str:
+        return self._nb201.arch_to_str([self.options[g] for g in genes])
+
+    def genes(self, arch: str | Sequence) -> tuple[int, ...]:
+        ops = self._nb201.parse_arch(arch if isinstance(arch, str)
+                                     else self._nb201.arch_to_str(arch))
+        return tuple(self.options.index(op) for op in ops)
+
+    def _param_table(self) -> tuple[float, np.ndarray]:
+        nb = self._nb201
+        net = nb.NB201Network(nb.arch_to_str(["none"] * self.positions))
+        # Every cell edge is an op at its stage's channels, stride 1, whatever its position.
+        row, per_channels = np.zeros(len(self.options)), {}
+        channels = net.stem[0].out_channels
+        for cell in net.cells:
+            if isinstance(cell, nb.ResNetBasicBlock):
+                channels = cell.conv_b[1].out_channels
+                continue
+            if channels not in per_channels:
+                per_channels[channels] = [_count(nb.make_op(op, channels)) for op in self.options]
+            row += per_channels[channels]
+        return float(_count(net)), np.tile(row, (self.positions, 1))
+
+
+class FBNetSpace(SearchSpace):
+    """FBNet: 22 layers, each one of 9 blocks (`predictor.spaces.fbnet`)."""
+
+    name = "fbnet"
+
+    def __init__(self) -> None:
+        from predictor.spaces import fbnet
+
+        self._fbnet = fbnet
+        self.options = fbnet.BLOCKS
+        self.positions = fbnet.NUM_LAYERS
+
+    def key(self, genes: Sequence[int]) -> str:
+        return "-".join(self.options[g] for g in genes)
+
+    def genes(self, arch: str | Sequence) -> tuple[int, ...]:
+        return self._fbnet.arch_to_indices(arch)
+
+    def _param_table(self) -> tuple[float, np.ndarray]:
+        fb = self._fbnet
+        shapes = fb.layer_shapes()
+        blocks: dict[tuple[str, int, int, int], int] = {}
+        for name in self.options:
+            for shape in set(shapes):
+                blocks[(name, *shape)] = _count(fb.make_block(name, *shape))
+        table = np.array([[blocks[(name, *shape)] for name in self.options] for shape in shapes],
+                         dtype=np.float64)
+        skip = self.options.index("skip")
+        net = fb.FBNetNetwork([skip] * self.positions)
+        return float(_count(net) - table[:, skip].sum()), table
+
+
+SEARCH_SPACES: dict[str, type[SearchSpace]] = {"nb201": NB201Space, "fbnet": FBNetSpace}
+_SPACE_CACHE: dict[str, SearchSpace] = {}
+
+
+def get_search_space(name: str) -> SearchSpace:
+    """The `SearchSpace` of "nb201" or "fbnet" (one shared instance per name)."""
+    if name not in SEARCH_SPACES:
+        raise SearchError(f"Unknown search space '{name}'; known: {sorted(SEARCH_SPACES)}")
+    if name not in _SPACE_CACHE:
+        _SPACE_CACHE[name] = SEARCH_SPACES[name]()
+    return _SPACE_CACHE[name]
+
+
+# ---------------------------------------------------------------------------- objectives
+
+OBJECTIVES: dict[str, str] = {
+    "params": "trainable parameters of the network (capacity proxy; computed analytically)",
+    "macs": "multiply-accumulates at the space's benchmark input, batch 1 (compute proxy)",
+}
+
+
+def builtin_objective(name: str, space: str | SearchSpace) -> Objective:
+    """A built-in objective (see `OBJECTIVES`) for `space`: arch strings -> (n,) values."""
+    space = get_search_space(space) if isinstance(space, str) else space
+    if name == "params":
+        return space.params
+    if name == "macs":
+        from predictor.space_templates import space_templates
+
+        templates = space_templates(space.name)
+        return lambda archs: templates.totals(list(archs))["macs"].astype(np.float64)
+    raise SearchError(f"Unknown objective '{name}'; built-in: {sorted(OBJECTIVES)} "
+                      "(or pass a callable archs -> array to the Python API)")
+
+
+# -------------------------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Regularised evolution settings.
+
+    Attributes:
+        evaluations: budget: distinct architectures whose latency is predicted (the search
+            stops earlier when 100 generations in a row bring no new architecture).
+        population: P, members alive at a time (the oldest dies when a child is born).
+        sample: S, members drawn per tournament; the best of them is mutated.
+        generation: children proposed and evaluated per batch (one surrogate call).
+        margin: predicted_ms * (1 + margin) must be <= the budget (see `DEFAULT_MARGIN`).
+        seed: seeds sampling and mutation; same seed and surrogate, same result.
+        top: how many of the best feasible architectures the result keeps.
+    """
+
+    evaluations: int = 1000
+    population: int = 50
+    sample: int = 10
+    generation: int = 10
+    margin: float = DEFAULT_MARGIN
+    seed: int = 0
+    top: int = 10
+
+    def check(self) -> None:
+        for name in ("evaluations", "population", "sample", "generation", "top"):
+            if getattr(self, name) < 1:
+                raise SearchError(f"Search setting '{name}' must be >= 1, "
+                                  f"got {getattr(self, name)}")
+        if self.sample > self.population:
+            raise SearchError(f"Tournament sample {self.sample} exceeds the population "
+                              f"{self.population}; use sample <= population")
+        if not 0 <= self.margin < 10:
+            raise SearchError(f"Margin must be in [0, 10) (a fraction, e.g. 0.05), "
+                              f"got {self.margin}")
+
+
+@dataclass
+class SearchResult:
+    """Best architectures found that meet the budget under the surrogate.
+
+    Attributes:
+        archs: up to `top` canonical arch strings, best objective first.
+        latency_ms: (k,) their predicted latency in ms.
+        objective: (k,) their objective.
+        evaluations: distinct architectures evaluated (surrogate calls counted per arch).
+        budget_ms: the latency budget; `margin` the safety margin used.
+        feasible: how many evaluated architectures met the budget under the surrogate.
+        history: (evaluations,) best feasible objective after each evaluation (NaN before
+            the first feasible one).
+    """
+
+    archs: list[str]
+    latency_ms: np.ndarray
+    objective: np.ndarray
+    evaluations: int
+    budget_ms: float
+    margin: float
+    feasible: int
+    history: np.ndarray = field(repr=False)
+
+    def rows(self) -> list[dict]:
+        return [{"arch": a, "latency_ms": float(t), "objective": float(o)}
+                for a, t, o in zip(self.archs, self.latency_ms, self.objective, strict=True)]
+
+
+class _Evaluator:
+    """Memoised, batched evaluation under an evaluation budget.
+
+    The latency surrogate sees every new architecture; the objective only the feasible
+    ones (it may be the expensive part). Fitness orders by the feasibility rule.
+    """
+
+    def __init__(self, latency_fn: LatencyFn, objective: Objective, limit_ms: float,
+                 budget: int) -> None:
+        self.latency_fn, self.objective = latency_fn, objective
+        self.limit_ms, self.budget = limit_ms, budget
+        self.latency: dict[str, float] = {}
+        self.value: dict[str, float] = {}
+        self.history: list[float] = []
+        self._best = float("nan")
+
+    @property
+    def left(self) -> int:
+        return self.budget - len(self.latency)
+
+    def __call__(self, keys: Sequence[str]) -> list[str]:
+        """Evaluate the new ones among `keys` (within the budget); returns the keys that
+        are evaluated now or before, in order."""
+        new = list(dict.fromkeys(k for k in keys if k not in self.latency))[:max(self.left, 0)]
+        if new:
+            ms = np.asarray(self.latency_fn(new), dtype=np.float64).reshape(-1)
+            if ms.size != len(new):
+                raise SearchError(f"latency_fn returned {ms.size} values for {len(new)} archs")
+            ok = [k for k, t in zip(new, ms, strict=True) if t <= self.limit_ms]
+            values = (np.asarray(self.objective(ok), dtype=np.float64).reshape(-1) if ok
+                      else np.empty(0))
+            if values.size != len(ok):
+                raise SearchError(f"objective returned {values.size} values for {len(ok)} archs")
+            self.value.update(zip(ok, values.tolist(), strict=True))
+            for k, t in zip(new, ms.tolist(), strict=True):
+                self.latency[k] = t
+                if k in self.value and not self.value[k] <= self._best:
+                    self._best = self.value[k]
+                self.history.append(self._best)
+        return [k for k in keys if k in self.latency]
+
+    def fitness(self, key: str) -> tuple[int, float, float]:
+        """Larger is better: feasible first, then by objective, then by lower latency
+        (ties are common: NB201's parameters take 28 values); infeasible ones by latency."""
+        if key in self.value:
+            return 1, self.value[key], -self.latency[key]
+        return 0, -self.latency[key], 0.0
+
+    def result(self, budget_ms: float, margin: float, top: int) -> SearchResult:
+        order = sorted(self.value, key=lambda k: (-self.value[k], self.latency[k], k))[:top]
+        if not order:
+            fastest = min(self.latency.values()) if self.latency else float("nan")
+            raise NoFeasibleArchError(
+                f"No architecture meets the latency budget {budget_ms:g} ms under the "
+                f"surrogate with margin {margin:g} (predicted ms x {1 + margin:g} <= budget) "
+                f"after {len(self.latency)} evaluations; the fastest found predicts "
+                f"{fastest:.4g} ms; raise the budget to at least {fastest * (1 + margin):.4g} "
+                "ms or search longer")
+        return SearchResult(
+            archs=order, latency_ms=np.array([self.latency[k] for k in order]),
+            objective=np.array([self.value[k] for k in order]),
+            evaluations=len(self.latency), budget_ms=budget_ms, margin=margin,
+            feasible=len(self.value), history=np.array(self.history))
+
+
+def _check_budget(budget_ms: float) -> float:
+    try:
+        value = float(budget_ms)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise SearchError(f"Latency budget must be a positive number of ms, got {budget_ms!r}")
+    return value
+
+
+def _resolve(space: str | SearchSpace, objective: str | Objective) -> tuple[SearchSpace,
+                                                                             Objective]:
+    space = get_search_space(space) if isinstance(space, str) else space
+    fn = builtin_objective(objective, space) if isinstance(objective, str) else objective
+    return space, fn
+
+
+def regularized_evolution(space: str | SearchSpace, latency_fn: LatencyFn, budget_ms: float,
+                          objective: str | Objective = "params",
+                          config: SearchConfig = SearchConfig()) -> SearchResult:
+    """Maximise `objective` subject to `latency_fn(arch) * (1 + margin) <= budget_ms`.
+
+    Args:
+        space: "nb201", "fbnet" or a `SearchSpace`.
+        latency_fn: canonical arch strings -> (n,) predicted ms, called once per batch of
+            `config.generation` children (and once for the initial population).
+        budget_ms: the latency budget in ms.
+        objective: a built-in name (`OBJECTIVES`) or a callable arch strings -> (n,),
+            higher is better; called only on architectures that meet the budget.
+        config: population, tournament size, evaluation budget, margin, seed.
+
+    Returns:
+        The `config.top` best feasible architectures found.
+
+    Raises:
+        SearchError: non-positive budget, unknown objective or space, bad settings.
+        NoFeasibleArchError: no evaluated architecture meets the budget.
+    """
+    budget_ms = _check_budget(budget_ms)
+    config.check()
+    space, fn = _resolve(space, objective)
+    rng = np.random.default_rng(config.seed)
+    ev = _Evaluator(latency_fn, fn, budget_ms / (1 + config.margin), config.evaluations)
+
+    genes: dict[str, tuple[int, ...]] = {}
+    population: deque[str] = deque()
+    tries = 0
+    while len(population) < config.population and ev.left > 0 and tries < 100:
+        tries += 1  # fill with distinct random archs (a tiny space may run out)
+        batch = [space.random(rng) for _ in range(config.population - len(population))]
+        keys = [space.key(g) for g in batch]
+        genes.update(zip(keys, batch, strict=True))
+        seen = set(population)
+        for k in ev(keys):
+            if k not in seen:
+                population.append(k)
+                seen.add(k)
+
+    stale = 0  # generations without a new architecture: the reachable space is exhausted
+    while ev.left > 0 and len(population) >= config.sample and stale < 100:
+        children = []
+        for _ in range(config.generation):
+            drawn = rng.choice(len(population), size=config.sample, replace=False)
+            parent = max((population[i] for i in drawn), key=ev.fitness)
+            child = space.mutate(genes[parent], rng)
+            key = space.key(child)
+            genes[key] = child
+            children.append(key)
+        before = len(ev.latency)
+        for key in ev(children):
+            population.append(key)
+            population.popleft()
+        stale = stale + 1 if len(ev.latency) == before else 0
+    log.info("regularised evolution: %d evaluations, %d feasible", len(ev.latency),
+             len(ev.value))
+    return ev.result(budget_ms, config.margin, config.top)
+
+
+def random_search(space: str | SearchSpace, latency_fn: LatencyFn, budget_ms: float,
+                  objective: str | Objective = "params",
+                  config: SearchConfig = SearchConfig()) -> SearchResult:
+    """The baseline: `config.evaluations` distinct uniformly random architectures, in
+    batches of `config.population`; same constraint, margin and result as the evolution."""
+    budget_ms = _check_budget(budget_ms)
+    config.check()
+    space, fn = _resolve(space, objective)
+    rng = np.random.default_rng(config.seed)
+    ev = _Evaluator(latency_fn, fn, budget_ms / (1 + config.margin), config.evaluations)
+    stale = 0
+    while ev.left > 0 and stale < 100:
+        before = len(ev.latency)
+        ev([space.key(space.random(rng)) for _ in range(min(ev.left, config.population))])
+        stale = stale + 1 if len(ev.latency) == before else 0
+    return ev.result(budget_ms, config.margin, config.top)
+
+
+# ------------------------------------------------------------------ with the predictor
+
+
+def predictor_latency_fn(predictor, space: str, device: str) -> LatencyFn:
+    """`latency_fn` of a `Predictor` on a known device: batched `predict_batch` at the
+    setting the device was calibrated with (else the space's, at the device's batch size)."""
+    info = predictor.device_info(device)  # unknown device: fails now, listing known ones
+    if info.get("space") not in (None, space):
+        log.warning("Device '%s' was calibrated on %s architectures; searching %s",
+                    device, info["space"], space)
+    return lambda archs: predictor.predict_batch(space, archs, device)
+
+
+def search_device(predictor, space: str, device: str, budget_ms: float,
+                  objective: str | Objective = "params",
+                  config: SearchConfig = SearchConfig()) -> SearchResult:
+    """Regularised evolution on `space` under `budget_ms` on a known `device`, with the
+    predictor as the latency constraint (what `latpred search` runs)."""
+    _check_budget(budget_ms)
+    get_search_space(space)
+    return regularized_evolution(space, predictor_latency_fn(predictor, space, device),
+                                 budget_ms, objective, config)

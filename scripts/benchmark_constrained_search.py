@@ -1,0 +1,275 @@
+"""Latency-constrained search on unseen devices, checked against HELP's measured tables.
+
+    python scripts/benchmark_constrained_search.py --budget-evals 1000 --json OUT.json
+    python scripts/benchmark_constrained_search.py --valid --margins 0,0.05,0.1  # choose margin
+
+For each NB201 meta-test device (`--valid`: meta-valid) and three budgets, tight / median /
+loose = the 10th / 50th / 90th percentile of the device's valid measured latencies over
+the whole table, the device is calibrated with 10 measurements sampled from the training
+pool exactly as `benchmark_fewshot.py` samples them (`evaluation.make_cases`, seed s), then
+regularised evolution maximises parameters under the budget with (a) latpred
+(`Predictor.adapt`, strategy auto) and (b) MACs, fitted on the same 10 samples as
+log ms = a log MACs + b, as the latency surrogate. The top architectures it returns are
+then looked up in the measured table:
+
+* feasible_share: share of returned archs whose measured latency meets the budget
+  (entries `tables.valid_mask` flags as invalid, near-zero folded networks on raspi4,
+  are left out: their true latency is unknown);
+* objective_gap: (best objective among truly feasible archs of the whole table - best
+  objective among truly feasible returned archs) / the former; 1 when none is feasible
+  (or none is returned: the search found no arch within budget under its surrogate; the
+  share is then undefined, "-" in the table and null in the JSON).
+
+Both are averaged over `--seeds` calibration draws (search seed = `--seed` + draw).
+Prints a markdown table; with --json writes the results and a PNG next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from predictor.api import Predictor
+from predictor.corpus import build_corpus, get_space
+from predictor.devices import get_device
+from predictor.evaluation import make_cases
+from predictor.features import FEATURE_SCHEMA
+from predictor.search import (
+    DEFAULT_MARGIN,
+    NoFeasibleArchError,
+    SearchConfig,
+    get_search_space,
+    regularized_evolution,
+)
+from predictor.splits import get_split
+from predictor.tables import load_latency_table, valid_mask
+
+SHOTS = 10
+BUDGETS = {"tight": 10, "median": 50, "loose": 90}  # percentiles of measured latency
+SURROGATES = ("latpred", "macs")
+
+
+class TableSurrogate:
+    """latency_fn memoised per table index: a search, margin or budget that revisits an
+    arch reuses its prediction (`compute` sees each arch once)."""
+
+    def __init__(self, index: dict[str, int], compute) -> None:
+        self.index, self.compute = index, compute
+        self.cache = np.full(len(index), np.nan)
+
+    def __call__(self, archs: list[str]) -> np.ndarray:
+        ids = np.array([self.index[a] for a in archs])
+        missing = np.unique(ids[np.isnan(self.cache[ids])])
+        if missing.size:
+            self.cache[missing] = self.compute(missing)
+        return self.cache[ids]
+
+
+def latpred_surrogate(predictor: Predictor, name: str, archs: list[str], support: np.ndarray,
+                      y_ms: np.ndarray, batch: int):
+    """Calibrate `name` on the support archs and predict with `Predictor.predict_batch`,
+    the path `latpred search` takes (adaptation strategy auto, the product default)."""
+    shape = (batch, *get_space("nb201").input_shape[1:])
+    graphs = predictor.space_graphs("nb201", [archs[i] for i in support], input_shape=shape)
+    predictor.adapt(name, graphs, y_ms, strategy="auto")
+    return lambda ids: predictor.predict_batch("nb201", [archs[i] for i in ids], name,
+                                               input_shape=shape)
+
+
+def macs_surrogate(store, support: np.ndarray, y_ms: np.ndarray):
+    """log ms = a log MACs + b, least squares on the support archs."""
+    col = FEATURE_SCHEMA.graph_features.index("log_macs")
+    log_macs = np.log(np.expm1(store.graph_attr[:, col].numpy().astype(np.float64)))
+    a, b = np.polyfit(log_macs[support], np.log(y_ms), 1)
+    return lambda ids: np.exp(a * log_macs[ids] + b)
+
+
+def score(archs: list[str], index: dict[str, int], table: np.ndarray, valid: np.ndarray,
+          params: np.ndarray, budget: float) -> dict:
+    """feasible_share and objective_gap of returned archs against the measured table."""
+    ids = np.array([index[a] for a in archs], dtype=np.int64)
+    best_table = params[valid & (table <= budget)].max()
+    ids = ids[valid[ids]]
+    ok = ids[table[ids] <= budget]
+    best = params[ok].max() if ok.size else 0.0
+    return {"feasible_share": float(ok.size / ids.size) if ids.size else float("nan"),
+            "objective_gap": float((best_table - best) / best_table),
+            "returned": int(ids.size),
+            "measured_over_budget": (table[ids] / budget).round(4).tolist(),
+            "params": params[ids].tolist()}
+
+
+def run(args: argparse.Namespace) -> dict:
+    split = get_split("nb201")
+    devices = split.valid if args.valid else split.test
+    space = get_search_space("nb201")
+    archs = get_space("nb201").archs(args.data_dir)
+    index = {a: i for i, a in enumerate(archs)}
+    params = space.params(archs)
+    predictor = Predictor.load(args.checkpoint)
+    raw: dict = {m: {} for m in args.margins}
+    for device in devices:
+        t0 = time.time()
+        table = load_latency_table("nb201", device, args.data_dir)
+        valid = valid_mask(table)
+        batch = get_device(device).batch_size or 1
+        store = build_corpus("nb201", batch_sizes=(batch,), data_dir=args.data_dir,
+                             root=args.cache_dir, progress=False)[batch]
+        budgets = {b: float(np.percentile(table[valid], q)) for b, q in BUDGETS.items()}
+        for case in make_cases("nb201", device, table, SHOTS, args.seeds):
+            y = table[case.support]
+            fns = {"latpred": TableSurrogate(index, latpred_surrogate(
+                       predictor, f"{device}-k{SHOTS}-s{case.seed}", archs, case.support, y,
+                       batch)),
+                   "macs": TableSurrogate(index, macs_surrogate(store, case.support, y))}
+            for margin in args.margins:
+                config = SearchConfig(evaluations=args.budget_evals, margin=margin,
+                                      seed=args.seed + case.seed, top=args.top)
+                for budget, ms in budgets.items():
+                    for name, fn in fns.items():
+                        try:
+                            found = regularized_evolution(space, fn, ms, "params", config).archs
+                        except NoFeasibleArchError:
+                            found = []
+                        s = score(found, index, table, valid, params, ms)
+                        s["budget_ms"] = ms
+                        raw[margin].setdefault(device, {}).setdefault(budget, {}) \
+                            .setdefault(name, []).append(s)
+        print(f"{device}: {time.time() - t0:.0f} s", flush=True)
+    return {"raw": raw, "devices": list(devices)}
+
+
+def _mean(values) -> float | None:
+    """Mean of the defined values (None where no search returned an arch: JSON null)."""
+    kept = [v for v in values if v is not None and not np.isnan(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def summarise(raw: dict) -> dict:
+    """Mean over calibration draws per device / budget / surrogate; means over devices
+    per budget level and overall."""
+    keys = ("feasible_share", "objective_gap")
+    devices = {
+        dev: {budget: {name: {k: _mean([r[k] for r in runs]) for k in (*keys, "budget_ms")}
+                       for name, runs in per_budget.items()}
+              for budget, per_budget in per_dev.items()}
+        for dev, per_dev in raw.items()}
+    by_budget = {b: {name: {k: _mean([devices[d][b][name][k] for d in devices]) for k in keys}
+                     for name in SURROGATES} for b in BUDGETS}
+    mean = {name: {k: _mean([devices[d][b][name][k] for d in devices for b in BUDGETS])
+                   for k in keys} for name in SURROGATES}
+    return {"devices": devices, "mean": mean, "mean_by_budget": by_budget}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _cells(row: dict) -> str:
+    return " | ".join(_fmt(row[n][k]) for n in SURROGATES
+                      for k in ("feasible_share", "objective_gap"))
+
+
+def tables(summaries: dict, which: str, evals: int, top: int, seeds: int) -> str:
+    """Markdown tables, one per margin."""
+    lines = []
+    for margin, summary in summaries.items():
+        lines += [f"\n## NB201 {which} devices, K={SHOTS}, margin {margin:g}, {evals} "
+                  f"evaluations, top {top}, {seeds} draws\n",
+                  "feasible share / objective gap (params) of the returned archs\n",
+                  "| device | budget | ms | latpred share | latpred gap | macs share | macs gap |",
+                  "|---|---|---|---|---|---|---|"]
+        for dev, per_dev in summary["devices"].items():
+            for budget, r in per_dev.items():
+                lines.append(f"| {dev} | {budget} | {r['latpred']['budget_ms']:.3f} | "
+                             f"{_cells(r)} |")
+        for b, m in summary["mean_by_budget"].items():
+            lines.append(f"| **mean {b}** | | | {_cells(m)} |")
+        lines.append(f"| **mean** | | | {_cells(summary['mean'])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-evals", type=int, default=1000,
+                        help="distinct architectures evaluated per search")
+    parser.add_argument("--seed", type=int, default=0, help="search seed offset")
+    parser.add_argument("--seeds", type=int, default=5, help="calibration draws per device")
+    parser.add_argument("--top", type=int, default=10, help="architectures returned per search")
+    parser.add_argument("--margins", type=lambda s: [float(v) for v in s.split(",")],
+                        default=[DEFAULT_MARGIN],
+                        help="comma-separated safety margins; the first is reported")
+    parser.add_argument("--valid", action="store_true",
+                        help="meta-valid devices instead (to choose the margin)")
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    start = time.time()
+    out = run(args)
+    seconds = time.time() - start
+    which = "meta-valid" if args.valid else "meta-test"
+    summaries = {m: summarise(out["raw"][m]) for m in args.margins}
+    print(tables(summaries, which, args.budget_evals, args.top, args.seeds))
+    print(f"\nseconds: {seconds:.1f}")
+
+    if args.json:
+        main_margin = args.margins[0]
+        report = {
+            **summaries[main_margin], "margin": main_margin, "split": which,
+            "budgets": {b: f"{q}th percentile of the device's measured latencies"
+                        for b, q in BUDGETS.items()},
+            "objective": "params", "shots": SHOTS, "budget_evals": args.budget_evals,
+            "seeds": args.seeds, "seed": args.seed, "top": args.top,
+            "margins": {str(m): s for m, s in summaries.items()},
+            "raw": out["raw"][main_margin], "seconds": round(seconds, 1),
+            "checkpoint": str(args.checkpoint or "shipped"),
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        png = args.json.with_suffix(".png")
+        plot(out["raw"][main_margin], png, f"NB201 {which}, K={SHOTS}, margin {main_margin:g}")
+        print(f"wrote {args.json} and {png}")
+
+
+def plot(raw: dict, path: Path, title: str) -> None:
+    """Per device: measured latency / budget vs parameters of every returned arch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = list(raw)
+    cols = min(3, len(devices))
+    rows = (len(devices) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.8 * rows), squeeze=False)
+    markers = {"tight": "o", "median": "s", "loose": "^"}
+    colours = {"latpred": "tab:blue", "macs": "tab:orange"}
+    for ax, device in zip(axes.flat, devices, strict=False):
+        for budget, per_budget in raw[device].items():
+            for name, runs in per_budget.items():
+                x = [v for r in runs for v in r["measured_over_budget"]]
+                y = [v / 1e6 for r in runs for v in r["params"]]
+                ax.scatter(x, y, s=10, alpha=0.5, marker=markers[budget], c=colours[name],
+                           label=f"{name} {budget}")
+        ax.axvline(1.0, color="k", ls="--", lw=0.8)
+        ax.set_title(device)
+        ax.set_xlabel("measured latency / budget")
+        ax.set_ylabel("params (M)")
+    axes.flat[0].legend(fontsize=6)
+    for ax in list(axes.flat)[len(devices):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Latency-constrained search with the shipped checkpoint on a shipped device (pixel3)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from predictor.api import Predictor
+from predictor.search import (
+    NoFeasibleArchError,
+    SearchConfig,
+    SearchError,
+    builtin_objective,
+    get_search_space,
+    predictor_latency_fn,
+    random_search,
+    regularized_evolution,
+)
+from predictor.spaces import fbnet, nb201
+
+DEVICE = "pixel3@nb201"
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor.load()
+
+
+class Counted:
+    """Memoised latency_fn that records its calls (tests share the predictions)."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.memo, self.calls = fn, {}, []
+
+    def __call__(self, archs: list[str]) -> np.ndarray:
+        self.calls.append(len(archs))
+        new = [a for a in archs if a not in self.memo]
+        if new:
+            self.memo.update(zip(new, self.fn(new), strict=True))
+        return np.array([self.memo[a] for a in archs])
+
+
+@pytest.fixture(scope="module")
+def latency(predictor) -> Counted:
+    return Counted(predictor_latency_fn(predictor, "nb201", DEVICE))
+
+
+@pytest.fixture(scope="module")
+def budget(latency) -> float:
+    """Median predicted latency of 60 random NB201 archs on pixel3."""
+    space = get_search_space("nb201")
+    rng = np.random.default_rng(123)
+    return float(np.median(latency([space.key(space.random(rng)) for _ in range(60)])))
+
+
+@pytest.mark.parametrize("name,net", [("nb201", nb201.NB201Network),
+                                      ("fbnet", fbnet.FBNetNetwork)])
+def test_params_objective_counts_the_networks_parameters(name, net) -> None:
+    space = get_search_space(name)
+    rng = np.random.default_rng(0)
+    archs = [space.key(space.random(rng)) for _ in range(2)]
+    expected = [sum(p.numel() for p in net(a).parameters()) for a in archs]
+    assert space.params(archs).tolist() == expected
+
+
+def test_macs_objective_matches_the_graph() -> None:
+    from predictor.corpus import arch_graph
+
+    arch = "|nor_conv_3x3~0|+|none~0|nor_conv_1x1~1|+|skip_connect~0|avg_pool_3x3~1|none~2|"
+    macs = builtin_objective("macs", "nb201")([arch])
+    assert macs.tolist() == [arch_graph("nb201", arch).summary()["macs"]]
+
+
+def test_mutation_changes_exactly_one_edge() -> None:
+    space = get_search_space("nb201")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        genes = space.random(rng)
+        child = space.mutate(genes, rng)
+        assert sum(a != b for a, b in zip(genes, child, strict=True)) == 1
+        assert space.genes(space.key(child)) == child
+
+
+def test_returned_archs_meet_the_budget_under_the_predictor(predictor, latency, budget) -> None:
+    config = SearchConfig(evaluations=150, population=20, sample=5, margin=0.05, top=5)
+    latency.calls.clear()
+    result = regularized_evolution("nb201", latency, budget, "params", config)
+    assert 1 <= len(result.archs) <= 5 and result.evaluations == 150
+    assert np.all(result.latency_ms * 1.05 <= budget)
+    again = predictor.predict_batch("nb201", result.archs, DEVICE)
+    np.testing.assert_allclose(result.latency_ms, again, rtol=1e-5)
+    np.testing.assert_array_equal(result.objective, get_search_space("nb201").params(result.archs))
+    assert list(result.objective) == sorted(result.objective, reverse=True)
+    # Batched: one surrogate call for the population, then one per generation of 10
+    # children (fewer when some repeat earlier archs), never one arch at a time.
+    assert latency.calls[0] == 20 and max(latency.calls[1:]) <= 10
+    assert sum(latency.calls) == 150 and len(latency.calls) <= 30
+
+
+def test_evolution_beats_random_sampling_at_equal_budget(latency, budget) -> None:
+    config = SearchConfig(evaluations=150, population=20, sample=5, top=10)
+    evolved = regularized_evolution("nb201", latency, budget, "params", config)
+    sampled = random_search("nb201", latency, budget, "params", config)
+    assert evolved.evaluations == sampled.evaluations == 150
+    assert evolved.objective[0] >= sampled.objective[0]
+    assert evolved.objective.mean() > sampled.objective.mean()
+
+
+def test_same_seed_same_result(latency, budget) -> None:
+    config = SearchConfig(evaluations=150, population=20, sample=5, seed=7)
+    a = regularized_evolution("nb201", latency, budget, "params", config)
+    b = regularized_evolution("nb201", latency, budget, "params", config)
+    assert a.archs == b.archs
+    np.testing.assert_array_equal(a.history, b.history)
+
+
+def test_objective_is_pluggable_and_sees_only_feasible_batches(latency, budget) -> None:
+    seen: list[list[str]] = []
+
+    def pooling(archs: list[str]) -> np.ndarray:  # as many avg pools as possible
+        seen.append(list(archs))
+        return np.array([a.count("avg_pool_3x3") for a in archs], dtype=float)
+
+    config = SearchConfig(evaluations=150, population=20, sample=5, margin=0.0)
+    result = regularized_evolution("nb201", latency, budget, pooling, config)
+    assert result.objective[0] >= 5
+    assert all(latency.memo[a] <= budget for batch in seen for a in batch)
+    assert len(seen) < 150 // 5
+
+
+def test_fbnet_search(predictor) -> None:
+    fn = predictor_latency_fn(predictor, "fbnet", "pixel3@fbnet")
+    result = regularized_evolution("fbnet", fn, 1e6, "params",
+                                   SearchConfig(evaluations=12, population=6, sample=3, top=3))
+    assert len(result.archs) == 3 and all(len(a.split("-")) == 22 for a in result.archs)
+
+
+def test_infeasible_budget_and_bad_settings_raise(latency) -> None:
+    with pytest.raises(NoFeasibleArchError, match="No architecture meets"):
+        regularized_evolution("nb201", latency, 1e-3, config=SearchConfig(evaluations=20))
+    with pytest.raises(SearchError, match="positive"):
+        regularized_evolution("nb201", latency, -1.0)
+    with pytest.raises(SearchError, match="Unknown objective 'flops'"):
+        regularized_evolution("nb201", latency, 5.0, "flops")
+    with pytest.raises(SearchError, match="sample"):
+        regularized_evolution("nb201", latency, 5.0, config=SearchConfig(population=4))
+
+
+def _cli(argv: list[str]) -> int:
+    from predictor.cli import main
+
+    return main(argv)
+
+
+def test_cli_prints_top_archs_as_json(capsys, budget) -> None:
+    rc = _cli(["search", "--space", "nb201", "--device", DEVICE, "--latency-ms", str(budget),
+               "--budget-evals", "60", "--population", "20", "--sample", "5", "--top", "3",
+               "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["archs"]) == 3 and out["evaluations"] == 60
+    assert all(r["latency_ms"] * (1 + out["margin"]) <= budget for r in out["archs"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "nosuch", "--latency-ms", "5"], "Unknown device 'nosuch'"),
+    (["--device", DEVICE, "--latency-ms", "0"], "positive"),
+    (["--device", DEVICE, "--latency-ms", "5", "--objective", "flops"],
+     "Unknown objective 'flops'"),
+    (["--device", DEVICE, "--latency-ms", "0.001", "--budget-evals", "20"],
+     "No architecture meets"),
+])
+def test_cli_errors_exit_2_with_one_clear_line(capsys, args, message) -> None:
+    assert _cli(["search", "--space", "nb201", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
