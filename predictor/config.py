@@ -9,11 +9,45 @@ from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
-from predictor.datamodule import DataConfig
 from predictor.errors import PredictorError
 from predictor.model import ModelConfig
 
 T = TypeVar("T")
+
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which spaces, split and episode sizes to meta-train on.
+
+    Attributes:
+        spaces: search spaces, each with the split named in `splits` (default "help").
+        shots: support-set size k of training episodes.
+        queries: query-set size.
+        episodes_per_epoch: training episodes per epoch.
+        episodes_per_step: episodes per optimiser step (the loader's batch).
+        val_episodes: fixed validation episodes.
+        limit_archs: only the first N architectures of each space (tests).
+        model_sets: measured model sets to meta-train on too (`predictor.model_sets`):
+            {set name: {"train": [devices], "valid": [devices]}}.
+        model_set_share: share of training episodes drawn from model-set devices
+            (default: uniform over all devices).
+    """
+
+    spaces: tuple[str, ...] = ("nb201", "fbnet")
+    splits: dict[str, str] = field(default_factory=dict)
+    shots: int = 10
+    queries: int = 64
+    episodes_per_epoch: int = 2000
+    episodes_per_step: int = 4
+    val_episodes: int = 64
+    seed: int = 0
+    limit_archs: int | None = None
+    num_workers: int = 0
+    max_shots: int | None = None  # k drawn from shots..max_shots per training episode
+    mix_prob: float = 0.0  # share of training episodes on mixtures of two devices
+    model_sets: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    model_set_share: float | None = None
 
 
 @dataclass(frozen=True)
