@@ -219,15 +219,23 @@ AUTO_CANDIDATES = ("amortised", "nearest", "finetune", "finetune+nearest")
 
 def _strategy_states(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
                      finetune_steps: int, lr: float, rank_weight: float,
-                     known: list[DeviceState] | None) -> dict[str, DeviceState]:
-    """The state of every applicable strategy, fitted on this support set."""
-    own = {False: _adapt_one(model, support, log_latency, 0, lr, rank_weight)}
-    if finetune_steps > 0:
+                     known: list[DeviceState] | None,
+                     names: tuple[str, ...] = tuple(STRATEGIES)) -> dict[str, DeviceState]:
+    """The state of every applicable strategy of `names`, fitted on this support set (each
+    part computed once, only if one of `names` needs it)."""
+    parts = [STRATEGIES[n] for n in names]
+    own = {}
+    if any(network and not tuned for tuned, _, _, network in parts):
+        own[False] = _adapt_one(model, support, log_latency, 0, lr, rank_weight)
+    if finetune_steps > 0 and any(network and tuned for tuned, _, _, network in parts):
         own[True] = _adapt_one(model, support, log_latency, finetune_steps, lr, rank_weight)
-    near = nearest_device(model, support, log_latency, known) if known else None
-    linear = fit_linear(model, support, log_latency)
+    near = nearest_device(model, support, log_latency, known) \
+        if known and any(p[1] for p in parts) else None
+    linear = fit_linear(model, support, log_latency) \
+        if any(p[2] or not p[3] for p in parts) else None
     states = {}
-    for name, (tuned, with_nearest, with_linear, network) in STRATEGIES.items():
+    for name in names:
+        tuned, with_nearest, with_linear, network = STRATEGIES[name]
         if not network:
             states[name] = linear
             continue
@@ -240,28 +248,37 @@ def _strategy_states(model: LatencyModel, support: GraphBatch, log_latency: torc
     return states
 
 
-def cross_validated_errors(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
-                           *, finetune_steps: int, lr: float = 1e-2, rank_weight: float = 1.0,
-                           known: list[DeviceState] | None = None, folds: int = 5,
-                           candidates: tuple[str, ...] = AUTO_CANDIDATES) -> dict[str, float]:
-    """Out-of-fold mean squared log-latency error of each candidate strategy (k-fold on
-    the support set)."""
+def cross_validated_residuals(model: LatencyModel, support: GraphBatch,
+                              log_latency: torch.Tensor, *, finetune_steps: int,
+                              lr: float = 1e-2, rank_weight: float = 1.0,
+                              known: list[DeviceState] | None = None, folds: int = 5,
+                              candidates: tuple[str, ...] = AUTO_CANDIDATES
+                              ) -> dict[str, torch.Tensor]:
+    """Out-of-fold residuals, predicted minus measured log-latency (k,) in support order,
+    of each candidate strategy (k-fold on the support set)."""
     k = log_latency.numel()
     order = torch.randperm(k, generator=torch.Generator().manual_seed(0))
-    squared: dict[str, list[torch.Tensor]] = {}
+    residuals: dict[str, torch.Tensor] = {}
     for fold in range(min(folds, k)):
         held = order[fold::folds]
         kept = order[torch.isin(order, held, invert=True)]
         kept, held = kept.sort().values, held.sort().values
         states = _strategy_states(model, select_graphs(support, kept), log_latency[kept],
-                                  finetune_steps, lr, rank_weight, known)
+                                  finetune_steps, lr, rank_weight, known, candidates)
         held_batch = select_graphs(support, held)
         for name, state in states.items():
-            if name not in candidates:
-                continue
-            err = predict(model, held_batch, state) - log_latency[held]
-            squared.setdefault(name, []).append(err ** 2)
-    return {name: float(torch.cat(errs).mean()) for name, errs in squared.items()}
+            if name in candidates:
+                residuals.setdefault(name, torch.zeros(k))[held] = \
+                    predict(model, held_batch, state) - log_latency[held]
+    return residuals
+
+
+def cross_validated_errors(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
+                           **kwargs) -> dict[str, float]:
+    """Out-of-fold mean squared log-latency error of each candidate strategy (see
+    `cross_validated_residuals` for the arguments)."""
+    residuals = cross_validated_residuals(model, support, log_latency, **kwargs)
+    return {name: float((r ** 2).mean()) for name, r in residuals.items()}
 
 
 def adapt_selected(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor, *,

@@ -18,6 +18,7 @@ from predictor.adaptation import (
     STRATEGIES,
     DeviceState,
     adapt_named,
+    cross_validated_residuals,
     predict,
 )
 from predictor.checkpoint import Checkpoint
@@ -105,8 +106,14 @@ class Predictor:
         lr = self.checkpoint.config.finetune_lr
         state, strategy = adapt_named(self.model, support, log_y, strategy, finetune_steps=steps,
                                       lr=lr, known=self.known_devices())
+        # How wrong this device's predictions are on models it was not adapted on (5-fold on
+        # the measurements): what a caller needs to keep a latency budget safely.
+        residuals = cross_validated_residuals(
+            self.model, support, log_y, finetune_steps=steps, lr=lr, known=self.known_devices(),
+            candidates=(strategy,))[strategy]
         self.devices[device_name] = state
-        self._infos[device_name] = {**(info or {}), "strategy": strategy}
+        self._infos[device_name] = {**(info or {}), "strategy": strategy,
+                                    "cv_log_residuals": [round(float(r), 5) for r in residuals]}
         if save:
             path = save_device(device_name, state, self.fingerprint, self._infos[device_name])
             self._paths[device_name] = path

@@ -53,8 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--population", type=int, default=defaults.population)
     p.add_argument("--sample", type=int, default=defaults.sample,
                    help="tournament size (default %(default)s)")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
-                   help="safety margin on predicted latency (default %(default)s)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="safety margin on predicted latency, e.g. 0.05 (default: from the "
+                        f"device's calibration error, {DEFAULT_MARGIN:g} without one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=defaults.top,
                    help="architectures to print (default %(default)s)")

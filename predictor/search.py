@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -36,21 +36,22 @@ LatencyFn = Callable[[list[str]], np.ndarray]
 Objective = Callable[[list[str]], np.ndarray]
 """Canonical arch strings -> (n,) objective, higher is better; called once per batch."""
 
-# Safety margin on the predicted latency. Chosen on HELP's NB201 meta-valid devices only
-# (titanx_1, titanx_32, titanx_256, gold_6240; never a meta-test device), each calibrated
-# with 10 samples drawn as in the few-shot benchmark (5 draws), budgets at the 10th / 50th
-# / 90th percentile of the device's measured latencies, 1000 evaluations, top 10 returned
-# (`scripts/benchmark_constrained_search.py --valid --seeds 5 --margins 0,0.02,0.05,0.1,0.15`,
-# results/constrained_search_nb201_valid.txt).
-# Rule: the smallest margin whose returned archs truly meet the budget >= 95% of the time
-# at every budget level (mean over devices and draws). Measured share (tight / median /
-# loose): margin 0: 0.955 / 0.995 / 0.89; 0.02: 0.98 / 1.00 / 0.94; 0.05: 0.985 / 1.00 / 0.96;
-# 0.10: 1.00 / 1.00 / 0.99. Larger margins cost objective (mean gap 0.14 at 0, 0.17 at
-# 0.05, 0.22 at 0.10): NB201's parameter count moves in steps of one conv.
-# It does not carry over to every unseen device: on the meta-test devices the share is 0.73
-# (results/constrained_search_nb201.txt; eyeriss, fpga and pixel2 are under-predicted near
-# the budget). A per-device margin from the calibration's cross-validated error would adapt.
+# Safety margin on the predicted latency: `margin=None` (the default) takes it from the
+# device's calibration, `device_margin`: the MARGIN_QUANTILE quantile of how much the
+# calibrated predictor under-predicted held-out measurements (5-fold cross-validation on
+# the calibration samples, stored by `Predictor.adapt`). A device the predictor knows well
+# gets a small margin, one it ranks poorly a large one. DEFAULT_MARGIN serves devices
+# without stored residuals (the shipped training devices).
+# Both were chosen on HELP's NB201 meta-valid devices only (titanx_1, titanx_32,
+# titanx_256, gold_6240; never a meta-test device), each calibrated with 10 samples drawn
+# as in the few-shot benchmark (5 draws), budgets at the 10th / 50th / 90th percentile of
+# the device's measured latencies, 1000 evaluations, top 10 returned
+# (`scripts/benchmark_constrained_search.py --valid`, results/constrained_search_nb201_valid*).
+# Rule: the smallest setting whose returned archs truly meet the budget >= 95% of the time
+# at every budget level. Fixed margins (tight / median / loose share): 0: 0.955 / 0.995 /
+# 0.89; 0.02: 0.98 / 1.00 / 0.94; 0.05: 0.985 / 1.00 / 0.96; 0.10: 1.00 / 1.00 / 0.99.
 DEFAULT_MARGIN = 0.05
+MARGIN_QUANTILE = 0.9
 
 
 class SearchError(PredictorError, ValueError):
@@ -231,7 +232,8 @@ class SearchConfig:
         population: P, members alive at a time (the oldest dies when a child is born).
         sample: S, members drawn per tournament; the best of them is mutated.
         generation: children proposed and evaluated per batch (one surrogate call).
-        margin: predicted_ms * (1 + margin) must be <= the budget (see `DEFAULT_MARGIN`).
+        margin: predicted_ms * (1 + margin) must be <= the budget; None: from the
+            device's calibration error (`device_margin`, in `search_device`).
         seed: seeds sampling and mutation; same seed and surrogate, same result.
         top: how many of the best feasible architectures the result keeps.
     """
@@ -240,7 +242,7 @@ class SearchConfig:
     population: int = 50
     sample: int = 10
     generation: int = 10
-    margin: float = DEFAULT_MARGIN
+    margin: float | None = None
     seed: int = 0
     top: int = 10
 
@@ -252,7 +254,7 @@ class SearchConfig:
         if self.sample > self.population:
             raise SearchError(f"Tournament sample {self.sample} exceeds the population "
                               f"{self.population}; use sample <= population")
-        if not 0 <= self.margin < 10:
+        if self.margin is not None and not 0 <= self.margin < 10:
             raise SearchError(f"Margin must be in [0, 10) (a fraction, e.g. 0.05), "
                               f"got {self.margin}")
 
@@ -393,7 +395,8 @@ def regularized_evolution(space: str | SearchSpace, latency_fn: LatencyFn, budge
     config.check()
     space, fn = _resolve(space, objective)
     rng = np.random.default_rng(config.seed)
-    ev = _Evaluator(latency_fn, fn, budget_ms / (1 + config.margin), config.evaluations)
+    margin = DEFAULT_MARGIN if config.margin is None else config.margin
+    ev = _Evaluator(latency_fn, fn, budget_ms / (1 + margin), config.evaluations)
 
     genes: dict[str, tuple[int, ...]] = {}
     population: deque[str] = deque()
@@ -426,7 +429,7 @@ def regularized_evolution(space: str | SearchSpace, latency_fn: LatencyFn, budge
         stale = stale + 1 if len(ev.latency) == before else 0
     log.info("regularised evolution: %d evaluations, %d feasible", len(ev.latency),
              len(ev.value))
-    return ev.result(budget_ms, config.margin, config.top)
+    return ev.result(budget_ms, margin, config.top)
 
 
 def random_search(space: str | SearchSpace, latency_fn: LatencyFn, budget_ms: float,
@@ -438,16 +441,28 @@ def random_search(space: str | SearchSpace, latency_fn: LatencyFn, budget_ms: fl
     config.check()
     space, fn = _resolve(space, objective)
     rng = np.random.default_rng(config.seed)
-    ev = _Evaluator(latency_fn, fn, budget_ms / (1 + config.margin), config.evaluations)
+    margin = DEFAULT_MARGIN if config.margin is None else config.margin
+    ev = _Evaluator(latency_fn, fn, budget_ms / (1 + margin), config.evaluations)
     stale = 0
     while ev.left > 0 and stale < 100:
         before = len(ev.latency)
         ev([space.key(space.random(rng)) for _ in range(min(ev.left, config.population))])
         stale = stale + 1 if len(ev.latency) == before else 0
-    return ev.result(budget_ms, config.margin, config.top)
+    return ev.result(budget_ms, margin, config.top)
 
 
 # ------------------------------------------------------------------ with the predictor
+
+
+def device_margin(residuals: Sequence[float] | None, quantile: float = MARGIN_QUANTILE
+                  ) -> float:
+    """Safety margin from a calibration's cross-validated residuals (predicted minus measured
+    log-latency): the `quantile` of the under-prediction factor measured / predicted - 1,
+    at least 0; `DEFAULT_MARGIN` without residuals."""
+    if not residuals:
+        return DEFAULT_MARGIN
+    under = np.exp(-np.asarray(residuals, dtype=np.float64)) - 1.0
+    return float(max(0.0, np.quantile(under, quantile)))
 
 
 def predictor_latency_fn(predictor, space: str, device: str) -> LatencyFn:
@@ -467,5 +482,8 @@ def search_device(predictor, space: str, device: str, budget_ms: float,
     predictor as the latency constraint (what `latpred search` runs)."""
     _check_budget(budget_ms)
     get_search_space(space)
-    return regularized_evolution(space, predictor_latency_fn(predictor, space, device),
-                                 budget_ms, objective, config)
+    latency_fn = predictor_latency_fn(predictor, space, device)
+    if config.margin is None:
+        config = replace(config, margin=device_margin(
+            predictor.device_info(device).get("cv_log_residuals")))
+    return regularized_evolution(space, latency_fn, budget_ms, objective, config)

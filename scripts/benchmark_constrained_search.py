@@ -39,9 +39,10 @@ from predictor.devices import get_device
 from predictor.evaluation import make_cases
 from predictor.features import FEATURE_SCHEMA
 from predictor.search import (
-    DEFAULT_MARGIN,
+    MARGIN_QUANTILE,
     NoFeasibleArchError,
     SearchConfig,
+    device_margin,
     get_search_space,
     regularized_evolution,
 )
@@ -81,11 +82,15 @@ def latpred_surrogate(predictor: Predictor, name: str, archs: list[str], support
 
 
 def macs_surrogate(store, support: np.ndarray, y_ms: np.ndarray):
-    """log ms = a log MACs + b, least squares on the support archs."""
+    """log ms = a log MACs + b, least squares on the support archs; also its leave-one-out
+    residuals (predicted - measured log ms), for the "auto" margin as latpred's."""
     col = FEATURE_SCHEMA.graph_features.index("log_macs")
     log_macs = np.log(np.expm1(store.graph_attr[:, col].numpy().astype(np.float64)))
-    a, b = np.polyfit(log_macs[support], np.log(y_ms), 1)
-    return lambda ids: np.exp(a * log_macs[ids] + b)
+    x, y = log_macs[support], np.log(y_ms)
+    a, b = np.polyfit(x, y, 1)
+    keep = ~np.eye(len(x), dtype=bool)
+    loo = [np.polyval(np.polyfit(x[k], y[k], 1), x[i]) - y[i] for i, k in enumerate(keep)]
+    return (lambda ids: np.exp(a * log_macs[ids] + b)), loo
 
 
 def score(archs: list[str], index: dict[str, int], table: np.ndarray, valid: np.ndarray,
@@ -101,6 +106,14 @@ def score(archs: list[str], index: dict[str, int], table: np.ndarray, valid: np.
             "returned": int(ids.size),
             "measured_over_budget": (table[ids] / budget).round(4).tolist(),
             "params": params[ids].tolist()}
+
+
+def _margin(setting: str, residuals) -> float:
+    """A fixed margin ("0.05"), or "auto" / "auto:Q" (the calibration's error quantile Q)."""
+    if setting.startswith("auto"):
+        q = float(setting.split(":", 1)[1]) if ":" in setting else MARGIN_QUANTILE
+        return device_margin(residuals, q)
+    return float(setting)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -122,15 +135,19 @@ def run(args: argparse.Namespace) -> dict:
         budgets = {b: float(np.percentile(table[valid], q)) for b, q in BUDGETS.items()}
         for case in make_cases("nb201", device, table, SHOTS, args.seeds):
             y = table[case.support]
+            calibrated = f"{device}-k{SHOTS}-s{case.seed}"
+            macs_fn, macs_residuals = macs_surrogate(store, case.support, y)
             fns = {"latpred": TableSurrogate(index, latpred_surrogate(
-                       predictor, f"{device}-k{SHOTS}-s{case.seed}", archs, case.support, y,
-                       batch)),
-                   "macs": TableSurrogate(index, macs_surrogate(store, case.support, y))}
+                       predictor, calibrated, archs, case.support, y, batch)),
+                   "macs": TableSurrogate(index, macs_fn)}
+            residuals = {"latpred": predictor.device_info(calibrated).get("cv_log_residuals"),
+                         "macs": macs_residuals}
             for margin in args.margins:
-                config = SearchConfig(evaluations=args.budget_evals, margin=margin,
-                                      seed=args.seed + case.seed, top=args.top)
                 for budget, ms in budgets.items():
                     for name, fn in fns.items():
+                        config = SearchConfig(evaluations=args.budget_evals,
+                                              margin=_margin(margin, residuals[name]),
+                                              seed=args.seed + case.seed, top=args.top)
                         try:
                             found = regularized_evolution(space, fn, ms, "params", config).archs
                         except NoFeasibleArchError:
@@ -178,7 +195,7 @@ def tables(summaries: dict, which: str, evals: int, top: int, seeds: int) -> str
     """Markdown tables, one per margin."""
     lines = []
     for margin, summary in summaries.items():
-        lines += [f"\n## NB201 {which} devices, K={SHOTS}, margin {margin:g}, {evals} "
+        lines += [f"\n## NB201 {which} devices, K={SHOTS}, margin {margin}, {evals} "
                   f"evaluations, top {top}, {seeds} draws\n",
                   "feasible share / objective gap (params) of the returned archs\n",
                   "| device | budget | ms | latpred share | latpred gap | macs share | macs gap |",
@@ -200,9 +217,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="search seed offset")
     parser.add_argument("--seeds", type=int, default=5, help="calibration draws per device")
     parser.add_argument("--top", type=int, default=10, help="architectures returned per search")
-    parser.add_argument("--margins", type=lambda s: [float(v) for v in s.split(",")],
-                        default=[DEFAULT_MARGIN],
-                        help="comma-separated safety margins; the first is reported")
+    parser.add_argument("--margins", type=lambda s: s.split(","), default=["auto"],
+                        help="comma-separated safety margins: fixed (0.05) or auto[:Q] (the "
+                             "calibration's error quantile Q); the first is reported")
     parser.add_argument("--valid", action="store_true",
                         help="meta-valid devices instead (to choose the margin)")
     parser.add_argument("--checkpoint", type=Path, default=None)
@@ -234,7 +251,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
         png = args.json.with_suffix(".png")
-        plot(out["raw"][main_margin], png, f"NB201 {which}, K={SHOTS}, margin {main_margin:g}")
+        plot(out["raw"][main_margin], png, f"NB201 {which}, K={SHOTS}, margin {main_margin}")
         print(f"wrote {args.json} and {png}")
 
 

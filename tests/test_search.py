@@ -176,3 +176,26 @@ def test_cli_errors_exit_2_with_one_clear_line(capsys, args, message) -> None:
     assert _cli(["search", "--space", "nb201", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_margin_follows_the_calibration_error(predictor) -> None:
+    """A calibrated device stores its cross-validated residuals; the default margin is their
+    under-prediction quantile, so a device predicted worse gets a wider margin."""
+    from predictor.search import DEFAULT_MARGIN, device_margin, search_device
+
+    assert device_margin(None) == DEFAULT_MARGIN
+    assert device_margin([0.1, 0.2]) == 0.0  # only over-predictions: no margin needed
+    assert device_margin([-0.1] * 10) == pytest.approx(np.exp(0.1) - 1)
+    assert device_margin([-0.3, 0.0, 0.1], quantile=1.0) > device_margin([-0.1, 0.0, 0.1],
+                                                                           quantile=1.0)
+    space = get_search_space("nb201")
+    rng = np.random.default_rng(7)
+    archs = [space.key(space.random(rng)) for _ in range(10)]
+    ms = predictor.predict_batch("nb201", archs, DEVICE) * rng.uniform(0.8, 1.25, 10)
+    predictor.adapt("noisy-board", predictor.space_graphs("nb201", archs), ms,
+                    strategy="amortised")
+    residuals = predictor.device_info("noisy-board")["cv_log_residuals"]
+    assert len(residuals) == 10 and all(np.isfinite(residuals))
+    result = search_device(predictor, "nb201", "noisy-board", float(np.median(ms)),
+                           config=SearchConfig(evaluations=50, population=20, sample=5))
+    assert result.margin == pytest.approx(device_margin(residuals))
