@@ -39,6 +39,10 @@ class InvalidArchError(PredictorError, ValueError):
     """A search-space architecture spec that is malformed or uses unknown operations."""
 
 
+class FpgaConfigError(PredictorError, ValueError):
+    """An FPGA synthesis configuration (precision, reuse factor, strategy) out of range."""
+
+
 class DataError(PredictorError, ValueError):
     """A missing, partial or corrupt data directory, table or cache entry."""
 

@@ -55,9 +55,9 @@ class Fragment:
         depth: nodes on the longest path from an input reader to the sink.
     """
 
-    rows: Sequence[int]  # (n,)
-    edges: Sequence[tuple[int, int]] | np.ndarray  # (m, 2)
-    inputs: Sequence[int]  # (k,)
+    rows: np.ndarray  # (n,) int64
+    edges: np.ndarray  # (m, 2) int64
+    inputs: np.ndarray  # (k,) int64
     sink: int
     depth: int
 
@@ -189,23 +189,24 @@ CELL_KINDS = ("relu", "pool", "mul", "add", "conv1", "conv3", "conv1+relu", "con
 
 
 class CellTopology(NamedTuple):
-    """An NB201 cell's operator graph with node kinds (`CELL_KINDS`) instead of rows: the
-    same at every stage."""
+    """An NB201 cell's operator graph with node kinds (indices into `CELL_KINDS`) instead of
+    rows: the same at every stage."""
 
-    kinds: list[str]
-    edges: list[tuple[int, int]]
-    inputs: list[int]
+    kinds: np.ndarray  # (n,)
+    edges: np.ndarray  # (m, 2)
+    inputs: np.ndarray  # (k,)
     sink: int
     depth: int
 
-    def at(self, kind_rows: dict[str, int]) -> Fragment:
-        """The cell's fragment at a stage whose kind -> row map is `kind_rows`."""
-        return Fragment([kind_rows[k] for k in self.kinds], self.edges, self.inputs,
-                        self.sink, self.depth)
+
+_KIND = {k: i for i, k in enumerate(CELL_KINDS)}
 
 
 def _topology(kinds, edges, inputs, sink: int) -> CellTopology:
-    return CellTopology(kinds, edges, inputs, sink, _longest_to(len(kinds), edges, sink))
+    return CellTopology(np.array([_KIND[k] for k in kinds], dtype=np.int64),
+                        np.array(edges, dtype=np.int64).reshape(-1, 2),
+                        np.array(inputs, dtype=np.int64), sink,
+                        _longest_to(len(kinds), edges, sink))
 
 
 def _cell_topology(ops: tuple[str, ...]) -> tuple[CellTopology, CellTopology | None]:
@@ -246,7 +247,7 @@ def _cell_topology(ops: tuple[str, ...]) -> tuple[CellTopology, CellTopology | N
     edges2 = [(local2[s], local2[d]) for s, d in edges if s != r]
     readers2 = sorted(local2[d] for s, d in edges if s == r)
     return topo, _topology([kept_kinds[k] for k in keep2], edges2, readers2,
-                           local2[topo.sink])
+                           local2[local[sink]])
 
 
 def _cell_probe(kind: str, channels: int) -> Emit:
@@ -280,33 +281,32 @@ class FragmentBank:
         self.stats = np.zeros((0, len(_STATS)), np.float64)  # per-fragment sums of node stats
 
     def add(self, f: Fragment) -> int:
-        if self.size == self.sink.size:  # grow by doubling
-            cap = max(8, 2 * self.size)
-            self.nodes = _grow(self.nodes, cap)
-            self.edges = _grow(self.edges, cap)
-            self.inputs = _grow(self.inputs, cap)
-            self.counts = _grow(self.counts, cap)
-            self.sink = _grow(self.sink, cap)
-            self.depth = _grow(self.depth, cap)
-            self.stats = _grow(self.stats, cap)
-        i = self.size
-        n, m, k = len(f.rows), len(f.edges), len(f.inputs)
-        if n > self.nodes.shape[1]:
-            self.nodes = _fit(self.nodes, n)
-        if m > self.edges.shape[1]:
-            self.edges = _fit(self.edges, m)
-        if k > self.inputs.shape[1]:
-            self.inputs = _fit(self.inputs, k)
-        self.nodes[i, :n] = f.rows
-        if m:
-            self.edges[i, :m] = f.edges
-        self.inputs[i, :k] = f.inputs
-        self.counts[i] = (n, m, k)
-        self.sink[i] = f.sink
-        self.depth[i] = f.depth
-        self.stats[i] = self.table.stats[f.rows].sum(axis=0) if n else 0.0
-        self.size += 1
-        return i
+        rows = np.asarray(f.rows, dtype=np.int64).reshape(1, -1)
+        return int(self.add_variants(rows, f)[0])
+
+    def add_variants(self, rows: np.ndarray, topology: CellTopology | Fragment) -> np.ndarray:
+        """Add fragments that share `topology`'s wiring and differ in their rows (V, n), e.g.
+        one cell at every stage, in one go; returns their ids (V,)."""
+        count, n = rows.shape
+        m, k = len(topology.edges), len(topology.inputs)
+        while self.size + count > self.sink.size:
+            cap = max(8, 2 * self.sink.size)
+            self.nodes, self.edges, self.inputs, self.counts, self.sink, self.depth, \
+                self.stats = (_grow(a, cap) for a in (self.nodes, self.edges, self.inputs,
+                                                      self.counts, self.sink, self.depth,
+                                                      self.stats))
+        self.nodes, self.edges, self.inputs = (_fit(self.nodes, n), _fit(self.edges, m),
+                                               _fit(self.inputs, k))
+        ids = slice(self.size, self.size + count)
+        self.nodes[ids, :n] = rows
+        self.edges[ids, :m] = topology.edges
+        self.inputs[ids, :k] = topology.inputs
+        self.counts[ids] = (n, m, k)
+        self.sink[ids] = topology.sink
+        self.depth[ids] = topology.depth
+        self.stats[ids] = self.table.stats[rows].sum(axis=1)
+        self.size += count
+        return np.arange(ids.start, ids.stop)
 
     def assemble(self, choices: np.ndarray) -> tuple[np.ndarray, ...]:
         """Networks from fragment ids (G, S), slot after slot.
@@ -386,7 +386,7 @@ class SpaceTemplates:
         self._stem = self._extracted(("stem",), lambda b, x: nb201.emit_stem(b, x, C), shape)
         self._stem_relu = self._extracted(
             ("stem+relu",), lambda b, x: b.relu(nb201.emit_stem(b, x, C)), shape)
-        self._stage_rows: list[dict[str, int]] = []
+        stage_rows = []
         self._reductions: list[int] = []
         for stage, c in enumerate((C, 2 * C, 4 * C)):
             if stage > 0:
@@ -394,9 +394,9 @@ class SpaceTemplates:
                     ("reduction", stage),
                     lambda b, x, c=c: nb201.emit_reduction(b, x, c), (n, c // 2, h, w)))
                 h, w = h // 2, w // 2
-            self._stage_rows.append({
-                kind: self.table.row(_probe(_cell_probe(kind, c), (n, c, h, w)))
-                for kind in CELL_KINDS})
+            stage_rows.append([self.table.row(_probe(_cell_probe(kind, c), (n, c, h, w)))
+                               for kind in CELL_KINDS])
+        self._stage_rows = np.array(stage_rows, dtype=np.int64)  # (stage, kind) -> row
         self._head = self._extracted(
             ("head",), lambda b, x: nb201.emit_head(b, x, self.num_classes), (n, 4 * C, h, w))
         self._cells_per_stage = N
@@ -408,14 +408,15 @@ class SpaceTemplates:
         if choice is not None:
             return choice
         plain, after_stem = _cell_topology(ops)
-        cells = [self.bank.add(plain.at(rows)) for rows in self._stage_rows]
+        cells = self.bank.add_variants(self._stage_rows[:, plain.kinds], plain)
         slots = [self._stem if after_stem is None else self._stem_relu]
         for stage, cell in enumerate(cells):
             if stage > 0:
                 slots.append(self._reductions[stage - 1])
-            slots += [cell] * self._cells_per_stage
+            slots += [int(cell)] * self._cells_per_stage
         if after_stem is not None:
-            slots[1] = self.bank.add(after_stem.at(self._stage_rows[0]))
+            slots[1] = int(self.bank.add_variants(self._stage_rows[:1, after_stem.kinds],
+                                                  after_stem)[0])
         slots.append(self._head)
         choice = self._choices[ops] = np.array(slots, dtype=np.int64)
         return choice
