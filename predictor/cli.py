@@ -22,6 +22,7 @@ from pathlib import Path
 
 from predictor import __version__
 from predictor.cli_data import register_data_commands
+from predictor.cli_fpga import register as register_fpga_commands
 from predictor.cli_generate import register as register_generate_commands
 from predictor.cli_measure import register as register_measure_commands
 from predictor.cli_model import register as register_model_commands
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands defined in other modules register here (keeps this file thin).
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     register_data_commands, register_model_commands, register_measure_commands,
-    register_generate_commands, register_search_commands, register_serve_commands]
+    register_generate_commands, register_search_commands, register_serve_commands,
+    register_fpga_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
