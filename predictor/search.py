@@ -48,10 +48,16 @@ Objective = Callable[[list[str]], np.ndarray]
 # the device's measured latencies, 1000 evaluations, top 10 returned
 # (`scripts/benchmark_constrained_search.py --valid`, results/constrained_search_nb201_valid*).
 # Rule: the smallest setting whose returned archs truly meet the budget >= 95% of the time
-# at every budget level. Fixed margins (tight / median / loose share): 0: 0.955 / 0.995 /
-# 0.89; 0.02: 0.98 / 1.00 / 0.94; 0.05: 0.985 / 1.00 / 0.96; 0.10: 1.00 / 1.00 / 0.99.
+# at every budget level. Share tight / median / loose (mean objective gap), 5 draws:
+#   fixed 0: 0.955 / 0.995 / 0.89; 0.02: 0.98 / 1.00 / 0.94; 0.05: 0.98 / 1.00 / 0.96 (0.17);
+#   0.10: 1.00 / 1.00 / 0.99 (0.22); quantile 0.5: 0.955 / 0.99 / 0.885 (0.14);
+#   0.75: 0.98 / 1.00 / 0.95 (0.17); 0.9: 0.975 / 1.00 / 0.985 (0.17); 1.0: 0.975 / 1.00 /
+#   0.995 (0.19) (results/constrained_search_nb201_valid_auto.txt).
+# Quantile 0.75 and the fixed 0.05 tie on these devices, which all resemble training
+# devices; the quantile is the default because it widens the margin where the calibration
+# shows the predictor is unsure of the device.
 DEFAULT_MARGIN = 0.05
-MARGIN_QUANTILE = 0.9
+MARGIN_QUANTILE = 0.75
 
 
 class SearchError(PredictorError, ValueError):
