@@ -203,6 +203,7 @@ class Predictor:
         """Predicted latency in ms, one per model, (n,) float64."""
         state = self.device(device)
         store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
-        out = [predict(self.model, store.batch(range(i, min(i + chunk, len(store)))), state)
+        out = [predict(self.model, store.batch(range(i, min(i + chunk, len(store))),
+                                               gather=False), state)
                for i in range(0, len(store), chunk)]
         return torch.exp(torch.cat(out)).numpy().astype(np.float64)

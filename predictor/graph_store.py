@@ -46,6 +46,15 @@ class GraphBatch(NamedTuple):
     # (total_nodes,) long: equal ids <=> equal rows of x (from a store's unique rows);
     # None when unknown. Lets inference compute each distinct node once.
     row_ids: torch.Tensor | None = None
+    # (U, F) the store's unique rows, with x = rows[row_ids]; set by `GraphStore.batch(...,
+    # gather=False)`, which leaves x None (inference reads only the rows it needs).
+    rows: torch.Tensor | None = None
+
+    def features(self, nodes: torch.Tensor | None = None) -> torch.Tensor:
+        """Feature rows of `nodes` (default: all nodes), from x or from the unique rows."""
+        if self.x is not None:
+            return self.x if nodes is None else self.x[nodes]
+        return self.rows[self.row_ids if nodes is None else self.row_ids[nodes]]
 
 
 def select_graphs(batch: GraphBatch, ids: Sequence[int] | torch.Tensor) -> GraphBatch:
@@ -56,9 +65,9 @@ def select_graphs(batch: GraphBatch, ids: Sequence[int] | torch.Tensor) -> Graph
     keep = position[batch.batch] >= 0
     new_index = torch.cumsum(keep.long(), 0) - 1
     edges = batch.edge_index[:, keep[batch.edge_index[0]]]
-    return GraphBatch(batch.x[keep], new_index[edges], position[batch.batch[keep]],
-                      batch.graph_attr[ids], ids.numel(),
-                      None if batch.row_ids is None else batch.row_ids[keep])
+    return GraphBatch(None if batch.x is None else batch.x[keep], new_index[edges],
+                      position[batch.batch[keep]], batch.graph_attr[ids], ids.numel(),
+                      None if batch.row_ids is None else batch.row_ids[keep], batch.rows)
 
 
 @dataclass
@@ -123,8 +132,12 @@ class GraphStore:
             meta=dict(meta or {}),
         )
 
-    def batch(self, ids: Sequence[int] | torch.Tensor) -> GraphBatch:
-        """Gather graphs `ids` into one `GraphBatch` (vectorised, no per-graph loop)."""
+    def batch(self, ids: Sequence[int] | torch.Tensor, gather: bool = True) -> GraphBatch:
+        """Gather graphs `ids` into one `GraphBatch` (vectorised, no per-graph loop).
+
+        `gather=False` skips materialising x (total nodes x features): the batch carries
+        the unique rows and row ids instead (`GraphBatch.features`), enough for inference.
+        """
         ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
         n_graphs = ids.numel()
         graph_range = torch.arange(n_graphs)
@@ -134,14 +147,15 @@ class GraphStore:
         new_start = torch.cumsum(n_count, 0) - n_count
         pos = torch.arange(batch.numel()) - new_start[batch] + n_start[batch]
         row_ids = self.node_ids[pos]
-        x = self.node_rows[row_ids]
+        x = self.node_rows[row_ids] if gather else None
         e_start = self.edge_ptr[ids]
         e_count = self.edge_ptr[ids + 1] - e_start
         e_batch = torch.repeat_interleave(graph_range, e_count)
         e_pos = torch.arange(e_batch.numel()) - (torch.cumsum(e_count, 0) - e_count)[e_batch] \
             + e_start[e_batch]
         edge_index = self.edge_index[:, e_pos] + new_start[e_batch]
-        return GraphBatch(x, edge_index, batch, self.graph_attr[ids], n_graphs, row_ids)
+        return GraphBatch(x, edge_index, batch, self.graph_attr[ids], n_graphs, row_ids,
+                          None if gather else self.node_rows)
 
     def data(self, i: int):
         """Graph `i` as a PyG `Data` (x, edge_index, graph_attr)."""

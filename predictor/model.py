@@ -119,8 +119,9 @@ class LatencyModel(nn.Module):
     def node_states(self, batch: GraphBatch, plan: UniquePlan | None = None) -> torch.Tensor:
         """The first output of `encode` alone (what prediction needs)."""
         if plan is None:
-            return self.encoder(self.node_norm(batch.x), batch.edge_index, skip_last=True)
-        return self.encoder.forward_unique(self.node_norm(batch.x[plan.first]), plan)
+            return self.encoder(self.node_norm(batch.features()), batch.edge_index,
+                                skip_last=True)
+        return self.encoder.forward_unique(self.node_norm(batch.features(plan.first)), plan)
 
     def plan(self, batch: GraphBatch) -> UniquePlan:
         """The distinct-node plan of `batch` for `encode` / `raw_log_latency` (inference)."""

@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> dict:
     state = p.device(device)
 
     def from_cache(ids: list[int]) -> np.ndarray:  # in chunks, as `Predictor.predict` does
-        return np.concatenate([torch.exp(predict(p.model, store.batch(ids[i:i + CHUNK]), state))
+        return np.concatenate([torch.exp(predict(p.model, store.batch(ids[i:i + CHUNK], gather=False),
+                                                       state))
                                .numpy() for i in range(0, len(ids), CHUNK)])
 
     cached = {b: rate(from_cache, list(range(len(archs))), b, args.seconds) for b in BATCHES}

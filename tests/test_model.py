@@ -135,3 +135,16 @@ def test_distinct_node_plan_gives_the_per_node_numbers(store, layers) -> None:
     # graph embeddings through the plan equal the per-node ones too
     torch.testing.assert_close(model.encode(batch, plan)[1], model.encode(batch)[1],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_batches_without_gathered_features_predict_the_same(store) -> None:
+    """`GraphStore.batch(gather=False)` carries unique rows + ids instead of x."""
+    model = _model(store).eval()
+    support = store.batch([0, 2, 4])
+    state = adapt(model, support, torch.log(torch.tensor([2.0, 5.0, 9.0])))
+    for ids in ([1], [1, 3, 5, 1]):
+        lazy = store.batch(ids, gather=False)
+        assert lazy.x is None
+        torch.testing.assert_close(lazy.features(), store.batch(ids).x)
+        torch.testing.assert_close(predict(model, lazy, state), predict(model, store.batch(ids),
+                                                                        state))
