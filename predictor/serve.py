@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import logging
 import re
 import threading
@@ -247,16 +248,25 @@ def _status(exc: PredictorError) -> int:
 
 
 class PredictionService:
-    """The work behind the endpoints; every call into the predictor holds `lock`."""
+    """The work behind the endpoints; every call into the predictor holds `lock`.
+
+    Calibrations run on their own copy of the model (`calibrator`, one at a time under
+    `calibration_lock`): fine-tuning swaps module parameters while it runs, and a
+    calibration takes seconds that predictions should not wait for. The stored device
+    file is what the serving predictor then loads (it reloads a device whose file changed).
+    """
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
         self.lock = threading.Lock()
+        self.calibrator = Predictor(copy.deepcopy(predictor.checkpoint))
+        self.calibration_lock = threading.Lock()
         with self.lock:
             predictor.known_devices()  # memoised lazily; fill it before threads race on it
+            self.calibrator.known_devices()
 
     def _graphs(self, req: _Models) -> GraphStore:
-        """Operator graphs of the request's items; the caller holds `lock` for archs."""
+        """Operator graphs of the request's items (templates are thread-safe)."""
         if req.archs is not None:
             return self.predictor.space_graphs(req.space, req.archs,
                                                input_shape=req.input_shape,
@@ -306,13 +316,12 @@ class PredictionService:
         if req.num_classes:
             info["num_classes"] = req.num_classes
         store = self._graphs(req) if req.models is not None else None
-        with device_lock(req.name, device_dirs()[0]):
-            with self.lock:
-                if store is None:
-                    store = self._graphs(req)
-                self.predictor.adapt(req.name, store, req.latency_ms, strategy=req.strategy,
-                                     save=True, info=info)
-            stored = load_device(req.name, self.predictor.fingerprint)[1]
+        with device_lock(req.name, device_dirs()[0]), self.calibration_lock:
+            if store is None:
+                store = self._graphs(req)
+            self.calibrator.adapt(req.name, store, req.latency_ms, strategy=req.strategy,
+                                  save=True, info=info)
+            stored = load_device(req.name, self.calibrator.fingerprint)[1]
         log.info("calibrated %s from %d samples (strategy %s)", req.name, len(req.latency_ms),
                  stored.get("strategy"))
         return {"device": req.name, "info": stored}

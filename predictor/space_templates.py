@@ -26,6 +26,7 @@ only by one ReLU, that ReLU folds into the stem conv.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -360,6 +361,7 @@ class SpaceTemplates:
         self.table = RowTable()
         self.bank = FragmentBank(self.table)
         self._ids: dict[tuple, int] = {}  # fragment key -> bank id
+        self._lock = threading.RLock()  # templates grow on first sight: one writer at a time
         # Validates the configuration once (raises InvalidArchError like build_onnx).
         module = nb201 if space == "nb201" else fbnet
         module.build_onnx(module.arch_to_str(self._example()), self.input_shape,
@@ -465,14 +467,16 @@ class SpaceTemplates:
         pick = self._nb201_choice if self.space == "nb201" else self._fbnet_choice
         if not archs:
             return np.zeros((0, 1), np.int64)
-        return np.stack([pick(self.canonical(a)) for a in archs])
+        with self._lock:
+            return np.stack([pick(self.canonical(a)) for a in archs])
 
     def totals(self, archs: Sequence[object]) -> dict[str, np.ndarray]:
         """Graph totals of `archs` without assembling graphs: macs, params, other_flops,
         memory bytes, nodes and depth, (G,) each (e.g. the MACs surrogate, a params
         objective)."""
-        choices = self.choices(archs)
-        stats = self.bank.stats[choices].sum(axis=1)
+        with self._lock:
+            choices = self.choices(archs)
+            stats = self.bank.stats[choices].sum(axis=1)
         return {"macs": stats[:, 0], "params": _unique_params(stats),
                 "other_flops": stats[:, 1], "memory_bytes": stats[:, 3] + stats[:, 4],
                 "nodes": self.bank.counts[choices, 0].sum(axis=1),
@@ -481,8 +485,10 @@ class SpaceTemplates:
     def store(self, archs: Sequence[object]) -> GraphStore:
         """The `GraphStore` of `archs`, in order (equal to `GraphStore.from_graphs` of their
         extracted ONNX graphs, up to the order of nodes and edges)."""
-        choices = self.choices(archs)
-        rows, counts, edges, e_counts, depth, stats = self.bank.assemble(choices)
+        with self._lock:
+            choices = self.choices(archs)
+            rows, counts, edges, e_counts, depth, stats = self.bank.assemble(choices)
+            features = self.table.features()
         params = _unique_params(stats)
         attrs = graph_features_from_totals(
             macs=stats[:, 0], other_flops=stats[:, 1], params=params,
@@ -492,7 +498,7 @@ class SpaceTemplates:
             input_numel=math.prod(self.input_shape), conv_nodes=stats[:, 5],
             matmul_nodes=stats[:, 6], depthwise_nodes=stats[:, 7])
         return GraphStore(
-            node_rows=self.table.features(), node_ids=torch.from_numpy(rows),
+            node_rows=features, node_ids=torch.from_numpy(rows),
             node_ptr=torch.from_numpy(np.concatenate([[0], np.cumsum(counts)])),
             edge_index=torch.from_numpy(np.ascontiguousarray(edges.T)),
             edge_ptr=torch.from_numpy(np.concatenate([[0], np.cumsum(e_counts)])),
@@ -512,6 +518,7 @@ def _resolution(shape: Sequence[int]) -> int:
 
 
 _TEMPLATES: dict[tuple, SpaceTemplates] = {}
+_TEMPLATES_LOCK = threading.Lock()
 
 
 def space_templates(space: str, input_shape: Sequence[int] | None = None,
@@ -524,8 +531,9 @@ def space_templates(space: str, input_shape: Sequence[int] | None = None,
     shape = tuple(int(d) for d in (input_shape or spec.input_shape))
     classes = int(num_classes or spec.num_classes)
     key = (spec.name, shape, classes)
-    if key not in _TEMPLATES:
-        if len(_TEMPLATES) >= 64:  # a long-running service asked for many settings
-            _TEMPLATES.pop(next(iter(_TEMPLATES)))
-        _TEMPLATES[key] = SpaceTemplates(spec.name, shape, classes)
-    return _TEMPLATES[key]
+    with _TEMPLATES_LOCK:
+        if key not in _TEMPLATES:
+            if len(_TEMPLATES) >= 64:  # a long-running service asked for many settings
+                _TEMPLATES.pop(next(iter(_TEMPLATES)))
+            _TEMPLATES[key] = SpaceTemplates(spec.name, shape, classes)
+        return _TEMPLATES[key]
