@@ -56,7 +56,7 @@ def check_space_tables(space: str, data_dir: str | Path | None = None) -> dict[s
     else:
         n_archs = len(tables.fbnet_archs(data_dir))
     tables.reference_indices(space, data_dir)
-    devices = [d.name for d in list_devices(space=space)]
+    devices = [d.name for d in list_devices(space=space, source="help")]
     near_zero: dict[str, int] = {}
     for name in devices:
         table = tables.load_latency_table(space, name, data_dir)
@@ -190,7 +190,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         help_split = get_split(space, "help")
         roles = {d: role for role in ("train", "valid", "test")
                  for d in getattr(help_split, role)}
-        devices = list_devices(space=space)
+        devices = list_devices(space=space, source="help")
         print(f"\n{space}: {SPACE_SIZES[space]} architectures, {len(devices)} devices")
         print(f"  {'device':<16}{'family':<16}{'batch':>6}  help split")
         for d in devices:

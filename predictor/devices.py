@@ -161,12 +161,15 @@ def get_device(name: str) -> Device:
         ) from None
 
 
-def list_devices(space: str | None = None, family: str | None = None) -> list[Device]:
+def list_devices(space: str | None = None, family: str | None = None,
+                 source: str | None = None) -> list[Device]:
     """Registry entries, optionally filtered.
 
     Args:
         space: keep devices with data for this space ("nb201" or "fbnet").
         family: keep devices of this family (one of `FAMILIES`).
+        source: keep devices whose numbers come from this source ("help" for HELP's
+            tables, "hwnb360" for HW-NAS-Bench-360's Pi 5 / Pixel runtimes x tasks).
 
     Returns:
         Matching devices in registry order.
@@ -182,4 +185,5 @@ def list_devices(space: str | None = None, family: str | None = None) -> list[De
         d
         for d in _registry().values()
         if (space is None or space in d.spaces) and (family is None or d.family == family)
+        and (source is None or d.source == source)
     ]

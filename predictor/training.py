@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +13,7 @@ import torch
 from predictor.checkpoint import Checkpoint
 from predictor.config import TrainConfig
 from predictor.datamodule import EpisodeDataModule
+from predictor.datasets import DeviceTask
 from predictor.errors import PredictorError
 from predictor.graph_store import GraphStore
 from predictor.metalearner import MetaLearner
@@ -29,12 +31,20 @@ def fit_standardisers(learner: MetaLearner, stores: list[GraphStore]) -> None:
 
 def train(config: TrainConfig, out: str | Path, *, data_dir: str | Path | None = None,
           cache_root: str | Path | None = None, log_dir: str | Path = "runs",
-          use_wandb: bool = False, progress: bool = True) -> Checkpoint:
-    """Meta-train on the config's meta-train devices, select on meta-valid, save to `out`."""
+          use_wandb: bool = False, progress: bool = True,
+          extra_tasks: Sequence[DeviceTask] = (),
+          extra_stores: dict[tuple[str, int], GraphStore] | None = None) -> Checkpoint:
+    """Meta-train on the config's meta-train devices, select on meta-valid, save to `out`.
+
+    `extra_tasks` join the meta-train devices (e.g. HW-NAS-Bench-360's energy tables,
+    `predictor.hwnb360.device_tasks`), with their graphs in `extra_stores` by store key.
+    """
     L.seed_everything(config.seed, workers=True)
     datamodule = EpisodeDataModule(config.data, data_dir=data_dir, cache_root=cache_root,
                                    progress=progress)
     datamodule.setup("fit")
+    datamodule.train_tasks += list(extra_tasks)
+    datamodule.stores.update(extra_stores or {})
     learner = MetaLearner(config)
     base_devices: tuple[str, ...] = ()
     if config.init_from:

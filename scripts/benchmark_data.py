@@ -55,7 +55,7 @@ def build_all(root: Path, data_dir: Path, workers: int | None, progress: bool,
 def macs_spearman(space: str, stores: dict[int, GraphStore], data_dir: Path) -> list[dict]:
     """Spearman(log MACs, latency) per registry device, over its valid entries."""
     rows = []
-    for device in list_devices(space=space):
+    for device in list_devices(space=space, source="help"):
         batch = device.batch_size or 1
         store = stores.get(batch) or stores[min(stores)]  # MAC ranks do not depend on batch
         macs = store.graph_attr[:, MACS_COLUMN].numpy()

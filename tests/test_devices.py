@@ -18,7 +18,7 @@ GPU_BATCHES = {"nb201": {1, 32, 256}, "fbnet": {1, 32, 64}}
 
 
 def _names(space: str) -> set[str]:
-    return {d.name for d in list_devices(space=space)}
+    return {d.name for d in list_devices(space=space, source="help")}
 
 
 @pytest.mark.parametrize("space", ["nb201", "fbnet"])
@@ -35,7 +35,7 @@ def test_registry_matches_manifest(space: str) -> None:
 
 
 def test_help_devices() -> None:
-    devices = list_devices()
+    devices = list_devices(source="help")
     assert len(devices) == 32 and len({d.name for d in devices}) == 32
     assert all(d.family in FAMILIES for d in devices)
     assert all(
@@ -43,9 +43,9 @@ def test_help_devices() -> None:
     )
     assert [d.name for d in list_devices(family="asic")] == ["eyeriss"]
     assert [d.name for d in list_devices(family="fpga")] == ["fpga"]
-    assert [d.name for d in list_devices(family="embedded_board")] == ["raspi4"]
+    assert [d.name for d in list_devices(family="embedded_board", source="help")] == ["raspi4"]
     assert len(list_devices(family="desktop_cpu")) == 4
-    assert len(list_devices(family="mobile_phone")) == 5
+    assert len(list_devices(family="mobile_phone", source="help")) == 5
 
 
 @pytest.mark.parametrize("space", ["nb201", "fbnet"])
