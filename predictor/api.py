@@ -37,16 +37,35 @@ MIN_SHOTS = 5
 DEFAULT_FINETUNE_STEPS = 20  # when the checkpoint's config sets none
 
 
-def check_latencies(latencies_ms: Sequence[float], count: int) -> np.ndarray:
-    """Validate measured latencies: as many as models, finite and positive."""
+# Per-inference costs the latency network serves: positive quantities regressed in log
+# space, so a device calibrated on energy measurements predicts energy. (FPGA resources
+# have their own checkpoint: `predictor.fpga_predict`, `latpred fpga`.)
+METRICS: dict[str, str] = {"latency_ms": "ms", "energy_mj": "mJ"}
+FPGA_METRICS = ("lut", "ff", "dsp", "bram_18k", "latency_cycles", "ii_cycles")
+
+
+def check_metric(metric: str) -> str:
+    """`metric` if this predictor serves it, else a clear error."""
+    if metric in METRICS:
+        return metric
+    if metric in FPGA_METRICS:
+        raise PredictorError(f"Metric '{metric}' is an FPGA resource: the latency checkpoint "
+                             "does not serve it; use `latpred fpga MODEL.onnx ...`")
+    raise PredictorError(f"Unknown metric '{metric}'; this checkpoint serves {list(METRICS)}")
+
+
+def check_latencies(latencies_ms: Sequence[float], count: int,
+                    metric: str = "latency_ms") -> np.ndarray:
+    """Validate measured values of `metric`: as many as models, finite and positive."""
     y = np.asarray(latencies_ms, dtype=np.float64).reshape(-1)
+    what = "latencies" if metric == "latency_ms" else f"{metric} values"
     if y.size != count:
-        raise PredictorError(f"Got {y.size} latencies for {count} models; give one per model")
+        raise PredictorError(f"Got {y.size} {what} for {count} models; give one per model")
     bad = [i for i, v in enumerate(y) if not np.isfinite(v) or v <= 0]
     if bad:
         raise PredictorError(
-            f"Latencies must be finite and positive (ms); bad values at rows {bad[:10]}: "
-            f"{[float(y[i]) for i in bad[:10]]}")
+            f"{what.capitalize()} must be finite and positive ({METRICS.get(metric, metric)}); "
+            f"bad values at rows {bad[:10]}: {[float(y[i]) for i in bad[:10]]}")
     if y.size < MIN_SHOTS:
         raise PredictorError(f"Too few calibration samples: {y.size}; need at least {MIN_SHOTS}")
     return y
@@ -83,6 +102,7 @@ class Predictor:
         return GraphStore.from_graphs(graphs)
 
     def adapt(self, device_name: str, models: Sequence[Any], latencies_ms: Sequence[float], *,
+              metric: str = "latency_ms",
               input_shape: InputShapes = None, strategy: str = "auto",
               finetune_steps: int | None = None, save: bool = False,
               info: dict[str, Any] | None = None) -> DeviceState:
@@ -97,7 +117,7 @@ class Predictor:
         if strategy != "auto" and strategy not in names:
             raise PredictorError(f"Unknown adaptation strategy '{strategy}'; "
                                  f"use 'auto' or one of {names}")
-        y = check_latencies(latencies_ms, len(models))
+        y = check_latencies(latencies_ms, len(models), check_metric(metric))
         store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
         steps = (finetune_steps if finetune_steps is not None
                  else self.checkpoint.config.finetune_steps or DEFAULT_FINETUNE_STEPS)
@@ -112,7 +132,7 @@ class Predictor:
             self.model, support, log_y, finetune_steps=steps, lr=lr, known=self.known_devices(),
             candidates=(strategy,))[strategy]
         self.devices[device_name] = state
-        self._infos[device_name] = {**(info or {}), "strategy": strategy,
+        self._infos[device_name] = {**(info or {}), "strategy": strategy, "metric": metric,
                                     "cv_log_residuals": [round(float(r), 5) for r in residuals]}
         if save:
             path = save_device(device_name, state, self.fingerprint, self._infos[device_name])
@@ -152,7 +172,7 @@ class Predictor:
 
     def predict_batch(self, space: str, archs: Sequence[Any], device: str, *,
                       input_shape: Sequence[int] | None = None,
-                      num_classes: int | None = None) -> np.ndarray:
+                      num_classes: int | None = None, metric: str | None = None) -> np.ndarray:
         """Predicted latency in ms of search-space architectures on `device`, (n,).
 
         `input_shape` and `num_classes` default to the setting the device was calibrated
@@ -170,7 +190,7 @@ class Predictor:
             input_shape = (int(batch), *get_space(space).input_shape[1:])
         store = self.space_graphs(space, archs, input_shape=input_shape,
                                   num_classes=num_classes)
-        return self.predict(store, device)
+        return self.predict(store, device, metric=metric)
 
     def device(self, name: str) -> DeviceState:
         """The adapted state of device `name` (calibrated here or loaded from its file;
@@ -193,15 +213,35 @@ class Predictor:
             self._stamps[name] = path.stat().st_mtime_ns
         return state
 
+    def device_metric(self, name: str) -> str:
+        """What device `name` predicts: "latency_ms" unless calibrated on another metric."""
+        return self.device_info(name).get("metric", "latency_ms")
+
+    def check_device_metric(self, name: str, metric: str) -> None:
+        check_metric(metric)
+        has = self.device_metric(name)
+        if has != metric:
+            raise PredictorError(
+                f"Device '{name}' was calibrated on {has}, not {metric}; calibrate a device "
+                f"from {metric} measurements (latpred calibrate NAME --metric {metric} ...)")
+
     def device_info(self, name: str) -> dict[str, Any]:
         """What is stored about device `name` (kind, batch size, provenance, strategy...)."""
         self.device(name)
         return self._infos.get(name, {})
 
     def predict(self, models: Sequence[Any] | GraphStore, device: str, *,
-                input_shape: InputShapes = None, chunk: int = 256) -> np.ndarray:
-        """Predicted latency in ms, one per model, (n,) float64."""
+                input_shape: InputShapes = None, metric: str | None = None,
+                chunk: int = 256) -> np.ndarray:
+        """Predicted latency in ms (or the device's metric, e.g. energy in mJ for a device
+        calibrated on energy), one per model, (n,) float64.
+
+        With `metric`, the device must have been calibrated on that metric (clear error
+        otherwise).
+        """
         state = self.device(device)
+        if metric is not None:
+            self.check_device_metric(device, metric)
         store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
         out = [predict(self.model, store.batch(range(i, min(i + chunk, len(store))),
                                                gather=False), state)

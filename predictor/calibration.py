@@ -79,13 +79,14 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
 
 def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: dict[str, Any],
               *, strategy: str = "auto", input_shape=None, space: str | None = None,
-              num_classes: int | None = None) -> dict[str, Any]:
+              num_classes: int | None = None, metric: str = "latency_ms") -> dict[str, Any]:
     """Adapt `predictor` to device `name` from measured rows and store it.
 
     Args:
         predictor: a `predictor.api.Predictor`.
-        rows: dicts with `latency_ms` and either `model` (an ONNX path) or, with `space`,
-            `arch` (a search-space architecture, e.g. an NB201 arch string).
+        rows: dicts with the measured `metric` (default `latency_ms`; `energy_mj` makes an
+            energy device) and either `model` (an ONNX path) or, with `space`, `arch` (a
+            search-space architecture, e.g. an NB201 arch string).
         provenance: how the rows were measured (machine, runtime, settings).
         space, num_classes, input_shape: the search space of `arch` rows and its setting
             (defaults: the space's benchmark setting); stored, so that
@@ -100,7 +101,11 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
     if not name or "/" in name or name.startswith("."):
         raise PredictorError(f"Invalid device name {name!r}: use letters, digits, -, _, @")
     folder = device_dirs()[0]
-    latencies = [float(row["latency_ms"]) for row in rows]
+    missing = [i for i, row in enumerate(rows) if row.get(metric) is None]
+    if missing:
+        raise PredictorError(f"Measurements lack {metric} in rows {missing[:10]}; calibrate "
+                             f"on {metric} only with a value for every model")
+    values = [float(row[metric]) for row in rows]
     info: dict[str, Any] = {"kind": "calibrated device",
                             "date": datetime.now(timezone.utc).isoformat(),
                             "provenance": dict(provenance), "measurements": [dict(r) for r in rows]}
@@ -118,6 +123,6 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
                     batch_size=shape[0])
         input_shape = None
     with device_lock(name, folder):
-        predictor.adapt(name, models, latencies, input_shape=input_shape, strategy=strategy,
-                        save=True, info=info)
+        predictor.adapt(name, models, values, input_shape=input_shape, strategy=strategy,
+                        metric=metric, save=True, info=info)
     return load_device(name, predictor.fingerprint)[1]

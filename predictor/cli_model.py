@@ -47,7 +47,7 @@ def _space_setting(args: argparse.Namespace) -> tuple[tuple[int, ...] | None, in
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from predictor.api import Predictor
+    from predictor.api import METRICS, Predictor
     from predictor.errors import PredictorError
     from predictor.onnx_io import parse_shape
 
@@ -59,20 +59,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise PredictorError("--space needs --archs FILE (one architecture per line)")
         archs = _read_archs(args.archs)
         shape, classes = _space_setting(args)
-        latencies = predictor.predict_batch(args.space, archs, args.device, input_shape=shape,
-                                            num_classes=classes)
+        values = predictor.predict_batch(args.space, archs, args.device, input_shape=shape,
+                                         num_classes=classes, metric=args.metric)
         key, items = "arch", archs
     else:
         shape = parse_shape(args.input_shape) if args.input_shape else None
-        latencies = predictor.predict(args.models, device=args.device, input_shape=shape)
+        values = predictor.predict(args.models, device=args.device, input_shape=shape,
+                                   metric=args.metric)
         key, items = "model", [str(m) for m in args.models]
-    rows = [{key: item, "device": args.device, "latency_ms": float(v)}
-            for item, v in zip(items, latencies, strict=True)]
+    rows = [{key: item, "device": args.device, args.metric: float(v)}
+            for item, v in zip(items, values, strict=True)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        unit = METRICS[args.metric]
         for row in rows:
-            print(f"{row['latency_ms']:10.3f} ms  {row[key]}  ({args.device})")
+            print(f"{row[args.metric]:10.3f} {unit:<3s} {row[key]}  ({args.device})")
     return 0
 
 
@@ -90,26 +92,29 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if args.measure:
             raise PredictorError("--space calibrates from --measurements FILE.csv "
                                  "(header arch,latency_ms), not --measure")
-        rows, info = read_measurements_csv(args.measurements, key="arch")
+        rows, info = read_measurements_csv(args.measurements, key="arch", value=args.metric)
         shape, classes = _space_setting(args)
         predictor = Predictor.load(args.checkpoint)
         stored = calibrate(predictor, args.name, rows, {**info, "source": str(args.measurements)},
                            strategy=args.strategy, input_shape=shape, space=args.space,
-                           num_classes=classes)
+                           num_classes=classes, metric=args.metric)
         return _report_calibration(args, stored, len(rows),
                                    f"latpred predict --space {args.space} --archs FILE "
                                    f"--device {args.name}")
+    if args.measure and args.metric != "latency_ms":
+        raise PredictorError(f"--measure times latency only; for {args.metric}, measure the "
+                             "models (e.g. latpred measure --energy) and pass --measurements")
     if args.measure:
         rows, info = measure_reference_set(backend=args.backend, device=args.device_kind,
                                            threads=args.threads,
                                            graph_optimization=args.graph_optimization)
     else:
-        rows, info = read_measurements_csv(args.measurements)
+        rows, info = read_measurements_csv(args.measurements, value=args.metric)
         info = {**info, "source": str(args.measurements)}
     predictor = Predictor.load(args.checkpoint)
     shape = parse_shape(args.input_shape) if args.input_shape else None
     stored = calibrate(predictor, args.name, rows, info, strategy=args.strategy,
-                       input_shape=shape)
+                       input_shape=shape, metric=args.metric)
     return _report_calibration(args, stored, len(rows),
                                f"latpred predict MODEL.onnx --device {args.name}")
 
@@ -133,6 +138,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
         for device in devices:
             print(f"{device['name']:24s} {device['path']}")
     return 0
+
+
+def _add_metric_argument(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--metric", default="latency_ms", choices=("latency_ms", "energy_mj"),
+                   help=help)
 
 
 def _add_space_arguments(p: argparse.ArgumentParser) -> None:
@@ -164,6 +174,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_space_arguments(p)
     p.add_argument("--archs", type=Path, default=None, metavar="FILE",
                    help="with --space: one architecture per line")
+    _add_metric_argument(p, "what to predict; the device must be calibrated on it "
+                            "(default latency_ms)")
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_predict)
@@ -186,6 +198,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="auto",
                    help="auto (cross-validated), amortised, nearest, finetune, finetune+nearest")
     _add_space_arguments(p)
+    _add_metric_argument(p, "the measured column of the CSV to calibrate on: latency_ms "
+                            "(default) or energy_mj (an energy device)")
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_calibrate)

@@ -139,8 +139,8 @@ def _parse_float(raw: str, column: str, where: str) -> float | None:
         raise DataError(f"{where}: {column} {raw!r} is not a number") from None
 
 
-def _parse_row(raw: dict[str, str], folder: Path, where: str, key: str = "model"
-               ) -> dict[str, Any]:
+def _parse_row(raw: dict[str, str], folder: Path, where: str, key: str = "model",
+               value: str = "latency_ms") -> dict[str, Any]:
     row: dict[str, Any] = dict(raw)
     item = raw[key]
     if not item:
@@ -148,28 +148,29 @@ def _parse_row(raw: dict[str, str], folder: Path, where: str, key: str = "model"
     if key == "model" and not item.startswith("<") and not Path(item).is_absolute():
         item = str((folder / item).resolve())
     row[key] = item
-    latency = _parse_float(raw["latency_ms"], "latency_ms", where)
-    if latency is None or not math.isfinite(latency) or latency <= 0:
-        raise DataError(f"{where}: latency_ms {raw['latency_ms']!r} of {key} {raw[key]!r} "
+    measured = _parse_float(raw[value], value, where)
+    if measured is None or not math.isfinite(measured) or measured <= 0:
+        raise DataError(f"{where}: {value} {raw[value]!r} of {key} {raw[key]!r} "
                         "must be a finite number > 0")
-    row["latency_ms"] = latency
-    for column in ("p10_ms", "p90_ms", "energy_mj", "cv"):
-        if column in raw:
+    row[value] = measured
+    for column in ("latency_ms", "p10_ms", "p90_ms", "energy_mj", "cv"):
+        if column in raw and column != value:
             row[column] = _parse_float(raw[column], column, where)
     if raw.get("runs"):
-        value = _parse_float(raw["runs"], "runs", where)
-        row["runs"] = int(value) if value is not None and math.isfinite(value) else None
+        runs = _parse_float(raw["runs"], "runs", where)
+        row["runs"] = int(runs) if runs is not None and math.isfinite(runs) else None
     if "noisy" in raw:
         row["noisy"] = raw["noisy"].lower() in ("true", "1", "yes")
     return row
 
 
-def read_measurements_csv(path: Path | str, key: str = "model"
+def read_measurements_csv(path: Path | str, key: str = "model", value: str = "latency_ms"
                           ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Read a measurements CSV: (rows, provenance).
 
     Rows are dicts keyed by the header (which must contain `model,latency_ms`, or
-    `arch,latency_ms` with `key="arch"` for search-space architectures), numbers parsed,
+    `arch,latency_ms` with `key="arch"` for search-space architectures; `value` names the
+    measured column, e.g. "energy_mj", that every row must have), numbers parsed,
     relative model paths resolved against the CSV's folder; provenance values are the
     strings of the `# key: value` comment lines.
 
@@ -190,9 +191,9 @@ def read_measurements_csv(path: Path | str, key: str = "model"
         if not line.strip():
             continue
         if line.lstrip().startswith("#"):
-            name, sep, value = line.lstrip()[1:].partition(":")
-            if sep and name.strip():
-                info[name.strip()] = value.strip()
+            field, sep, text = line.lstrip()[1:].partition(":")
+            if sep and field.strip():
+                info[field.strip()] = text.strip()
             continue
         try:
             fields = [f.strip() for f in next(csv.reader([line]))]
@@ -200,15 +201,15 @@ def read_measurements_csv(path: Path | str, key: str = "model"
             raise DataError(f"{path}:{lineno}: bad CSV line ({exc})") from None
         if header is None:
             header = fields
-            if key not in header or "latency_ms" not in header:
-                raise DataError(f"{path}: the header must contain columns `{key},latency_ms`; "
+            if key not in header or value not in header:
+                raise DataError(f"{path}: the header must contain columns `{key},{value}`; "
                                 f"found {header}")
             continue
         if len(fields) != len(header):
             raise DataError(f"{path}:{lineno}: {len(fields)} fields, the header has "
                             f"{len(header)}")
         rows.append(_parse_row(dict(zip(header, fields, strict=True)), path.parent,
-                               f"{path}:{lineno}", key))
+                               f"{path}:{lineno}", key, value))
     if header is None:
-        raise DataError(f"{path}: no header line; expected columns `{key},latency_ms`")
+        raise DataError(f"{path}: no header line; expected columns `{key},{value}`")
     return rows, info

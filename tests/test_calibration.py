@@ -143,3 +143,41 @@ def test_calibrate_by_arch_then_predict_by_arch(tmp_path, shared_data_dir) -> No
     wrong.write_text("model,latency_ms\na.onnx,1.0\n")
     result = _cli("calibrate", "x", "--space", "nb201", "--measurements", str(wrong), env=env)
     assert result.returncode == 2 and "arch,latency_ms" in result.stderr
+
+
+def test_energy_device_from_measurements_and_metric_errors(tmp_path, shared_data_dir) -> None:
+    """A device calibrated on `energy_mj` predicts energy; asking it for latency, or the
+    latency network for an FPGA metric, is a clear error."""
+    task = load_device_task("nb201", DEVICE, shared_data_dir)
+    archs = SPACES["nb201"].archs(shared_data_dir)
+    ids = np.random.default_rng(2).choice(task.pool, 12, replace=False)
+    energy = task.latency_ms[ids] * 3.5  # an energy-like positive cost per inference
+    lines = ["arch,latency_ms,energy_mj"]
+    lines += [f"{archs[i]},{task.latency_ms[i]},{e}" for i, e in zip(ids[:10], energy[:10],
+                                                                     strict=True)]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "archs.txt").write_text("\n".join(archs[i] for i in ids[10:]) + "\n")
+    env = {"LATPRED_DEVICE_DIR": str(tmp_path / "devices")}
+    result = _cli("calibrate", "joules", "--space", "nb201", "--metric", "energy_mj",
+                  "--measurements", str(tmp_path / "m.csv"), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["metric"] == "energy_mj"
+    pred = _cli("predict", "--space", "nb201", "--archs", str(tmp_path / "archs.txt"),
+                "--device", "joules", "--metric", "energy_mj", "--json", env=env)
+    assert pred.returncode == 0, pred.stderr
+    mj = np.array([r["energy_mj"] for r in json.loads(pred.stdout)])
+    assert np.all(np.abs(mj / energy[10:] - 1) < 0.3), (mj, energy[10:])
+    wrong = _cli("predict", "--space", "nb201", "--archs", str(tmp_path / "archs.txt"),
+                 "--device", "joules", env=env)
+    assert wrong.returncode == 2 and "calibrated on energy_mj" in wrong.stderr
+
+
+def test_metric_validation_in_the_api() -> None:
+    from predictor.api import check_metric
+    from predictor.errors import PredictorError
+
+    assert check_metric("energy_mj") == "energy_mj"
+    with pytest.raises(PredictorError, match="latpred fpga"):
+        check_metric("lut")
+    with pytest.raises(PredictorError, match="Unknown metric 'watts'"):
+        check_metric("watts")
