@@ -293,15 +293,36 @@ def adapt_selected(model: LatencyModel, support: GraphBatch, log_latency: torch.
     Returns:
         (state fitted on the whole support set, the chosen strategy's name).
     """
-    if log_latency.numel() < min_shots:
-        choice = "nearest" if known else "amortised"
+    state, choice, _ = adapt_with_residuals(model, support, log_latency, "auto",
+                                            finetune_steps=finetune_steps, lr=lr,
+                                            rank_weight=rank_weight, known=known, folds=folds,
+                                            min_shots=min_shots)
+    return state, choice
+
+
+def adapt_with_residuals(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
+                         strategy: str, *, finetune_steps: int, lr: float = 1e-2,
+                         rank_weight: float = 1.0, known: list[DeviceState] | None = None,
+                         folds: int = 5, min_shots: int = 6
+                         ) -> tuple[DeviceState, str, torch.Tensor]:
+    """Adapt with `strategy` ("auto": least cross-validated error, see `adapt_selected`).
+
+    Returns:
+        (state, the strategy used, its out-of-fold residuals (k,): predicted minus measured
+        log-latency, how far off the device's predictions are on unseen models).
+    """
+    cv = dict(finetune_steps=finetune_steps, lr=lr, rank_weight=rank_weight, known=known,
+              folds=folds)
+    if strategy == "auto" and log_latency.numel() >= min_shots:
+        residuals = cross_validated_residuals(model, support, log_latency, **cv)
+        choice = min(residuals, key=lambda name: float((residuals[name] ** 2).mean()))
     else:
-        errors = cross_validated_errors(model, support, log_latency,
-                                        finetune_steps=finetune_steps, lr=lr,
-                                        rank_weight=rank_weight, known=known, folds=folds)
-        choice = min(errors, key=errors.__getitem__)
-    return adapt_strategy(model, support, log_latency, choice, finetune_steps=finetune_steps,
-                          lr=lr, rank_weight=rank_weight, known=known), choice
+        choice = strategy if strategy != "auto" else ("nearest" if known else "amortised")
+        residuals = cross_validated_residuals(model, support, log_latency, **cv,
+                                              candidates=(choice,))
+    state = adapt_strategy(model, support, log_latency, choice, finetune_steps=finetune_steps,
+                           lr=lr, rank_weight=rank_weight, known=known)
+    return state, choice, residuals[choice]
 
 
 def adapt_strategy(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,

@@ -17,8 +17,7 @@ import torch
 from predictor.adaptation import (
     STRATEGIES,
     DeviceState,
-    adapt_named,
-    cross_validated_residuals,
+    adapt_with_residuals,
     predict,
 )
 from predictor.checkpoint import Checkpoint
@@ -124,13 +123,11 @@ class Predictor:
         support = store.batch(range(len(store)))
         log_y = torch.tensor(np.log(y), dtype=torch.float32)
         lr = self.checkpoint.config.finetune_lr
-        state, strategy = adapt_named(self.model, support, log_y, strategy, finetune_steps=steps,
-                                      lr=lr, known=self.known_devices())
-        # How wrong this device's predictions are on models it was not adapted on (5-fold on
-        # the measurements): what a caller needs to keep a latency budget safely.
-        residuals = cross_validated_residuals(
-            self.model, support, log_y, finetune_steps=steps, lr=lr, known=self.known_devices(),
-            candidates=(strategy,))[strategy]
+        # The residuals say how wrong this device's predictions are on models it was not
+        # adapted on (5-fold on the measurements): what a caller needs to keep a budget.
+        state, strategy, residuals = adapt_with_residuals(
+            self.model, support, log_y, strategy, finetune_steps=steps, lr=lr,
+            known=self.known_devices())
         self.devices[device_name] = state
         self._infos[device_name] = {**(info or {}), "strategy": strategy, "metric": metric,
                                     "cv_log_residuals": [round(float(r), 5) for r in residuals]}
