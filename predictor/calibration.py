@@ -54,26 +54,29 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
                           threads: int | None = None, graph_optimization: str = "all",
                           max_seconds: float = 3.0, progress: bool = True
                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Time the reference set on this machine: (rows {model, latency_ms, ...}, provenance)."""
-    from tqdm import tqdm
+    """Time the reference set on this machine: (rows {model, latency_ms, ...}, provenance).
+
+    The models are measured with `measure_many`'s speed-drift correction."""
+    from functools import partial
 
     from predictor.generator import REFERENCE_SET_VERSION
-    from predictor.measure import measure_onnx
+    from predictor.measure import SpeedProbe, measure_many, measure_onnx
     from predictor.measurements import provenance
 
     if backend != "onnxruntime":
         raise PredictorError(f"Measuring the reference set supports backend 'onnxruntime', "
                              f"not '{backend}'; time the models yourself and pass "
                              "--measurements FILE.csv")
-    rows = []
-    for path in tqdm(reference_models(progress=progress), desc="reference set", unit="model",
-                     disable=not progress):
-        m = measure_onnx(path, backend=backend, device=device, threads=threads,
-                         graph_optimization=graph_optimization, max_seconds=max_seconds)
-        rows.append({"model": str(path), "latency_ms": m.latency_ms, "p10_ms": m.p10_ms,
-                     "p90_ms": m.p90_ms, "cv": m.cv, "noisy": m.noisy})
+    measured, probe_ms = measure_many(
+        reference_models(progress=progress),
+        partial(measure_onnx, backend=backend, device=device, threads=threads,
+                graph_optimization=graph_optimization, max_seconds=max_seconds),
+        probe=SpeedProbe(threads=threads, device=device), desc="reference set",
+        progress=progress)
+    rows = [{"model": m.model, "latency_ms": m.latency_ms, "p10_ms": m.p10_ms,
+             "p90_ms": m.p90_ms, "cv": m.cv, "noisy": m.noisy} for m in measured]
     info = provenance(backend, device, threads, None, graph_optimization,
-                      reference_set_version=REFERENCE_SET_VERSION)
+                      reference_set_version=REFERENCE_SET_VERSION, speed_probe_ms=probe_ms)
     return rows, info
 
 

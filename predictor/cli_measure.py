@@ -59,10 +59,10 @@ def _print_table(rows: list[Any], energy: bool) -> None:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from functools import partial
 
     from predictor.errors import MeasurementError, ModelNotFoundError
-    from predictor.measure import measure_onnx
+    from predictor.measure import SpeedProbe, measure_many, measure_onnx
     from predictor.measurements import provenance, write_measurements_csv
     from predictor.onnx_io import parse_shape
 
@@ -78,13 +78,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
     info = provenance(args.backend, args.device, args.threads, args.batch,
                       args.graph_optimization, input_shape=args.input_shape or "as in model",
                       max_seconds=args.max_seconds, energy=args.energy)
-    rows = []
-    for model in tqdm(args.models, desc="measure", unit="model", file=sys.stderr,
-                      disable=None, leave=False):
-        rows.append(measure_onnx(
-            model, backend=args.backend, device=args.device, threads=args.threads,
-            batch=args.batch, input_shape=shape, graph_optimization=args.graph_optimization,
-            max_seconds=args.max_seconds, energy=args.energy))
+    # Drift correction needs several models: it rescales each to the session's typical speed.
+    probe = (SpeedProbe(threads=args.threads, device=args.device)
+             if args.drift_correction and len(args.models) > 1 else None)
+    rows, probe_ms = measure_many(
+        args.models,
+        partial(measure_onnx, backend=args.backend, device=args.device, threads=args.threads,
+                batch=args.batch, input_shape=shape, graph_optimization=args.graph_optimization,
+                max_seconds=args.max_seconds, energy=args.energy),
+        probe=probe, progress=sys.stderr.isatty())
+    info["speed_probe_ms"] = probe_ms if probe_ms is not None else "off"
     write_measurements_csv(args.out, rows, info)
     if args.json:
         print(json.dumps({"provenance": info, "measurements": [asdict(m) for m in rows],
@@ -125,6 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "about 2 s more per model)")
     p.add_argument("--max-seconds", type=_positive_float, default=5.0, metavar="S",
                    help="time budget of the timed runs per model (default: 5)")
+    p.add_argument("--no-drift-correction", dest="drift_correction", action="store_false",
+                   help="with several models, do not rescale each by a speed probe timed "
+                        "around it (see predictor.measure.SpeedProbe)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.csv")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(handler=cmd_measure)

@@ -56,6 +56,10 @@ class TrainConfig:
 
     Attributes:
         rank_weight: weight of the pairwise ranking loss next to the log-latency MSE.
+        absolute_weight: weight of the log-latency MSE *not* scaled by the device's spread.
+            The scaled MSE treats a 25 % error as small on a device whose latencies span
+            100x (diverse models on one CPU) but as huge on a NAS cell space spanning 3x;
+            this term keeps absolute errors (MAPE) in view on wide-spread devices.
         max_minutes: wall-clock budget (Lightning's `max_time`); training stops there.
         accelerator, devices, strategy, num_nodes: passed through to `lightning.Trainer`
             (e.g. strategy "ddp" with devices 2 for data-parallel meta-training).
@@ -71,6 +75,7 @@ class TrainConfig:
     max_epochs: int = 20
     max_minutes: float = 55.0
     rank_weight: float = 1.0
+    absolute_weight: float = 0.0
     grad_clip: float = 1.0
     finetune_steps: int = 0
     finetune_lr: float = 1e-2

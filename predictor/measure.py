@@ -9,6 +9,9 @@ RAPL for CPUs, see `predictor.energy`) with the idle power subtracted. The prove
 
     m = measure_onnx("model.onnx", threads=1, input_shape=(1, 3, 224, 224))
     m.latency_ms, m.p10_ms, m.p90_ms, m.cv, m.noisy     # milliseconds per inference
+
+Several models are best measured with `measure_many`, which corrects for the machine's
+speed drifting between them (`SpeedProbe`).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class Measurement:
     ci_rel: float = 0.0
     energy_mj: float | None = None
     energy_note: str | None = None
+    speed_factor: float = 1.0  # times were multiplied by this (`measure_many`'s drift correction)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -435,3 +439,96 @@ def _with_energy(result: Measurement, run: Callable[[], object], device: str) ->
     finally:
         meter.close()
     return replace(result, energy_mj=energy_mj, energy_note=note)
+
+
+# ----------------------------------------------------------------------------- drift
+PROBE_RUNS = 15  # timed runs of the probe model per probe (median taken)
+
+
+def probe_model() -> bytes:
+    """A small fixed ONNX model (two 3x3 convolutions and a dense layer, ~13 M MACs) whose
+    run time tracks this machine's current speed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32),
+                                       name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "w3"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "speed_probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [weight("w1", 32, 16, 3, 3), weight("w2", 32, 32, 3, 3), weight("w3", 32, 64)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+class SpeedProbe:
+    """Times `probe_model` with ONNX Runtime under the measurement's thread count.
+
+    Cloud VMs and laptops change speed by tens of percent within seconds (frequency scaling,
+    throttling, noisy neighbours). On this project's 2-core VM, two passes over the same 20
+    models minutes apart differed by 23 % per model on average, and even back-to-back passes
+    by ~7 %, while each model's time relative to a probe timed around it moved half as
+    much: the drift is common to every model, so it can be divided out.
+    """
+
+    def __init__(self, threads: int | None = None, device: str = "cpu"):
+        session = _ort_session(probe_model(), "<speed probe>", device, threads, "all")
+        feeds = make_inputs(read_model(probe_model()))
+        self._run = _ort_runner(session, feeds, device)
+        self._run()
+
+    def time_ms(self) -> float:
+        """Median time (ms) of PROBE_RUNS runs of the probe, now."""
+        return float(np.median(time_runs(self._run, min_runs=PROBE_RUNS, max_runs=PROBE_RUNS,
+                                         max_seconds=60.0, warmup=2)))
+
+
+def measure_many(sources: Sequence[Any], measure: Callable[[Any], Measurement], *,
+                 probe: SpeedProbe | None = None, desc: str = "measure",
+                 progress: bool = True) -> tuple[list[Measurement], float | None]:
+    """Measure each source with `measure(source)`, correcting for the machine's speed drift.
+
+    With a `probe`, it is timed right before and right after each model; each model's times
+    (median, p10, p90, mean, std) are then scaled by (median probe time over all models) /
+    (geometric mean of its two probe times), i.e. to the machine's typical speed during the
+    session. Energy is not rescaled.
+
+    Returns:
+        (measurements in input order, the session's median probe time in ms or None);
+        record the latter in the provenance so that sessions can be compared.
+    """
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    raw: list[Measurement] = []
+    speeds: list[float] = []
+    for source in tqdm(sources, desc=desc, unit="model", disable=not progress, leave=False):
+        before = probe.time_ms() if probe is not None else 1.0
+        raw.append(measure(source))
+        after = probe.time_ms() if probe is not None else 1.0
+        speeds.append(math.sqrt(before * after))
+    if probe is None or not raw:
+        return raw, None
+    reference = float(np.median(speeds))
+    out = []
+    for m, speed in zip(raw, speeds, strict=True):
+        f = reference / speed
+        out.append(replace(m, latency_ms=m.latency_ms * f, p10_ms=m.p10_ms * f,
+                           p90_ms=m.p90_ms * f, mean_ms=m.mean_ms * f, std_ms=m.std_ms * f,
+                           speed_factor=f))
+    return out, reference

@@ -18,7 +18,8 @@ from predictor.errors import first_line as _first_line
 from predictor.measure import Measurement
 from predictor.storage import atomic_write_text
 
-CSV_COLUMNS = ("model", "latency_ms", "p10_ms", "p90_ms", "energy_mj", "runs", "cv", "noisy")
+CSV_COLUMNS = ("model", "latency_ms", "p10_ms", "p90_ms", "energy_mj", "runs", "cv", "noisy",
+               "speed_factor")
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -126,7 +127,8 @@ def write_measurements_csv(path: Path | str, rows: Sequence[Measurement],
     for m in rows:
         writer.writerow([_stored_model(m.model, path.parent), _fmt(m.latency_ms),
                          _fmt(m.p10_ms), _fmt(m.p90_ms), _fmt(m.energy_mj), m.runs,
-                         _fmt(m.cv, ".4f"), "true" if m.noisy else "false"])
+                         _fmt(m.cv, ".4f"), "true" if m.noisy else "false",
+                         _fmt(m.speed_factor, ".4f")])
     atomic_write_text(path, out.getvalue())
 
 

@@ -2,8 +2,9 @@
 
 Each episode: embed the device from its support set, predict the query set, calibrate
 on the support set, and score calibrated log-latency (MSE scaled by the device's spread)
-plus a pairwise ranking loss. The wrapper only adds steps, logging and optimisers; the
-network is `predictor.model.LatencyModel`.
+plus a pairwise ranking loss, optionally plus the unscaled MSE (absolute error). The
+wrapper only adds steps, logging and optimisers; the network is
+`predictor.model.LatencyModel`.
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ def episode_forward(model: LatencyModel, episode: Episode) -> torch.Tensor:
     return a * model.raw_log_latency(episode.query, h_q, z) + b
 
 
-def episode_loss(model: LatencyModel, episode: Episode, rank_weight: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def episode_loss(model: LatencyModel, episode: Episode, rank_weight: float,
+                 absolute_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, query predictions) of one episode."""
     pred = episode_forward(model, episode)
     y = episode.query_y
     spread = y.var().clamp_min(1e-4)
-    loss = F.mse_loss(pred, y) / spread + rank_weight * rank_loss(pred, y)
+    mse = F.mse_loss(pred, y)
+    loss = mse / spread + rank_weight * rank_loss(pred, y) + absolute_weight * mse
     return loss, pred
 
 
@@ -57,7 +59,9 @@ class MetaLearner(L.LightningModule):
         self.model = LatencyModel(config.model)
 
     def training_step(self, episodes: list[Episode], batch_idx: int) -> torch.Tensor:
-        losses = [episode_loss(self.model, ep, self.config.rank_weight)[0] for ep in episodes]
+        c = self.config
+        losses = [episode_loss(self.model, ep, c.rank_weight, c.absolute_weight)[0]
+                  for ep in episodes]
         loss = torch.stack(losses).mean()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(episodes))
         return loss
@@ -65,7 +69,8 @@ class MetaLearner(L.LightningModule):
     def validation_step(self, episodes: list[Episode], batch_idx: int) -> None:
         losses, rhos = [], []
         for ep in episodes:
-            loss, pred = episode_loss(self.model, ep, self.config.rank_weight)
+            loss, pred = episode_loss(self.model, ep, self.config.rank_weight,
+                                      self.config.absolute_weight)
             losses.append(loss)
             rhos.append(spearman(pred, ep.query_y))
         n = len(episodes)

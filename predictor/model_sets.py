@@ -119,18 +119,15 @@ def model_set_store(name: str, root: Path | None = None, cache_root: Path | None
 def measure_device(name: str, device: str, config: RuntimeConfig, *, max_seconds: float = 1.0,
                    root: Path | None = None, progress: bool = True) -> Path:
     """Time every model of the set under `config`; write `<set>/<device>.csv`."""
-    from tqdm import tqdm
-
     from predictor.generator import build_module, export_spec
-    from predictor.measure import measure_onnx, measure_torch
+    from predictor.measure import SpeedProbe, measure_many, measure_onnx, measure_torch
     from predictor.measurements import provenance, write_measurements_csv
 
     if config == HELD_OUT_CONFIG:
         raise DataError(f"'{config.name}' is the benchmark's held-out configuration; "
                         "it must not become training data")
-    rows = []
-    for spec in tqdm(model_set_specs(name, root), desc=f"measure {device}", unit="model",
-                     disable=not progress):
+
+    def measure(spec: Any) -> Any:
         if config.backend == "torch":
             module, example = build_module(spec)
             m = measure_torch(module, example, threads=config.threads, max_seconds=max_seconds)
@@ -138,10 +135,14 @@ def measure_device(name: str, device: str, config: RuntimeConfig, *, max_seconds
             m = measure_onnx(export_spec(spec), threads=config.threads,
                              graph_optimization=config.graph_optimization,
                              max_seconds=max_seconds)
-        rows.append(_named(m, spec.name))
+        return _named(m, spec.name)
+
+    rows, probe_ms = measure_many(model_set_specs(name, root), measure,
+                                  probe=SpeedProbe(threads=config.threads),
+                                  desc=f"measure {device}", progress=progress)
     path = set_dir(name, root) / f"{device}.csv"
     info = provenance(config.backend, "cpu", config.threads, 1, config.graph_optimization,
-                      model_set=name, runtime_config=config.name)
+                      model_set=name, runtime_config=config.name, speed_probe_ms=probe_ms)
     write_measurements_csv(path, rows, info)
     return path
 

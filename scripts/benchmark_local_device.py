@@ -10,6 +10,8 @@ seed (CNNs and transformers at varied resolutions and sequence lengths), all mea
   (b) the same calibration, predict all transformers;
   (c) calibrate on 5 CNNs + 5 transformers, predict the rest.
 Baselines in the same run: MACs rank, a per-device linear fit on MACs/params/memory/depth.
+`--valid zoo2/epyc-torch-1t` runs the same cases on a meta-valid model-set device (for
+choosing training settings without looking at the test device).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +42,8 @@ CACHE = Path("datasets/cache/local_device")
 def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds: float
                     ) -> tuple[list[dict], list[str]]:
     """(rows {model, kind, latency_ms, ...}, spec names) of the test models, measured here."""
-    from tqdm import tqdm
-
     from predictor.generator import sample_specs, write_models
-    from predictor.measure import measure_onnx
+    from predictor.measure import SpeedProbe, measure_many, measure_onnx
     from predictor.measurements import provenance, read_measurements_csv, write_measurements_csv
 
     specs = (sample_specs(TEST_SEED, n_cnn, kinds=("cnn",))
@@ -53,9 +54,12 @@ def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds
     if csv.exists() and not remeasure:
         rows, _ = read_measurements_csv(csv)
     else:
-        measured = [measure_onnx(p, threads=1, graph_optimization="all", max_seconds=max_seconds)
-                    for p in tqdm(paths, desc="measure (ORT, 1 thread)", unit="model")]
-        write_measurements_csv(csv, measured, provenance("onnxruntime", "cpu", 1, None, "all"))
+        measured, probe_ms = measure_many(
+            paths, partial(measure_onnx, threads=1, graph_optimization="all",
+                           max_seconds=max_seconds),
+            probe=SpeedProbe(threads=1), desc="measure (ORT, 1 thread)")
+        write_measurements_csv(csv, measured, provenance("onnxruntime", "cpu", 1, None, "all",
+                                                         speed_probe_ms=probe_ms))
         rows, _ = read_measurements_csv(csv)
     kinds = {s.name: s.kind for s in specs}
     for row in rows:
@@ -63,10 +67,27 @@ def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds
     return rows, [s.name for s in specs]
 
 
+def valid_models(name: str) -> tuple[list[dict], GraphStore]:
+    """(rows {model, kind, latency_ms}, graphs) of a model-set device, "SET/DEVICE"."""
+    from predictor.model_sets import load_model_set_task, model_set_specs, model_set_store
+
+    set_name, device = name.split("/", 1)
+    specs = model_set_specs(set_name)
+    task = load_model_set_task(set_name, device)
+    if task.pool.size != len(specs):
+        raise SystemExit(f"{name}: {len(specs) - task.pool.size} models were not measured")
+    rows = [{"model": s.name, "kind": s.kind, "latency_ms": float(t)}
+            for s, t in zip(specs, task.latency_ms, strict=True)]
+    return rows, model_set_store(set_name)
+
+
 def run(args: argparse.Namespace) -> dict:
-    rows, _ = measured_models(args.cnns, args.transformers, args.remeasure, args.max_seconds)
     predictor = Predictor.load(args.checkpoint)
-    store = GraphStore.from_graphs([extract_graph(r["model"]) for r in rows])
+    if args.valid:
+        rows, store = valid_models(args.valid)
+    else:
+        rows, _ = measured_models(args.cnns, args.transformers, args.remeasure, args.max_seconds)
+        store = GraphStore.from_graphs([extract_graph(r["model"]) for r in rows])
     latency = np.array([r["latency_ms"] for r in rows])
     kind = np.array([r["kind"] for r in rows])
     cnn, tf = np.flatnonzero(kind == "cnn"), np.flatnonzero(kind == "transformer")
@@ -112,12 +133,16 @@ def main() -> None:
                         help="timing budget per model")
     parser.add_argument("--remeasure", action="store_true")
     parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--valid", metavar="SET/DEVICE",
+                        help="run the cases on a meta-valid model-set device instead (e.g. "
+                             "zoo2/epyc-torch-1t): for model selection, never the test device")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     start = time.time()
     out = run(args)
     methods = list(next(iter(out["results"].values())))
-    print(f"\n## This CPU, ONNX Runtime 1 thread: {out['cnns']} CNNs, {out['transformers']} "
+    where = f"valid device {args.valid}" if args.valid else "This CPU, ONNX Runtime 1 thread"
+    print(f"\n## {where}: {out['cnns']} CNNs, {out['transformers']} "
           f"transformers, {args.seeds} seeds\n")
     for metric, fmt in (("spearman", ".3f"), ("mape", ".1f"), ("within10", ".1f")):
         print(f"\n{metric} (mean over seeds)\n")

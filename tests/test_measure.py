@@ -24,10 +24,13 @@ from predictor.errors import (
 )
 from predictor.measure import (
     Measurement,
+    SpeedProbe,
     make_inputs,
+    measure_many,
     measure_onnx,
     measure_torch,
     median_ci_rel,
+    probe_model,
     summarize,
     time_runs,
 )
@@ -199,6 +202,56 @@ def test_rapl_meter_sums_packages_and_handles_wrap(tmp_path: Path) -> None:
     assert meter.delta_mj(start, meter.read()) == pytest.approx(0.5)
 
 
+def test_speed_probe_is_a_valid_model_and_times_it() -> None:
+    model = onnx.load_from_string(probe_model())
+    onnx.checker.check_model(model, full_check=True)
+    assert probe_model() == probe_model()  # fixed weights: the same probe in every session
+    assert SpeedProbe(threads=1).time_ms() > 0
+
+
+class _ScriptedProbe(SpeedProbe):
+    """Probe times given in advance: the machine runs at half speed for the second model."""
+
+    def __init__(self, times_ms: list[float]):
+        self.times = iter(times_ms)
+
+    def time_ms(self) -> float:
+        return next(self.times)
+
+
+def test_measure_many_divides_out_the_machine_speed(tmp_path: Path) -> None:
+    def measure(latency: float) -> Measurement:
+        return _row(f"m{latency}", latency)
+
+    probe = _ScriptedProbe([1.0, 1.0, 2.0, 2.0, 1.0, 1.0])  # before/after each of 3 models
+    rows, reference = measure_many([1.0, 4.0, 1.0], measure, probe=probe, progress=False)
+    assert reference == 1.0
+    # the second model ran while everything took twice as long: its time is halved
+    assert [r.latency_ms for r in rows] == [1.0, 2.0, 1.0]
+    assert [r.speed_factor for r in rows] == [1.0, 0.5, 1.0]
+    assert rows[1].p10_ms == 1.25 * 0.5 and rows[1].p90_ms == 2.0 * 0.5
+    unprobed, none = measure_many([1.0, 4.0], measure, progress=False)
+    assert none is None and [r.latency_ms for r in unprobed] == [1.0, 4.0]
+
+
+def test_measure_many_with_the_real_probe(tmp_path: Path) -> None:
+    paths = []
+    for layers in (1, 3):
+        paths.append(tmp_path / f"mm{layers}.onnx")
+        onnx.save(_matmul_model(layers, rows=64, width=256), paths[-1])
+    rows, reference = measure_many(paths, lambda p: measure_onnx(p, **FAST),
+                                   probe=SpeedProbe(threads=1), progress=False)
+    assert reference > 0 and all(r.speed_factor > 0 for r in rows)
+    assert all(r.p10_ms <= r.latency_ms <= r.p90_ms for r in rows)
+    assert rows[1].latency_ms > rows[0].latency_ms  # 3 layers are still slower than 1
+    out = tmp_path / "m.csv"
+    write_measurements_csv(out, rows, provenance("onnxruntime", "cpu", 1, speed_probe_ms=reference))
+    read, info = read_measurements_csv(out)
+    assert float(info["speed_probe_ms"]) == pytest.approx(reference, rel=1e-5)
+    assert [float(r["speed_factor"]) for r in read] == pytest.approx(
+        [r.speed_factor for r in rows], rel=1e-3)
+
+
 def _row(model: str, latency: float = 1.5, energy: float | None = None) -> Measurement:
     return Measurement(model=model, latency_ms=latency, p10_ms=1.25, p90_ms=2.0, mean_ms=1.6,
                        std_ms=0.1, runs=42, cv=0.0625, noisy=False, energy_mj=energy)
@@ -216,7 +269,7 @@ def test_csv_round_trip(tmp_path: Path) -> None:
     lines = out.read_text().splitlines()
     assert lines[: len(info)] == [f"# {k}: {v}" for k, v in info.items()]
     assert lines[len(info)] == ",".join(CSV_COLUMNS)
-    assert lines[len(info) + 1].startswith("../models/m.onnx,1.5,1.25,2,,42,0.0625,false")
+    assert lines[len(info) + 1] == "../models/m.onnx,1.5,1.25,2,,42,0.0625,false,1.0000"
     assert not list(out.parent.glob(".*tmp"))  # atomic write left no temp file
 
     rows, read_info = read_measurements_csv(out)

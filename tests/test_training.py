@@ -103,6 +103,27 @@ def test_cross_validated_strategy_choice(tiny_run) -> None:
     assert few == "nearest"
 
 
+def test_absolute_weight_adds_the_unscaled_log_mse(tiny_run) -> None:
+    from predictor.datasets import Episode
+    from predictor.metalearner import episode_loss
+
+    checkpoint, root, config, data_dir = tiny_run
+    task = load_device_task("nb201", HELD_OUT, data_dir)
+    store = build_corpus("nb201", batch_sizes=(task.batch_size,), data_dir=data_dir,
+                         root=root / "cache", limit=config.data.limit_archs,
+                         progress=False)[task.batch_size]
+    support, query = torch.arange(0, 8), torch.arange(8, 40)
+    log_ms = torch.tensor(np.log(task.latency_ms), dtype=torch.float32)
+    episode = Episode("nb201", HELD_OUT, 0, store.batch(support.numpy()), log_ms[support],
+                      store.batch(query.numpy()), log_ms[query], support, query)
+    with torch.no_grad():
+        plain, pred = episode_loss(checkpoint.model, episode, rank_weight=1.0)
+        weighted, _ = episode_loss(checkpoint.model, episode, 1.0, absolute_weight=3.0)
+    mse = float(((pred - log_ms[query]) ** 2).mean())
+    assert mse > 0
+    assert float(weighted - plain) == pytest.approx(3.0 * mse, rel=1e-4)
+
+
 def test_warm_start_from_a_checkpoint(tiny_run, tmp_path) -> None:
     import dataclasses
 
