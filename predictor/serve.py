@@ -5,9 +5,11 @@ Endpoints (JSON in, JSON out; `GET /docs` shows the schemas):
 * `GET /health` -> status, checkpoint fingerprint, number of devices.
 * `GET /devices` -> every known device: name, kind, space, strategy, date, samples, usable.
 * `POST /predict` -> latency in ms of search-space archs (`space` + `archs`) or of ONNX
-  models uploaded as base64 (`models`), on a known device, in input order.
-* `POST /calibrate` -> adapt to a new device from measured archs or uploaded models and
-  store it (under the device lock: a concurrent calibration of the same name gets 409).
+  models uploaded as base64 (`models`), on a known device, in input order; on a device
+  calibrated on energy, `energy_mj` instead (an optional `metric` field checks which).
+* `POST /calibrate` -> adapt to a new device from measured archs or uploaded models
+  (`latency_ms`, or `energy_mj` for an energy device) and store it (under the device
+  lock: a concurrent calibration of the same name gets 409).
 
 Clients never name files: models arrive as bytes, devices by name. The body size limit
 is enforced before parsing (413); schema violations and malformed JSON get 422, a
@@ -27,7 +29,7 @@ import re
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -135,13 +137,22 @@ class _Models(_Strict):
         return [("model", m.name) for m in self.models]
 
 
+Metric = Literal["latency_ms", "energy_mj"]
+
+
 class PredictRequest(_Models):
     device: DeviceName
+    metric: Metric | None = Field(None, description="what the device must predict "
+                                                    "(default: whatever it was calibrated on)")
 
 
 class CalibrateRequest(_Models):
     name: DeviceName = Field(description="the device to store")
-    latency_ms: list[Latency] = Field(min_length=1, max_length=MAX_CALIBRATION_SAMPLES)
+    latency_ms: list[Latency] | None = Field(None, min_length=1,
+                                             max_length=MAX_CALIBRATION_SAMPLES)
+    energy_mj: list[Latency] | None = Field(
+        None, min_length=1, max_length=MAX_CALIBRATION_SAMPLES,
+        description="instead of latency_ms: calibrates a device that predicts energy")
     strategy: str = Field("auto", max_length=64)
     provenance: dict[str, str | int | float | bool] | None = Field(
         None, max_length=32, description="how the latencies were measured (runtime, threads...)")
@@ -151,21 +162,33 @@ class CalibrateRequest(_Models):
         if self.archs is not None and len(self.archs) > MAX_CALIBRATION_SAMPLES:
             raise ValueError(f"at most {MAX_CALIBRATION_SAMPLES} calibration samples, "
                              f"got {len(self.archs)}")
-        if len(self.latency_ms) != self.count():
-            raise ValueError(f"got {len(self.latency_ms)} latencies for {self.count()} "
+        if (self.latency_ms is None) == (self.energy_mj is None):
+            raise ValueError("give exactly one of `latency_ms` or `energy_mj`")
+        if len(self.values) != self.count():
+            raise ValueError(f"got {len(self.values)} {self.metric} values for {self.count()} "
                              f"{'archs' if self.archs is not None else 'models'}; "
                              "give one per item, in the same order")
         return self
+
+    @property
+    def metric(self) -> str:
+        return "latency_ms" if self.latency_ms is not None else "energy_mj"
+
+    @property
+    def values(self) -> list[float]:
+        return self.latency_ms if self.latency_ms is not None else self.energy_mj
 
 
 class Prediction(BaseModel):
     arch: str | None = None
     model: str | None = None
-    latency_ms: float
+    latency_ms: float | None = None
+    energy_mj: float | None = None
 
 
 class PredictResponse(BaseModel):
     device: str
+    metric: str
     predictions: list[Prediction]
 
 
@@ -284,6 +307,9 @@ class PredictionService:
         store = self._graphs(req) if req.models is not None else None
         with self.lock:
             self.predictor.device(req.device)  # unknown device: 404 before any work
+            metric = self.predictor.device_metric(req.device)
+            if req.metric is not None:
+                self.predictor.check_device_metric(req.device, req.metric)
             if store is None:
                 ms = self.predictor.predict_batch(req.space, req.archs, req.device,
                                                   input_shape=req.input_shape,
@@ -292,10 +318,10 @@ class PredictionService:
                 ms = self.predictor.predict(store, req.device)
         bad = [i for i, v in enumerate(ms) if not np.isfinite(v)]
         if bad:
-            raise PredictorError(f"Predicted latency is not finite for items {bad[:10]}; "
+            raise PredictorError(f"Predicted {metric} is not finite for items {bad[:10]}; "
                                  "the inputs are far outside what the predictor knows")
-        return PredictResponse(device=req.device, predictions=[
-            Prediction(**{kind: label}, latency_ms=float(v))
+        return PredictResponse(device=req.device, metric=metric, predictions=[
+            Prediction(**{kind: label, metric: float(v)})
             for (kind, label), v in zip(req.labels(), ms, strict=True)])
 
     def calibrate(self, req: CalibrateRequest) -> dict[str, Any]:
@@ -308,8 +334,8 @@ class PredictionService:
                 "space": req.space or "onnx",
                 "provenance": {"source": f"latpred serve {__version__}",
                                **(req.provenance or {})},
-                "measurements": [{kind: label, "latency_ms": y}
-                                 for (_, label), y in zip(req.labels(), req.latency_ms,
+                "measurements": [{kind: label, req.metric: y}
+                                 for (_, label), y in zip(req.labels(), req.values,
                                                           strict=True)]}
         if req.input_shape:
             info["input_shape"] = list(req.input_shape)
@@ -319,10 +345,10 @@ class PredictionService:
         with device_lock(req.name, device_dirs()[0]), self.calibration_lock:
             if store is None:
                 store = self._graphs(req)
-            self.calibrator.adapt(req.name, store, req.latency_ms, strategy=req.strategy,
-                                  save=True, info=info)
+            self.calibrator.adapt(req.name, store, req.values, metric=req.metric,
+                                  strategy=req.strategy, save=True, info=info)
             stored = load_device(req.name, self.calibrator.fingerprint)[1]
-        log.info("calibrated %s from %d samples (strategy %s)", req.name, len(req.latency_ms),
+        log.info("calibrated %s from %d samples (strategy %s)", req.name, len(req.values),
                  stored.get("strategy"))
         return {"device": req.name, "info": stored}
 
@@ -332,6 +358,7 @@ class PredictionService:
             samples = d.get("measurements") or d.get("support_indices") or []
             out.append({"name": d["name"], "kind": d.get("kind"), "space": d.get("space"),
                         "strategy": d.get("strategy"), "date": d.get("date"),
+                        "metric": d.get("metric", "latency_ms"),
                         "samples": len(samples),
                         "usable": d.get("checkpoint") == self.predictor.fingerprint,
                         **({"error": d["error"]} if "error" in d else {})})

@@ -115,6 +115,26 @@ def test_calibrate_then_predict(client, predictor, device_dir) -> None:
     assert 0 < light < heavy
 
 
+def test_energy_device_calibrates_and_predicts_energy(client, predictor) -> None:
+    body = calibration_body("pi-energy", predictor=predictor, scale=3.0)
+    body["energy_mj"] = body.pop("latency_ms")
+    r = client.post("/calibrate", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["info"]["metric"] == "energy_mj"
+    assert "energy_mj" in r.json()["info"]["measurements"][0]
+    listed = {d["name"]: d for d in client.get("/devices").json()["devices"]}
+    assert listed["pi-energy"]["metric"] == "energy_mj"
+    r = client.post("/predict", json={"device": "pi-energy", "space": "nb201",
+                                      "archs": [LIGHT, HEAVY], "metric": "energy_mj"})
+    assert r.status_code == 200, r.text
+    assert r.json()["metric"] == "energy_mj"
+    light, heavy = (row["energy_mj"] for row in r.json()["predictions"])
+    assert 0 < light < heavy and "latency_ms" not in r.json()["predictions"][0]
+    wrong = client.post("/predict", json={"device": "pi-energy", "space": "nb201",
+                                          "archs": [LIGHT], "metric": "latency_ms"})
+    assert wrong.status_code == 400 and "calibrated on energy_mj" in wrong.json()["detail"]
+
+
 def test_concurrent_calibrations_and_predictions_lose_nothing(client, predictor) -> None:
     names = ["board-a", "board-b"]
     bodies = [calibration_body(n, seed=i + 5, predictor=predictor) for i, n in enumerate(names)]
@@ -201,7 +221,16 @@ BAD_REQUESTS = {
                         400, ["Too few calibration samples: 3"]),
     "latency count mismatch": ("/calibrate", {"name": "x", "space": "nb201", "archs": ARCHS10,
                                               "latency_ms": [1.0] * 9},
-                               422, ["got 9 latencies for 10 archs"]),
+                               422, ["got 9 latency_ms values for 10 archs"]),
+    "latency and energy both": ("/calibrate", {**calibration_body("x"), "energy_mj": [1.0] * 10},
+                                422, ["exactly one of `latency_ms` or `energy_mj`"]),
+    "no measurements": ("/calibrate", {"name": "x", "space": "nb201", "archs": ARCHS10},
+                        422, ["exactly one of `latency_ms` or `energy_mj`"]),
+    "unknown metric": ("/predict", {"device": SHIPPED, "space": "nb201", "archs": [HEAVY],
+                                    "metric": "lut"}, 422, ["metric", "latency_ms"]),
+    "metric the device lacks": ("/predict", {"device": SHIPPED, "space": "nb201",
+                                             "archs": [HEAVY], "metric": "energy_mj"},
+                                400, [f"Device '{SHIPPED}' was calibrated on latency_ms"]),
     "device name with a path": ("/calibrate", {"name": "../evil", "space": "nb201",
                                                "archs": ARCHS10, "latency_ms": [1.0] * 10},
                                 422, ["invalid device name '../evil'"]),
