@@ -285,7 +285,8 @@ def register_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cnns", type=int, default=120, help="create: number of CNNs")
     p.add_argument("--transformers", type=int, default=80, help="create: number of transformers")
     p.add_argument("--config", default="ort-2t",
-                   help="measure: runtime config (ort-2t, ort-noopt-1t, torch-1t)")
+                   help="measure: runtime config (one of predictor.model_sets.TRAINING_CONFIGS: "
+                        "ort-2t, ort-noopt-1t, torch-1t, ort-basic-2t, ort-noopt-2t, torch-2t)")
     p.add_argument("--device", help="measure: device name (default: <cpu tag>-<config>)")
     p.add_argument("--max-seconds", type=float, default=1.0, help="measure: timing budget per model")
     p.set_defaults(handler=cmd_model_set)

@@ -46,6 +46,9 @@ TRAINING_CONFIGS: dict[str, RuntimeConfig] = {c.name: c for c in (
     RuntimeConfig("ort-2t", "onnxruntime", 2, "all"),
     RuntimeConfig("ort-noopt-1t", "onnxruntime", 1, "disabled"),
     RuntimeConfig("torch-1t", "torch", 1),
+    RuntimeConfig("ort-basic-2t", "onnxruntime", 2, "basic"),
+    RuntimeConfig("ort-noopt-2t", "onnxruntime", 2, "disabled"),
+    RuntimeConfig("torch-2t", "torch", 2),
 )}
 
 
