@@ -480,14 +480,15 @@ class SpeedProbe:
 
     Cloud VMs and laptops change speed by tens of percent within seconds (frequency scaling,
     throttling, noisy neighbours). On this project's 2-core VM, two passes over the same 20
-    models minutes apart differed by 23 % per model on average, and even back-to-back passes
+    models hours apart differed by 23 % per model on average, and even back-to-back passes
     by ~7 %, while each model's time relative to a probe timed around it moved half as
     much: the drift is common to every model, so it can be divided out.
     """
 
     def __init__(self, threads: int | None = None, device: str = "cpu"):
-        session = _ort_session(probe_model(), "<speed probe>", device, threads, "all")
-        feeds = make_inputs(read_model(probe_model()))
+        model = probe_model()
+        session = _ort_session(model, "<speed probe>", device, threads, "all")
+        feeds = make_inputs(read_model(model))
         self._run = _ort_runner(session, feeds, device)
         self._run()
 
