@@ -71,6 +71,8 @@ def valid_models(name: str) -> tuple[list[dict], GraphStore]:
     """(rows {model, kind, latency_ms}, graphs) of a model-set device, "SET/DEVICE"."""
     from predictor.model_sets import load_model_set_task, model_set_specs, model_set_store
 
+    if "/" not in name:
+        raise SystemExit(f"--valid takes SET/DEVICE, e.g. zoo2/epyc-torch-1t; got {name!r}")
     set_name, device = name.split("/", 1)
     specs = model_set_specs(set_name)
     task = load_model_set_task(set_name, device)
@@ -156,11 +158,11 @@ def main() -> None:
         report = {k: v for k, v in out.items() if k != "raw"}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
-        plot(out["raw"], "latpred+auto", args.json.with_suffix(".png"))
+        plot(out["raw"], "latpred+auto", args.json.with_suffix(".png"), where)
         print(f"wrote {args.json} and {args.json.with_suffix('.png')}")
 
 
-def plot(raw: dict, method: str, path: Path) -> None:
+def plot(raw: dict, method: str, path: Path, where: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,7 +177,7 @@ def plot(raw: dict, method: str, path: Path) -> None:
         ax.set_title(case, fontsize=9)
         ax.set_xlabel("measured ms")
         ax.set_ylabel("predicted ms")
-    fig.suptitle(f"this CPU (ORT, 1 thread), {method}")
+    fig.suptitle(f"{where}, {method}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
