@@ -9,6 +9,7 @@ through `torch.func.functional_call`) on the device embedding and the head.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch.func import functional_call
@@ -25,6 +26,8 @@ INNER_LOOP_PREFIXES = ("film_encoder.", "film_head.", "cost_in.", "cost_out.", "
 # that is strong where latency follows MACs and memory closely).
 LINEAR_FEATURES = ("log_macs", "log_params", "log_memory_bytes", "log_depth")
 LINEAR_RIDGE = 1.0
+# Pull of the per-op-class cost multipliers towards 1 (see `fit_op_scale`).
+OP_SCALE_RIDGE = 0.03
 
 
 @dataclass
@@ -45,17 +48,21 @@ class DeviceState:
     members: list[DeviceState] = field(default_factory=list)
     # A linear member instead of the network: weights over LINEAR_FEATURES and 1.
     linear: torch.Tensor | None = None
+    # Log multipliers of the node costs per op class (len(OP_CLASSES),), or None.
+    op_scale: torch.Tensor | None = None
 
     def to_dict(self) -> dict:
         return {"z": self.z.detach().cpu(), "a": self.a.detach().cpu(), "b": self.b.detach().cpu(),
                 "params": {k: v.detach().cpu() for k, v in self.params.items()},
                 "members": [m.to_dict() for m in self.members],
-                "linear": None if self.linear is None else self.linear.detach().cpu()}
+                "linear": None if self.linear is None else self.linear.detach().cpu(),
+                "op_scale": None if self.op_scale is None else self.op_scale.detach().cpu()}
 
     @classmethod
     def from_dict(cls, d: dict) -> DeviceState:
         return cls(d["z"], d["a"], d["b"], dict(d.get("params", {})),
-                   [cls.from_dict(m) for m in d.get("members", [])], d.get("linear"))
+                   [cls.from_dict(m) for m in d.get("members", [])], d.get("linear"),
+                   d.get("op_scale"))
 
 
 def rank_loss(pred: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -76,22 +83,24 @@ class _RawHead(torch.nn.Module):
         self.inner = inner
 
     def forward(self, batch: GraphBatch, h: torch.Tensor, z: torch.Tensor,
-                plan: UniquePlan | None = None) -> torch.Tensor:
-        return self.inner.raw_log_latency(batch, h, z, plan)
+                plan: UniquePlan | None = None, op_scale: torch.Tensor | None = None,
+                by_class: bool = False):
+        return self.inner.raw_log_latency(batch, h, z, plan, op_scale, by_class)
 
 
 def _call_raw(model: LatencyModel, params: dict[str, torch.Tensor], batch: GraphBatch,
-              h: torch.Tensor, z: torch.Tensor, plan: UniquePlan | None = None) -> torch.Tensor:
+              h: torch.Tensor, z: torch.Tensor, plan: UniquePlan | None = None,
+              op_scale: torch.Tensor | None = None, by_class: bool = False):
     """`model.raw_log_latency` with `params` in place of the model's own parameters."""
     if not params:
-        return model.raw_log_latency(batch, h, z, plan)
+        return model.raw_log_latency(batch, h, z, plan, op_scale, by_class)
     return functional_call(_RawHead(model), {f"inner.{k}": v for k, v in params.items()},
-                           (batch, h, z, plan), strict=False)
+                           (batch, h, z, plan, op_scale, by_class), strict=False)
 
 
 def adapt(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor, *,
           finetune_steps: int = 0, lr: float = 1e-2, rank_weight: float = 1.0,
-          known: list[DeviceState] | None = None) -> DeviceState:
+          known: list[DeviceState] | None = None, op_scale: bool = False) -> DeviceState:
     """Adapt to a device from its support set.
 
     Args:
@@ -101,11 +110,15 @@ def adapt(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor, *
         known: embeddings of known devices (e.g. the training devices). When given, the
             known device whose predictions rank the support set best is re-calibrated on
             it, and the result is the ensemble of that and the amortised embedding.
+        op_scale: also fit per-op-class cost multipliers on the own embedding
+            (`fit_op_scale`).
 
     Returns:
         The device's state for `predict`.
     """
     own = _adapt_one(model, support, log_latency, finetune_steps, lr, rank_weight)
+    if op_scale:
+        own = fit_op_scale(model, support, log_latency, own)
     if not known:
         return own
     nearest = nearest_device(model, support, log_latency, known)
@@ -164,6 +177,37 @@ def _adapt_one(model: LatencyModel, support: GraphBatch, log_latency: torch.Tens
                        {k: v.detach() for k, v in params.items()})
 
 
+def fit_op_scale(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
+                 state: DeviceState, ridge: float | None = None) -> DeviceState:
+    """`state` with per-op-class cost multipliers fitted on the support set.
+
+    Minimises mean (a raw(s) + b - y)^2 + ridge |s|^2 over the log multipliers s (one per
+    op class; a class absent from the support set keeps 0) with (a, b) refitted in closed
+    form. The network's node costs are computed once: only len(OP_CLASSES) numbers move.
+    """
+    ridge = OP_SCALE_RIDGE if ridge is None else ridge
+    with torch.no_grad():
+        h, _ = model.encode(support)
+        costs, overhead = _call_raw(model, state.params, support, h, state.z, by_class=True)
+    scale = torch.zeros(costs.shape[1], requires_grad=True)
+    optimiser = torch.optim.LBFGS([scale], max_iter=60, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        optimiser.zero_grad()
+        raw = torch.log(costs @ torch.exp(scale) + 1e-6) + overhead
+        a, b = model.calibrate(raw, log_latency)
+        loss = ((a * raw + b - log_latency) ** 2).mean() + ridge * (scale ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(objective)
+    with torch.no_grad():
+        scale = scale.detach()
+        raw = torch.log(costs @ torch.exp(scale) + 1e-6) + overhead
+        a, b = model.calibrate(raw, log_latency)
+    return DeviceState(state.z, a, b, state.params, op_scale=scale)
+
+
 def _linear_design(model: LatencyModel, batch: GraphBatch) -> torch.Tensor:
     """(B, len(LINEAR_FEATURES) + 1): standardised graph features and a constant."""
     from predictor.features import FEATURE_SCHEMA
@@ -194,27 +238,42 @@ def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch
             plan = model.plan(batch) if batch.num_graphs > 1 else None
             h = model.node_states(batch, plan)
         preds = [_linear_design(model, batch) @ s.linear if s.linear is not None
-                 else s.a * _call_raw(model, s.params, batch, h, s.z, plan) + s.b
+                 else s.a * _call_raw(model, s.params, batch, h, s.z, plan, s.op_scale) + s.b
                  for s in states]
         return torch.stack(preds).mean(dim=0)
 
 
-# Adaptation strategies `adapt_selected` chooses among: name -> (fine-tune, ensemble with
-# the nearest known device, ensemble with a linear fit on graph features, the network at
-# all). Which is best depends on the device: fine-tuning rescues devices unlike any
-# training device and over-fits where the amortised embedding is already right; the
-# linear member helps where latency follows MACs and memory closely.
-STRATEGIES: dict[str, tuple[bool, bool, bool, bool]] = {
-    "amortised": (False, False, False, True),
-    "nearest": (False, True, False, True),
-    "finetune": (True, False, False, True),
-    "finetune+nearest": (True, True, False, True),
-    "finetune+nearest+linear": (True, True, True, True),
-    "linear": (False, False, True, False),
+class Strategy(NamedTuple):
+    """How to adapt: fine-tune the own embedding, ensemble it with the nearest known
+    device, ensemble with a linear fit on graph features, use the network at all, fit
+    per-op-class cost multipliers on the own member."""
+
+    tuned: bool
+    nearest: bool
+    linear: bool
+    network: bool = True
+    op_scale: bool = False
+
+
+# Adaptation strategies `adapt_selected` chooses among. Which is best depends on the
+# device: fine-tuning rescues devices unlike any training device and over-fits where the
+# amortised embedding is already right; op-class scales fix a runtime whose kernels of
+# one class (depthwise convolutions, say) are faster or slower than any training device's;
+# the linear member helps where latency follows MACs and memory closely.
+STRATEGIES: dict[str, Strategy] = {
+    "amortised": Strategy(False, False, False),
+    "nearest": Strategy(False, True, False),
+    "finetune": Strategy(True, False, False),
+    "finetune+nearest": Strategy(True, True, False),
+    "opscale": Strategy(False, False, False, op_scale=True),
+    "finetune+opscale": Strategy(True, False, False, op_scale=True),
+    "opscale+nearest": Strategy(False, True, False, op_scale=True),
+    "finetune+nearest+linear": Strategy(True, True, True),
+    "linear": Strategy(False, False, True, network=False),
 }
 # The candidates of "auto". The linear strategies stay out: on the meta-valid devices and
 # HW-NAS-Bench-360's boards, adding them made the cross-validated choice slightly worse.
-AUTO_CANDIDATES = ("amortised", "nearest", "finetune", "finetune+nearest")
+AUTO_CANDIDATES = ("amortised", "nearest", "finetune", "finetune+nearest", "opscale")
 
 
 def _strategy_states(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
@@ -225,24 +284,27 @@ def _strategy_states(model: LatencyModel, support: GraphBatch, log_latency: torc
     part computed once, only if one of `names` needs it)."""
     parts = [STRATEGIES[n] for n in names]
     own = {}
-    if any(network and not tuned for tuned, _, _, network in parts):
+    if any(p.network and not p.tuned for p in parts):
         own[False] = _adapt_one(model, support, log_latency, 0, lr, rank_weight)
-    if finetune_steps > 0 and any(network and tuned for tuned, _, _, network in parts):
+    if finetune_steps > 0 and any(p.network and p.tuned for p in parts):
         own[True] = _adapt_one(model, support, log_latency, finetune_steps, lr, rank_weight)
+    scaled = {tuned: fit_op_scale(model, support, log_latency, state)
+              for tuned, state in own.items()
+              if any(p.op_scale and p.tuned == tuned for p in parts)}
     near = nearest_device(model, support, log_latency, known) \
-        if known and any(p[1] for p in parts) else None
+        if known and any(p.nearest for p in parts) else None
     linear = fit_linear(model, support, log_latency) \
-        if any(p[2] or not p[3] for p in parts) else None
+        if any(p.linear or not p.network for p in parts) else None
     states = {}
     for name in names:
-        tuned, with_nearest, with_linear, network = STRATEGIES[name]
-        if not network:
+        s = STRATEGIES[name]
+        if not s.network:
             states[name] = linear
             continue
-        if tuned not in own or (with_nearest and near is None):
+        if s.tuned not in own or (s.nearest and near is None):
             continue
-        base = own[tuned]
-        members = [base] + ([near] if with_nearest else []) + ([linear] if with_linear else [])
+        base = (scaled if s.op_scale else own)[s.tuned]
+        members = [base] + ([near] if s.nearest else []) + ([linear] if s.linear else [])
         states[name] = base if len(members) == 1 else DeviceState(base.z, base.a, base.b,
                                                                   members=members)
     return states
@@ -252,10 +314,11 @@ def cross_validated_residuals(model: LatencyModel, support: GraphBatch,
                               log_latency: torch.Tensor, *, finetune_steps: int,
                               lr: float = 1e-2, rank_weight: float = 1.0,
                               known: list[DeviceState] | None = None, folds: int = 5,
-                              candidates: tuple[str, ...] = AUTO_CANDIDATES
+                              candidates: tuple[str, ...] | None = None
                               ) -> dict[str, torch.Tensor]:
     """Out-of-fold residuals, predicted minus measured log-latency (k,) in support order,
-    of each candidate strategy (k-fold on the support set)."""
+    of each candidate strategy (default `AUTO_CANDIDATES`; k-fold on the support set)."""
+    candidates = AUTO_CANDIDATES if candidates is None else candidates
     k = log_latency.numel()
     order = torch.randperm(k, generator=torch.Generator().manual_seed(0))
     residuals: dict[str, torch.Tensor] = {}
@@ -332,12 +395,13 @@ def adapt_strategy(model: LatencyModel, support: GraphBatch, log_latency: torch.
     """Adapt with one named strategy of `STRATEGIES`."""
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown adaptation strategy '{strategy}'; known: {list(STRATEGIES)}")
-    tuned, with_nearest, with_linear, network = STRATEGIES[strategy]
-    if not network:
+    s = STRATEGIES[strategy]
+    if not s.network:
         return fit_linear(model, support, log_latency)
-    state = adapt(model, support, log_latency, finetune_steps=finetune_steps if tuned else 0,
-                  lr=lr, rank_weight=rank_weight, known=known if with_nearest else None)
-    if with_linear:
+    state = adapt(model, support, log_latency, finetune_steps=finetune_steps if s.tuned else 0,
+                  lr=lr, rank_weight=rank_weight, known=known if s.nearest else None,
+                  op_scale=s.op_scale)
+    if s.linear:
         members = (state.members or [state]) + [fit_linear(model, support, log_latency)]
         state = DeviceState(state.z, state.a, state.b, members=members)
     return state

@@ -50,7 +50,8 @@ def _state_to_json(state: DeviceState) -> dict[str, Any]:
             "params": {k: {"shape": list(v.shape), "values": v.flatten().tolist()}
                        for k, v in state.params.items()},
             "members": [_state_to_json(m) for m in state.members],
-            "linear": None if state.linear is None else state.linear.tolist()}
+            "linear": None if state.linear is None else state.linear.tolist(),
+            "op_scale": None if state.op_scale is None else state.op_scale.tolist()}
 
 
 def _state_from_json(d: dict[str, Any]) -> DeviceState:
@@ -60,7 +61,9 @@ def _state_from_json(d: dict[str, Any]) -> DeviceState:
                        torch.tensor(float(d["b"])), params,
                        [_state_from_json(m) for m in d.get("members", [])],
                        None if d.get("linear") is None
-                       else torch.tensor(d["linear"], dtype=torch.float32))
+                       else torch.tensor(d["linear"], dtype=torch.float32),
+                       None if d.get("op_scale") is None
+                       else torch.tensor(d["op_scale"], dtype=torch.float32))
 
 
 def save_device(name: str, state: DeviceState, fingerprint: str, info: dict[str, Any],

@@ -8,7 +8,10 @@ Prediction for a graph G on a device embedded as z (both in log-milliseconds):
 where h_i are node states (last encoder layer FiLM-conditioned on z), cost is a
 FiLM-conditioned MLP, and (a, b) is a per-device affine calibration fitted in closed
 form on the support set, so absolute milliseconds are right, not only the ranking.
-The sum over nodes mirrors how runtimes execute graphs op after op.
+The sum over nodes mirrors how runtimes execute graphs op after op. A device may also
+scale the costs of whole op classes (`OP_CLASSES`, e.g. depthwise convolutions) by
+exp(s_c): few parameters that few samples can fit, where a runtime's kernels for one
+class are unlike any training device's (see `predictor.adaptation`).
 
 The module is a plain `nn.Module`: usable without a Trainer (see `predictor.adaptation`).
 """
@@ -25,6 +28,33 @@ from predictor.encoder import EncoderConfig, GraphEncoder, UniquePlan, scatter_s
 from predictor.features import FEATURE_SCHEMA
 from predictor.graph_store import GraphBatch
 from predictor.hardware import HardwareConfig, HardwareEmbedding
+
+# Op classes whose costs a device may scale as a whole: kernels of one class share code
+# (and its efficiency) within a runtime. "conv": dense convolutions with a spatial kernel.
+OP_CLASSES: tuple[str, ...] = ("conv", "pointwise", "depthwise", "matmul", "other")
+_COLUMN = {name: i for i, name in enumerate(FEATURE_SCHEMA.node_features)}
+
+
+def op_classes(rows: torch.Tensor) -> torch.Tensor:
+    """(N,) index into OP_CLASSES of each raw (unstandardised) node feature row (N, F)."""
+    col = _COLUMN
+    conv = (rows[:, col["op=Conv"]] + rows[:, col["op=ConvTranspose"]]) > 0.5
+    grouped = (rows[:, col["depthwise"]] > 0.5) | (rows[:, col["log_groups"]] > 0)
+    pointwise = (rows[:, col["kernel_h"]] * rows[:, col["kernel_w"]]) <= 1.0
+    matmul = (rows[:, col["op=Gemm"]] + rows[:, col["op=MatMul"]] + rows[:, col["op=Einsum"]]) > 0.5
+    out = torch.full((rows.shape[0],), OP_CLASSES.index("other"), dtype=torch.long)
+    out[matmul] = OP_CLASSES.index("matmul")
+    out[conv] = OP_CLASSES.index("conv")
+    out[conv & pointwise] = OP_CLASSES.index("pointwise")
+    out[conv & grouped] = OP_CLASSES.index("depthwise")
+    return out
+
+
+def node_op_classes(batch: GraphBatch) -> torch.Tensor:
+    """(N,) op class of every node of `batch` (computed on a store's unique rows if any)."""
+    if batch.x is None and batch.rows is not None:
+        return op_classes(batch.rows)[batch.row_ids.long()]
+    return op_classes(batch.features())
 
 
 @dataclass(frozen=True)
@@ -134,10 +164,14 @@ class LatencyModel(nn.Module):
 
     # -- device-conditioned part ---------------------------------------------------
     def raw_log_latency(self, batch: GraphBatch, h: torch.Tensor, z: torch.Tensor,
-                        plan: UniquePlan | None = None) -> torch.Tensor:
+                        plan: UniquePlan | None = None, op_scale: torch.Tensor | None = None,
+                        by_class: bool = False):
         """Uncalibrated log-latency (B,) of encoded graphs on the device embedded as z (dim,).
 
-        `h` and `plan` as returned by / given to `encode`.
+        `h` and `plan` as returned by / given to `encode`. `op_scale` (len(OP_CLASSES),):
+        log multipliers of the node costs per op class. With `by_class`, the parts instead:
+        (summed node cost per graph and op class (B, C), overhead (B,)), so that
+        raw = log(costs @ exp(op_scale) + 1e-6) + overhead.
         """
         gamma, beta = self.film_encoder(z).chunk(2)
         if plan is None:
@@ -150,10 +184,16 @@ class LatencyModel(nn.Module):
         cost = F.softplus(self.cost_out(self.cost_in(h) * (1 + g2) + b2)).squeeze(1)
         if plan is not None:
             cost = cost[plan.classes[-1]]
-        total = scatter_sum(cost[:, None], batch.batch, batch.num_graphs).squeeze(1)
         graph_in = torch.cat([self.graph_norm(batch.graph_attr),
                               z.expand(batch.num_graphs, -1)], dim=1)
-        return torch.log(total + 1e-6) + self.overhead(graph_in).squeeze(1)
+        overhead = self.overhead(graph_in).squeeze(1)
+        if by_class:
+            onehot = F.one_hot(node_op_classes(batch), len(OP_CLASSES)).to(cost.dtype)
+            return scatter_sum(cost[:, None] * onehot, batch.batch, batch.num_graphs), overhead
+        if op_scale is not None:
+            cost = cost * torch.exp(op_scale)[node_op_classes(batch)]
+        total = scatter_sum(cost[:, None], batch.batch, batch.num_graphs).squeeze(1)
+        return torch.log(total + 1e-6) + overhead
 
     def calibrate(self, raw_support: torch.Tensor, y_support: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -148,3 +148,54 @@ def test_batches_without_gathered_features_predict_the_same(store) -> None:
         torch.testing.assert_close(lazy.features(), store.batch(ids).x)
         torch.testing.assert_close(predict(model, lazy, state), predict(model, store.batch(ids),
                                                                         state))
+
+
+def test_op_classes_of_real_models(store) -> None:
+    """MobileNetV2 has depthwise and pointwise convolutions, ResNet-18 dense kxk ones;
+    the classifier is a Gemm / MatMul ("matmul"); BN-free adds and pooling are "other"."""
+    from predictor.model import OP_CLASSES, op_classes
+
+    def counts(i: int) -> dict[str, int]:
+        classes = op_classes(store.batch([i]).x)
+        return {name: int((classes == k).sum()) for k, name in enumerate(OP_CLASSES)}
+
+    mobilenet, resnet = counts(0), counts(3)
+    assert mobilenet["depthwise"] == 17 and mobilenet["pointwise"] >= 34
+    assert mobilenet["conv"] == 1  # the stem
+    assert resnet["depthwise"] == 0 and resnet["conv"] >= 16 and resnet["pointwise"] == 3
+    assert mobilenet["matmul"] == resnet["matmul"] == 1
+    assert resnet["other"] > 0
+
+
+def test_op_scale_fits_a_device_with_cheap_depthwise_kernels(store) -> None:
+    """A device on which depthwise convolutions cost 4x less than the network predicts:
+    fitting per-op-class scales on the support set finds a negative depthwise scale and
+    cuts the error; it predicts the same through the distinct-node plan and survives the
+    device-file round trip."""
+    from predictor.adaptation import DeviceState, adapt_named, fit_op_scale
+    from predictor.device_store import _state_from_json, _state_to_json
+    from predictor.model import OP_CLASSES
+
+    model = _model(store).eval()
+    support = store.batch(range(len(store)))
+    z = torch.zeros(model.config.hardware.dim)
+    with torch.no_grad():
+        h, _ = model.encode(support)
+        costs, overhead = model.raw_log_latency(support, h, z, by_class=True)
+        truth = torch.tensor([1.0, 1.0, 0.25, 1.0, 1.0])  # depthwise 4x cheaper
+        y = torch.log(costs @ truth) + overhead + 1.5
+        base = DeviceState(z, *model.calibrate(model.raw_log_latency(support, h, z), y))
+    scaled = fit_op_scale(model, support, y, base, ridge=1e-4)
+    err = lambda s: float(((predict(model, support, s) - y) ** 2).mean())  # noqa: E731
+    assert err(scaled) < 0.1 * err(base)
+    # only MobileNets have depthwise (and most pointwise) kernels: their scales go down,
+    # the classes both families share barely move
+    cls = {name: float(scaled.op_scale[k]) for k, name in enumerate(OP_CLASSES)}
+    assert cls["depthwise"] < -0.1 and cls["pointwise"] < -0.1
+    assert abs(cls["matmul"]) < abs(cls["depthwise"])
+    torch.testing.assert_close(predict(model, store.batch([0, 1, 0]), scaled),
+                               predict(model, store.batch([0, 1, 0], gather=False), scaled))
+    again = _state_from_json(_state_to_json(scaled))
+    torch.testing.assert_close(predict(model, support, again), predict(model, support, scaled))
+    state, used = adapt_named(model, support, y, "opscale", finetune_steps=0)
+    assert used == "opscale" and state.op_scale is not None
