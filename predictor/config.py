@@ -66,6 +66,9 @@ class TrainConfig:
         finetune_steps: inner-loop steps at adaptation time (0: amortised embedding only).
         init_from: start from this checkpoint's weights and feature standardisers (its
             model config must equal `model`), e.g. to add devices to a trained predictor.
+        trainable: prefixes of the parameter names that train (empty: all); the others
+            stay frozen, e.g. ("cost_in.", "cost_out.", "overhead.", "film_head.") trains
+            a second regression head on a frozen encoder and hardware embedding.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -85,6 +88,7 @@ class TrainConfig:
     num_nodes: int = 1
     seed: int = 0
     init_from: str | None = None
+    trainable: tuple[str, ...] = ()
 
 
 def _build(cls: type[T], raw: dict[str, Any], where: str) -> T:

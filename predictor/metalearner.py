@@ -79,7 +79,12 @@ class MetaLearner(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.config
-        optimiser = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(not c.trainable or name.startswith(tuple(c.trainable)))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"trainable {list(c.trainable)} matches no parameter of the model")
+        optimiser = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         steps = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, steps // 20)
 

@@ -33,17 +33,21 @@ def train(config: TrainConfig, out: str | Path, *, data_dir: str | Path | None =
           cache_root: str | Path | None = None, log_dir: str | Path = "runs",
           use_wandb: bool = False, progress: bool = True,
           extra_tasks: Sequence[DeviceTask] = (),
-          extra_stores: dict[tuple[str, int], GraphStore] | None = None) -> Checkpoint:
+          extra_stores: dict[tuple[str, int], GraphStore] | None = None,
+          only_extra_tasks: bool = False) -> Checkpoint:
     """Meta-train on the config's meta-train devices, select on meta-valid, save to `out`.
 
     `extra_tasks` join the meta-train devices (e.g. HW-NAS-Bench-360's energy tables,
-    `predictor.hwnb360.device_tasks`), with their graphs in `extra_stores` by store key.
+    `predictor.hwnb360.device_tasks`), with their graphs in `extra_stores` by store key;
+    with `only_extra_tasks` they replace them (the config's meta-valid devices still
+    select the best epoch).
     """
     L.seed_everything(config.seed, workers=True)
     datamodule = EpisodeDataModule(config.data, data_dir=data_dir, cache_root=cache_root,
                                    progress=progress)
     datamodule.setup("fit")
-    datamodule.train_tasks += list(extra_tasks)
+    datamodule.train_tasks = (list(extra_tasks) if only_extra_tasks
+                              else datamodule.train_tasks + list(extra_tasks))
     datamodule.stores.update(extra_stores or {})
     learner = MetaLearner(config)
     base_devices: tuple[str, ...] = ()

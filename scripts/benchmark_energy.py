@@ -20,10 +20,14 @@ Methods, all in one run (log space, K samples of the test device unless said oth
   linear (baseline)           ridge fit of log energy on log MACs/params/memory/depth.
   transfer-runtimes (baseline) the training runtime's table (energy or latency, any task)
                               that rank-correlates best with the K samples, log-linear map.
-  latpred-trained             (--train-minutes M > 0) the shipped checkpoint warm-started for
-                              M minutes on HELP's NB201 devices plus the training runtimes'
-                              energy and latency (6 + 6 tasks), then adapted like
-                              latpred-transfer+runtimes.
+  latpred-trained             (--train-minutes M > 0) a joint model: the shipped checkpoint
+                              warm-started for M minutes on HELP's NB201 devices plus the
+                              training runtimes' energy and latency (6 + 6 tasks), then
+                              adapted like latpred-transfer+runtimes.
+  latpred-head                (--train-minutes M > 0) a second head instead: encoder, hardware
+                              embedding and encoder conditioning frozen, only the cost head
+                              (`SECOND_HEAD`) trained for M minutes on the training runtimes'
+                              energy alone, then adapted the same way.
 Prints a markdown table per method, writes JSON in the issue's shape and a
 predicted-vs-measured PNG (seed 0) next to it.
 """
@@ -55,6 +59,7 @@ from predictor.tables import TEST_POOL, valid_mask
 
 KEYS = ("spearman", "kendall", "mape", "within10")
 EMBED_SHOTS = 200  # training-pool archs per training-runtime embedding
+SECOND_HEAD = ("cost_in.", "cost_out.", "overhead.", "film_head.")
 
 
 def _predict(model, store: GraphStore, test: np.ndarray, state: DeviceState,
@@ -90,9 +95,10 @@ def embed_runtimes(model, tables, stores, runtimes, metric: str, seed: int = 0
     return states
 
 
-def train_fold(args: argparse.Namespace, others: list[str], held: str):
+def train_fold(args: argparse.Namespace, others: list[str], held: str, head: bool = False):
     """Warm-start the checkpoint on HELP's NB201 devices plus the training runtimes'
-    energy and latency tasks, for `args.train_minutes`; returns the trained model."""
+    energy and latency tasks, for `args.train_minutes`; returns the trained model. With
+    `head`, train only the cost head (`SECOND_HEAD`) on the training runtimes' energy."""
     import dataclasses
 
     from predictor.config import load_config
@@ -104,13 +110,16 @@ def train_fold(args: argparse.Namespace, others: list[str], held: str):
                                model_set_share=None, episodes_per_epoch=400, val_episodes=100)
     config = dataclasses.replace(config, data=data, max_minutes=args.train_minutes,
                                  max_epochs=100,
-                                 init_from=str(args.checkpoint or "checkpoints/latpred.ckpt"))
+                                 init_from=str(args.checkpoint or "checkpoints/latpred.ckpt"),
+                                 trainable=SECOND_HEAD if head else ())
     tasks, stores = device_tasks(others, "energy_mj", data_dir=args.data_dir)
     lat_tasks, _ = device_tasks(others, "latency_ms", data_dir=args.data_dir)
-    out = Path("runs") / f"energy_{held}_out.ckpt"
+    kind = "head" if head else "joint"
+    out = Path("runs") / f"energy_{held}_out_{kind}.ckpt"
     checkpoint = train(config, out, data_dir=args.data_dir, log_dir=Path("runs") / "energy",
-                       progress=False, extra_tasks=tasks + lat_tasks, extra_stores=stores)
-    print(f"  trained {held}-out: {checkpoint.info}", file=sys.stderr, flush=True)
+                       progress=False, extra_tasks=tasks if head else tasks + lat_tasks,
+                       extra_stores=stores, only_extra_tasks=head)
+    print(f"  trained {held}-out ({kind}): {checkpoint.info}", file=sys.stderr, flush=True)
     return checkpoint.model.eval()
 
 
@@ -128,10 +137,11 @@ def run(args: argparse.Namespace) -> dict:
     for held in args.folds:
         others = [r for r in RUNTIMES if r != held]
         known_e = known_help + embed_runtimes(model, tables, stores, others, "energy_mj")
-        trained = known_t = None
+        trained = {}
         if args.train_minutes > 0:
-            trained = train_fold(args, others, held)
-            known_t = embed_runtimes(trained, tables, stores, others, "energy_mj")
+            for name, head in (("latpred-trained", False), ("latpred-head", True)):
+                net = train_fold(args, others, held, head=head)
+                trained[name] = (net, embed_runtimes(net, tables, stores, others, "energy_mj"))
         train_tables = {f"{d}:{m}": tables[d].values(m)
                         for r in others for t in TASKS for d in [device_name("pi5", r, t)]
                         for m in ("energy_mj", "latency_ms")}
@@ -156,11 +166,11 @@ def run(args: argparse.Namespace) -> dict:
                     preds[name] = scale * _predict(model, store, test, state)
                     chosen.setdefault(name, {}).setdefault(strategy, 0)
                     chosen[name][strategy] += 1
-                if trained is not None:
-                    state, strategy = _adapt(trained, store, sup, e_s, known_t, steps, lr)
-                    preds["latpred-trained"] = _predict(trained, store, test, state)
-                    chosen.setdefault("latpred-trained", {}).setdefault(strategy, 0)
-                    chosen["latpred-trained"][strategy] += 1
+                for name, (net, known_t) in trained.items():
+                    state, strategy = _adapt(net, store, sup, e_s, known_t, steps, lr)
+                    preds[name] = _predict(net, store, test, state)
+                    chosen.setdefault(name, {}).setdefault(strategy, 0)
+                    chosen[name][strategy] += 1
                 preds["oracle-latency"] = scale * latency[test]
                 preds["linear"] = linear_fit_baseline(store, sup, e_s, test)
                 preds["transfer-runtimes"], _ = transfer_baseline(train_tables, sup, e_s, test)
@@ -193,8 +203,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--finetune-steps", type=int, default=None)
     parser.add_argument("--train-minutes", type=float, default=0.0,
-                        help="per fold: warm-start training with the training runtimes' "
-                             "energy (0: skip)")
+                        help="per fold and variant (joint model, second head): warm-start "
+                             "training with the training runtimes' energy (0: skip)")
     parser.add_argument("--train-config", type=Path, default=Path("configs/meta_sets.yaml"))
     parser.add_argument("--variant", default="latpred-transfer+runtimes",
                         help="headline method of the JSON's folds/mean")

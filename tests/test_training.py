@@ -147,6 +147,35 @@ def test_warm_start_from_a_checkpoint(tiny_run, tmp_path) -> None:
     assert not (tmp_path / "bad.ckpt").exists()
 
 
+def test_second_head_trains_only_the_named_parameters(tiny_run, tmp_path) -> None:
+    """`trainable` freezes everything else (a second head on a frozen encoder), and
+    `only_extra_tasks` trains on the given tasks alone."""
+    import dataclasses
+
+    from predictor.datasets import DeviceTask
+
+    checkpoint, root, config, data_dir = tiny_run
+    head = ("cost_in.", "cost_out.", "overhead.", "film_head.")
+    data = dataclasses.replace(config.data, episodes_per_epoch=8)
+    warm = dataclasses.replace(config, data=data, max_epochs=1, trainable=head,
+                               init_from=str(root / "tiny.ckpt"))
+    device = get_split("nb201").train[0]  # its latency x 3 stands in for an energy table
+    task = load_device_task("nb201", device, data_dir)
+    energy = DeviceTask("nb201", f"{device}:energy_mj", task.batch_size, task.latency_ms * 3.0,
+                        task.pool[task.pool < config.data.limit_archs])
+    out = train(warm, tmp_path / "head.ckpt", data_dir=data_dir, cache_root=root / "cache",
+                log_dir=tmp_path / "logs", progress=False, extra_tasks=[energy],
+                only_extra_tasks=True)
+    before, after = checkpoint.model.state_dict(), out.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(head) for k in changed)
+    assert f"nb201/{device}:energy_mj" in out.devices
+    with pytest.raises(ValueError, match="matches no parameter"):
+        train(dataclasses.replace(warm, trainable=("no_such_layer.",)), tmp_path / "x.ckpt",
+              data_dir=data_dir, cache_root=root / "cache", log_dir=tmp_path / "logs",
+              progress=False)
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path, shared_data_dir) -> None:
     """`latpred train` with strategy ddp on 2 CPU processes (Lightning relaunches the CLI)."""
