@@ -92,11 +92,12 @@ def test_cross_validated_strategy_choice(tiny_run) -> None:
     assert all(np.isfinite(e) and e >= 0 for e in errors.values())
     state, choice = adapt_selected(model, store.batch(support), y, finetune_steps=5, known=known)
     assert choice == min(errors, key=errors.__getitem__)
-    tuned, with_nearest, with_linear, network = STRATEGIES[choice]
+    strategy = STRATEGIES[choice]
     members = state.members or [state]  # an ensemble lists its own state first
-    assert bool(members[0].params) == tuned
-    assert len(members) == 1 + with_nearest + with_linear
-    assert (members[-1].linear is not None) == (with_linear or not network)
+    assert bool(members[0].params) == strategy.tuned
+    assert (members[0].op_scale is not None) == strategy.op_scale
+    assert len(members) == 1 + strategy.nearest + strategy.linear
+    assert (members[-1].linear is not None) == (strategy.linear or not strategy.network)
     # Too few samples to cross-validate: the nearest-device ensemble, without fine-tuning.
     _, few = adapt_selected(model, store.batch(support[:5]), y[:5], finetune_steps=5,
                             known=known)
