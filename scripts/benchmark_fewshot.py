@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> dict:
     results: dict[str, dict] = {m: {} for m in methods}
     results["transfer"] = {}
     raw: dict[str, dict] = {}
+    call_seconds: dict[str, list[float]] = {m: [] for m in methods}
     for device in devices:
         table = load_latency_table(args.space, device, args.data_dir)
         batch = get_device(device).batch_size or 1
@@ -86,7 +87,9 @@ def run(args: argparse.Namespace) -> dict:
         for case in cases:
             y = table[case.support]
             for name, fn in methods.items():
+                start = time.perf_counter()
                 pred = fn(store, case.support, y, case.test)
+                call_seconds[name].append(time.perf_counter() - start)
                 per_method[name].append(metrics(pred, table[case.test]))
                 if case.seed == 0:
                     raw.setdefault(device, {})[name] = (pred, table[case.test])
@@ -98,6 +101,8 @@ def run(args: argparse.Namespace) -> dict:
                     for k in ("spearman", "kendall", "mape", "within10")}
              for name, per_dev in results.items()}
     return {"results": results, "means": means, "raw": raw, "devices": list(devices),
+            "call_seconds": {m: {"median": float(np.median(v)), "max": float(np.max(v))}
+                             for m, v in call_seconds.items()},
             "checkpoint": str(args.checkpoint or "shipped"), "split": split}
 
 
@@ -141,7 +146,11 @@ def main() -> None:
     published = PUBLISHED.get((args.space, split.name), {})
     if published:
         print(f"\nPublished reference (not rerun): {json.dumps(published)}")
-    print(f"\nseconds: {seconds:.1f}")
+    timing = out["call_seconds"][args.variant]
+    print(f"\n{args.variant}: adaptation to a device from K={args.shots} samples plus "
+          f"prediction of its test pool took {timing['median']:.2f} s per draw at the median "
+          f"({timing['max']:.2f} s at most)")
+    print(f"seconds: {seconds:.1f}")
 
     variants = [m for m in out["means"] if m.startswith("latpred")]
     best = args.variant
@@ -156,6 +165,7 @@ def main() -> None:
                       for m in methods if not m.startswith("latpred")},
         "published": published,
         "seconds": round(seconds, 1),
+        "adapt_and_predict_seconds": out["call_seconds"],
         "checkpoint": out["checkpoint"],
     }
     if args.json:
