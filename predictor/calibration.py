@@ -56,23 +56,34 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Time the reference set on this machine: (rows {model, latency_ms, ...}, provenance).
 
-    The models are measured with `measure_many`'s speed-drift correction."""
+    `backend="onnxruntime"` times the ONNX files; `"torch"` times the same networks as torch
+    modules (e.g. on a GPU where ONNX Runtime has no CUDA provider). Times get
+    `measure_many`'s speed-drift correction (the probe runs as a torch module on a GPU)."""
     from functools import partial
 
-    from predictor.generator import REFERENCE_SET_VERSION
+    from predictor.generator import REFERENCE_SET_VERSION, reference_specs
     from predictor.measure import SpeedProbe, measure_many, measure_onnx
     from predictor.measurements import provenance
+    from predictor.model_sets import RuntimeConfig, measure_spec
 
-    if backend != "onnxruntime":
-        raise PredictorError(f"Measuring the reference set supports backend 'onnxruntime', "
-                             f"not '{backend}'; time the models yourself and pass "
-                             "--measurements FILE.csv")
-    measured, probe_ms = measure_many(
-        reference_models(progress=progress),
-        partial(measure_onnx, backend=backend, device=device, threads=threads,
-                graph_optimization=graph_optimization, max_seconds=max_seconds),
-        probe=SpeedProbe(threads=threads, device=device), desc="reference set",
-        progress=progress)
+    paths = reference_models(progress=progress)
+    if backend == "onnxruntime":
+        sources: list[Any] = paths
+        measure = partial(measure_onnx, backend=backend, device=device, threads=threads,
+                          graph_optimization=graph_optimization, max_seconds=max_seconds)
+    elif backend == "torch":
+        config = RuntimeConfig(f"torch-{device}", "torch", threads, device=device)
+        sources = list(zip(reference_specs(), paths, strict=True))
+        def measure(source: tuple) -> Any:
+            return measure_spec(source[0], config, max_seconds=max_seconds, name=str(source[1]))
+    else:
+        raise PredictorError(f"Measuring the reference set supports backends 'onnxruntime' "
+                             f"and 'torch', not '{backend}'; time the models yourself and "
+                             "pass --measurements FILE.csv")
+    probe = SpeedProbe(threads=threads, device=device,
+                       backend="torch" if device == "cuda" else "onnxruntime")
+    measured, probe_ms = measure_many(sources, measure, probe=probe, desc="reference set",
+                                      progress=progress)
     rows = [{"model": m.model, "latency_ms": m.latency_ms, "p10_ms": m.p10_ms,
              "p90_ms": m.p90_ms, "cv": m.cv, "noisy": m.noisy} for m in measured]
     info = provenance(backend, device, threads, None, graph_optimization,

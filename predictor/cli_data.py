@@ -225,9 +225,10 @@ def cmd_model_set(args: argparse.Namespace) -> int:
     if args.config not in model_sets.TRAINING_CONFIGS:
         raise PredictorError(f"Unknown runtime config '{args.config}'; training configs: "
                              f"{sorted(model_sets.TRAINING_CONFIGS)}")
-    device = args.device or f"{model_sets.machine_tag()}-{args.config}"
-    path = model_sets.measure_device(args.name, device, model_sets.TRAINING_CONFIGS[args.config],
-                                     max_seconds=args.max_seconds)
+    config = model_sets.TRAINING_CONFIGS[args.config]
+    device = args.device or f"{model_sets.machine_tag(config.device)}-{args.config}"
+    path = model_sets.measure_device(args.name, device, config, max_seconds=args.max_seconds,
+                                     energy=args.energy)
     print(f"wrote {path}")
     return 0
 
@@ -286,7 +287,10 @@ def register_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transformers", type=int, default=80, help="create: number of transformers")
     p.add_argument("--config", default="ort-2t",
                    help="measure: runtime config (one of predictor.model_sets.TRAINING_CONFIGS: "
-                        "ort-2t, ort-noopt-1t, torch-1t, ort-basic-2t, ort-noopt-2t, torch-2t)")
-    p.add_argument("--device", help="measure: device name (default: <cpu tag>-<config>)")
+                        "ort-2t, ort-noopt-1t, torch-1t, ort-basic-2t, ort-noopt-2t, torch-2t, "
+                        "torch-cuda)")
+    p.add_argument("--device", help="measure: device name (default: <cpu or gpu tag>-<config>)")
     p.add_argument("--max-seconds", type=float, default=1.0, help="measure: timing budget per model")
+    p.add_argument("--energy", action="store_true",
+                   help="measure: also energy per inference (NVML on a GPU, RAPL on a CPU)")
     p.set_defaults(handler=cmd_model_set)

@@ -189,7 +189,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="your own measurements: CSV with header model,latency_ms (model = "
                         "ONNX path, relative to the CSV's folder), or with --space "
                         "arch,latency_ms")
-    p.add_argument("--backend", choices=("onnxruntime",), default="onnxruntime")
+    p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
+                   help="how --measure runs the reference set: ONNX Runtime, or the same "
+                        "networks as torch modules (a GPU without ONNX Runtime's CUDA provider)")
     p.add_argument("--device-kind", choices=("cpu", "cuda"), default="cpu",
                    help="where --measure runs the models")
     p.add_argument("--threads", type=int, default=None)

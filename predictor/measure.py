@@ -476,26 +476,76 @@ def probe_model() -> bytes:
 
 
 class SpeedProbe:
-    """Times `probe_model` with ONNX Runtime under the measurement's thread count.
+    """Times `probe_model` under the measurement's runtime, thread count and device.
 
     Cloud VMs and laptops change speed by tens of percent within seconds (frequency scaling,
     throttling, noisy neighbours). On this project's 2-core VM, two passes over the same 20
     models hours apart differed by 23 % per model on average, and even back-to-back passes
     by ~7 %, while each model's time relative to a probe timed around it moved half as
-    much: the drift is common to every model, so it can be divided out.
+    much: the drift is common to every model, so it can be divided out. `backend="torch"`
+    runs the same network as a torch module: batch-1 GPU inference is bound by kernel
+    launches from the host, and on an H200 three passes over 20 models drifted by up to
+    +-20 % as a whole, which a probe on the GPU sees and ONNX Runtime on the CPU does not.
     """
 
-    def __init__(self, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, threads: int | None = None, device: str = "cpu",
+                 backend: str = "onnxruntime"):
         model = probe_model()
-        session = _ort_session(model, "<speed probe>", device, threads, "all")
-        feeds = make_inputs(read_model(model))
-        self._run = _ort_runner(session, feeds, device)
+        if backend == "torch":
+            self._run = _torch_probe_runner(model, device, threads)
+        else:
+            session = _ort_session(model, "<speed probe>", device, threads, "all")
+            self._run = _ort_runner(session, read_model_inputs(model), device)
         self._run()
 
     def time_ms(self) -> float:
         """Median time (ms) of PROBE_RUNS runs of the probe, now."""
         return float(np.median(time_runs(self._run, min_runs=PROBE_RUNS, max_runs=PROBE_RUNS,
                                          max_seconds=60.0, warmup=2)))
+
+
+def read_model_inputs(model: bytes) -> dict[str, np.ndarray]:
+    return make_inputs(read_model(model))
+
+
+def torch_probe_net(model: bytes, device: str = "cpu") -> tuple[Any, Any]:
+    """(`probe_model` as a torch module on `device`, weights copied from the ONNX file, its
+    input)."""
+    import torch
+    from onnx import numpy_helper
+
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
+               for t in read_model(model).graph.initializer}
+    conv1 = torch.nn.Conv2d(16, 32, 3, padding=1, bias=False)
+    conv2 = torch.nn.Conv2d(32, 32, 3, padding=1, bias=False)
+    dense = torch.nn.Linear(32, 64, bias=False)
+    with torch.no_grad():
+        conv1.weight.copy_(weights["w1"])
+        conv2.weight.copy_(weights["w2"])
+        dense.weight.copy_(weights["w3"].T)
+    net = torch.nn.Sequential(conv1, torch.nn.ReLU(), conv2, torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), dense)
+    return net.eval().to(device), torch.from_numpy(read_model_inputs(model)["x"]).to(device)
+
+
+def _torch_probe_runner(model: bytes, device: str, threads: int | None) -> Callable[[], None]:
+    import torch
+
+    net, x = torch_probe_net(model, device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run() -> None:
+        old = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                net(x)
+            sync()
+        finally:
+            torch.set_num_threads(old)
+
+    return run
 
 
 def measure_many(sources: Sequence[Any], measure: Callable[[Any], Measurement], *,

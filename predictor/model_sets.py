@@ -35,8 +35,9 @@ class RuntimeConfig:
 
     name: str
     backend: str  # "onnxruntime" or "torch"
-    threads: int
+    threads: int | None  # None: the runtime's default (host threads matter little on a GPU)
     graph_optimization: str = "all"
+    device: str = "cpu"  # "cpu" or "cuda"
 
 
 # The benchmark's held-out "new device" is ONNX Runtime, 1 thread, full optimisation
@@ -49,15 +50,21 @@ TRAINING_CONFIGS: dict[str, RuntimeConfig] = {c.name: c for c in (
     RuntimeConfig("ort-basic-2t", "onnxruntime", 2, "basic"),
     RuntimeConfig("ort-noopt-2t", "onnxruntime", 2, "disabled"),
     RuntimeConfig("torch-2t", "torch", 2),
+    # batch-1 GPU latency follows the number of kernel launches far more than MACs
+    RuntimeConfig("torch-cuda", "torch", None, device="cuda"),
 )}
 
 
-def machine_tag() -> str:
-    """A short name for this machine's CPU, e.g. "xeon-platinum-8480c"."""
+def machine_tag(device: str = "cpu") -> str:
+    """A short name for this machine's CPU, e.g. "xeon-platinum-8480c", or with
+    `device="cuda"` for its GPU, e.g. "h200"."""
     import re
 
-    from predictor.measurements import cpu_model
+    from predictor.measurements import _gpu_name, cpu_model
 
+    if device == "cuda":
+        words = re.sub(r"nvidia|geforce|\d+\s*gb\b|hbm\w*|pcie|sxm\w*", " ", _gpu_name().lower())
+        return "-".join(re.findall(r"[a-z0-9]+", words)[:2]) or "gpu"
     words = re.sub(r"\(r\)|\(tm\)|cpu|@.*|processor|intel|amd", " ", cpu_model().lower())
     return "-".join(re.findall(r"[a-z0-9]+", words)[:3]) or "cpu"
 
@@ -120,40 +127,52 @@ def model_set_store(name: str, root: Path | None = None, cache_root: Path | None
 
 
 def measure_device(name: str, device: str, config: RuntimeConfig, *, max_seconds: float = 1.0,
-                   root: Path | None = None, progress: bool = True) -> Path:
-    """Time every model of the set under `config`; write `<set>/<device>.csv`."""
-    from predictor.generator import build_module, export_spec
-    from predictor.measure import SpeedProbe, measure_many, measure_onnx, measure_torch
+                   energy: bool = False, root: Path | None = None, progress: bool = True) -> Path:
+    """Time every model of the set under `config`; write `<set>/<device>.csv`.
+
+    `energy` also measures energy per inference (NVML on cuda, RAPL on cpu; about two
+    seconds more per model). Times are drift-corrected with a speed probe timed around each
+    model (ONNX Runtime on a CPU, a torch module on a GPU).
+    """
+    from functools import partial
+
+    from predictor.measure import SpeedProbe, measure_many
     from predictor.measurements import provenance, write_measurements_csv
 
     if config == HELD_OUT_CONFIG:
         raise DataError(f"'{config.name}' is the benchmark's held-out configuration; "
                         "it must not become training data")
-
-    def measure(spec: Any) -> Any:
-        if config.backend == "torch":
-            module, example = build_module(spec)
-            m = measure_torch(module, example, threads=config.threads, max_seconds=max_seconds)
-        else:
-            m = measure_onnx(export_spec(spec), threads=config.threads,
-                             graph_optimization=config.graph_optimization,
-                             max_seconds=max_seconds)
-        return _named(m, spec.name)
-
-    rows, probe_ms = measure_many(model_set_specs(name, root), measure,
-                                  probe=SpeedProbe(threads=config.threads),
+    measure = partial(measure_spec, config=config, max_seconds=max_seconds, energy=energy)
+    probe = SpeedProbe(threads=config.threads, device=config.device,
+                       backend="torch" if config.device == "cuda" else "onnxruntime")
+    rows, probe_ms = measure_many(model_set_specs(name, root), measure, probe=probe,
                                   desc=f"measure {device}", progress=progress)
     path = set_dir(name, root) / f"{device}.csv"
-    info = provenance(config.backend, "cpu", config.threads, 1, config.graph_optimization,
+    info = provenance(config.backend, config.device, config.threads, 1,
+                      config.graph_optimization,
                       model_set=name, runtime_config=config.name, speed_probe_ms=probe_ms)
     write_measurements_csv(path, rows, info)
     return path
 
 
-def _named(measurement: Any, name: str) -> Any:
+def measure_spec(spec: Any, config: RuntimeConfig, *, max_seconds: float = 1.0,
+                 energy: bool = False, name: str | None = None) -> Any:
+    """Time one generator spec under `config` (torch: the module itself; onnxruntime: its
+    ONNX export); the `Measurement` is named `name` or the spec's name."""
     from dataclasses import replace
 
-    return replace(measurement, model=name)
+    from predictor.generator import build_module, export_spec
+    from predictor.measure import measure_onnx, measure_torch
+
+    if config.backend == "torch":
+        module, example = build_module(spec)
+        m = measure_torch(module, example, device=config.device, threads=config.threads,
+                          max_seconds=max_seconds, energy=energy)
+    else:
+        m = measure_onnx(export_spec(spec), device=config.device, threads=config.threads,
+                         graph_optimization=config.graph_optimization,
+                         max_seconds=max_seconds, energy=energy)
+    return replace(m, model=name or spec.name)
 
 
 def load_model_set_task(name: str, device: str, root: Path | None = None):

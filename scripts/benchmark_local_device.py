@@ -39,27 +39,47 @@ TEST_SEED = 20_261_126  # never used for training data
 CACHE = Path("datasets/cache/local_device")
 
 
-def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds: float
+# Runtimes the test models can be measured under. "ort-1t" is the held-out test device;
+# "torch-cuda" (PyTorch eager on this machine's GPU, batch 1) is a second unseen device for
+# checkpoints that never trained on GPU model-set measurements.
+RUNTIMES = ("ort-1t", "torch-cuda")
+
+
+def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds: float,
+                    runtime: str = "ort-1t", measure_only: bool = False
                     ) -> tuple[list[dict], list[str]]:
     """(rows {model, kind, latency_ms, ...}, spec names) of the test models, measured here."""
     from predictor.generator import sample_specs, write_models
     from predictor.measure import SpeedProbe, measure_many, measure_onnx
     from predictor.measurements import provenance, read_measurements_csv, write_measurements_csv
+    from predictor.model_sets import RuntimeConfig, measure_spec
 
     specs = (sample_specs(TEST_SEED, n_cnn, kinds=("cnn",))
              + sample_specs(TEST_SEED, n_transformer, kinds=("transformer",)))
     folder = CACHE / f"seed{TEST_SEED}"
-    paths = write_models(specs, folder)
-    csv = folder / f"ort-1thread-all-{n_cnn}cnn-{n_transformer}tf.csv"
+    # rows name the ONNX files; a torch run times the modules and needs no export
+    paths = (write_models(specs, folder) if runtime == "ort-1t" or not measure_only
+             else [folder / f"{s.name}.onnx" for s in specs])
+    prefix = "ort-1thread-all" if runtime == "ort-1t" else runtime
+    csv = folder / f"{prefix}-{n_cnn}cnn-{n_transformer}tf.csv"
     if csv.exists() and not remeasure:
         rows, _ = read_measurements_csv(csv)
-    else:
+    elif runtime == "ort-1t":
         measured, probe_ms = measure_many(
             paths, partial(measure_onnx, threads=1, graph_optimization="all",
                            max_seconds=max_seconds),
             probe=SpeedProbe(threads=1), desc="measure (ORT, 1 thread)")
         write_measurements_csv(csv, measured, provenance("onnxruntime", "cpu", 1, None, "all",
                                                          speed_probe_ms=probe_ms))
+        rows, _ = read_measurements_csv(csv)
+    else:
+        config = RuntimeConfig(runtime, "torch", None, device="cuda")
+        measured, _ = measure_many(
+            list(zip(specs, paths, strict=True)),
+            lambda sp: measure_spec(sp[0], config, max_seconds=max_seconds, name=sp[1].name),
+            probe=SpeedProbe(device="cuda", backend="torch"), desc="measure (torch, cuda)")
+        write_measurements_csv(csv, measured, provenance("torch", "cuda", None, 1, "all",
+                                                         runtime_config=runtime))
         rows, _ = read_measurements_csv(csv)
     kinds = {s.name: s.kind for s in specs}
     for row in rows:
@@ -88,7 +108,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.valid:
         rows, store = valid_models(args.valid)
     else:
-        rows, _ = measured_models(args.cnns, args.transformers, args.remeasure, args.max_seconds)
+        rows, _ = measured_models(args.cnns, args.transformers, args.remeasure, args.max_seconds,
+                                  args.runtime)
         store = GraphStore.from_graphs([extract_graph(r["model"]) for r in rows])
     latency = np.array([r["latency_ms"] for r in rows])
     kind = np.array([r["kind"] for r in rows])
@@ -138,12 +159,24 @@ def main() -> None:
     parser.add_argument("--valid", metavar="SET/DEVICE",
                         help="run the cases on a meta-valid model-set device instead (e.g. "
                              "zoo2/epyc-torch-1t): for model selection, never the test device")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="ort-1t",
+                        help="the held-out device: this CPU under ONNX Runtime 1 thread "
+                             "(default), or this machine's GPU under torch eager")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="measure (and cache) the test models, then stop")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     start = time.time()
+    if args.measure_only:
+        measured_models(args.cnns, args.transformers, args.remeasure, args.max_seconds,
+                        args.runtime, measure_only=True)
+        print(f"measured in {time.time() - start:.1f} s")
+        return
     out = run(args)
     methods = list(next(iter(out["results"].values())))
-    where = f"valid device {args.valid}" if args.valid else "This CPU, ONNX Runtime 1 thread"
+    where = (f"valid device {args.valid}" if args.valid else
+             "This CPU, ONNX Runtime 1 thread" if args.runtime == "ort-1t" else
+             "This GPU, torch eager, batch 1")
     print(f"\n## {where}: {out['cnns']} CNNs, {out['transformers']} "
           f"transformers, {args.seeds} seeds\n")
     for metric, fmt in (("spearman", ".3f"), ("mape", ".1f"), ("within10", ".1f")):

@@ -209,6 +209,23 @@ def test_speed_probe_is_a_valid_model_and_times_it() -> None:
     assert SpeedProbe(threads=1).time_ms() > 0
 
 
+def test_torch_speed_probe_runs_the_same_network() -> None:
+    """The GPU probe is `probe_model` as a torch module: same weights, same output."""
+    import onnxruntime as ort
+    import torch
+
+    from predictor.measure import read_model_inputs, torch_probe_net
+
+    model = probe_model()
+    x = read_model_inputs(model)["x"]
+    expected = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    net, example = torch_probe_net(model)
+    with torch.no_grad():
+        assert np.allclose(net(example).numpy(), expected, atol=1e-4)
+    assert SpeedProbe(threads=1, backend="torch").time_ms() > 0
+
+
 class _ScriptedProbe(SpeedProbe):
     """Probe times given in advance: the machine runs at half speed for the second model."""
 
