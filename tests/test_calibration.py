@@ -14,6 +14,7 @@ import pytest
 from predictor.calibration import CalibrationLockedError, device_lock
 from predictor.corpus import SPACES
 from predictor.datasets import load_device_task
+from predictor.errors import PredictorError
 
 DEVICE = "gold_6240"  # a meta-valid device: the shipped checkpoint never trained on it
 
@@ -181,3 +182,20 @@ def test_metric_validation_in_the_api() -> None:
         check_metric("lut")
     with pytest.raises(PredictorError, match="Unknown metric 'watts'"):
         check_metric("watts")
+
+
+def test_reference_set_measured_as_torch_modules(tmp_path, monkeypatch) -> None:
+    """`--measure --backend torch` times the reference networks as torch modules and names
+    each row by the ONNX file the predictor reads."""
+    from predictor import calibration, generator
+
+    small = generator.sample_specs(5, 2, kinds=("cnn",), small=True)
+    monkeypatch.setattr(generator, "reference_specs", lambda: small)
+    monkeypatch.setattr(calibration, "REFERENCE_CACHE", tmp_path)
+    rows, info = calibration.measure_reference_set(backend="torch", max_seconds=0.1,
+                                                   progress=False)
+    assert [Path(r["model"]).name for r in rows] == [f"{s.name}.onnx" for s in small]
+    assert all(Path(r["model"]).is_file() and r["latency_ms"] > 0 for r in rows)
+    assert info["backend"] == "torch" and info["speed_probe_ms"] > 0
+    with pytest.raises(PredictorError, match="backends 'onnxruntime' and 'torch'"):
+        calibration.measure_reference_set(backend="tvm", progress=False)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from predictor import model_sets
 from predictor.datamodule import DataConfig, EpisodeDataModule
 from predictor.errors import DataError
+from predictor.measurements import read_measurements_csv
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +64,30 @@ def test_model_set_devices_join_meta_training(small_set, tmp_path, monkeypatch,
     weights = dm._task_weights()
     in_set = [t.space == "set:tiny" for t in dm.train_tasks]
     assert abs(sum(w for w, s in zip(weights, in_set, strict=True) if s) - 0.5) < 1e-9
+
+
+def test_torch_config_measures_modules_and_records_the_runtime(small_set) -> None:
+    """A torch runtime config times the modules themselves; energy without a meter is
+    an empty column, not a failure."""
+    config = model_sets.RuntimeConfig("torch-here", "torch", 1)
+    path = model_sets.measure_device("tiny", "here-torch", config, max_seconds=0.1,
+                                     energy=True, root=small_set, progress=False)
+    rows, info = read_measurements_csv(path)
+    assert info["backend"] == "torch" and info["runtime_config"] == "torch-here"
+    assert [Path(r["model"]).name for r in rows] == [s.name for s in model_sets.model_set_specs(
+        "tiny", small_set)]
+    assert all(r["latency_ms"] > 0 for r in rows)
+    task = model_sets.load_model_set_task("tiny", "here-torch", small_set)
+    assert np.isfinite(task.latency_ms).all()
+
+
+def test_gpu_config_and_tags(monkeypatch) -> None:
+    gpu = model_sets.TRAINING_CONFIGS["torch-cuda"]
+    assert (gpu.backend, gpu.device) == ("torch", "cuda")
+    assert gpu != model_sets.HELD_OUT_CONFIG
+    import predictor.measurements as measurements
+
+    for name, tag in (("NVIDIA H200", "h200"), ("NVIDIA H100 80GB HBM3", "h100"),
+                      ("NVIDIA GeForce RTX 4090", "rtx-4090")):
+        monkeypatch.setattr(measurements, "_gpu_name", lambda name=name: name)
+        assert model_sets.machine_tag("cuda") == tag
