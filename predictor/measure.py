@@ -483,9 +483,10 @@ class SpeedProbe:
     models hours apart differed by 23 % per model on average, and even back-to-back passes
     by ~7 %, while each model's time relative to a probe timed around it moved half as
     much: the drift is common to every model, so it can be divided out. `backend="torch"`
-    runs the same network as a torch module: batch-1 GPU inference is bound by kernel
-    launches from the host, and on an H200 three passes over 20 models drifted by up to
-    +-20 % as a whole, which a probe on the GPU sees and ONNX Runtime on the CPU does not.
+    runs the same network as a torch module, so that a GPU measurement is probed on the
+    GPU path it drifts with (batch-1 inference is bound by kernel launches from the host).
+    On a lent H200 whole passes over 20 models still drifted by up to 13 % with it (up to
+    21 % in a session without it): it helps there, it does not make GPU timing exact.
     """
 
     def __init__(self, threads: int | None = None, device: str = "cpu",
