@@ -62,7 +62,7 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
     from functools import partial
 
     from predictor.generator import REFERENCE_SET_VERSION, reference_specs
-    from predictor.measure import SpeedProbe, measure_many, measure_onnx
+    from predictor.measure import measure_many, measure_onnx, speed_probe_for
     from predictor.measurements import provenance
     from predictor.model_sets import RuntimeConfig, measure_spec
 
@@ -80,8 +80,7 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
         raise PredictorError(f"Measuring the reference set supports backends 'onnxruntime' "
                              f"and 'torch', not '{backend}'; time the models yourself and "
                              "pass --measurements FILE.csv")
-    probe = SpeedProbe(threads=threads, device=device,
-                       backend="torch" if device == "cuda" else "onnxruntime")
+    probe = speed_probe_for(backend, device, threads)
     measured, probe_ms = measure_many(sources, measure, probe=probe, desc="reference set",
                                       progress=progress)
     rows = [{"model": m.model, "latency_ms": m.latency_ms, "p10_ms": m.p10_ms,

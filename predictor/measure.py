@@ -492,6 +492,7 @@ class SpeedProbe:
     def __init__(self, threads: int | None = None, device: str = "cpu",
                  backend: str = "onnxruntime"):
         model = probe_model()
+        self.backend, self.device = backend, device
         if backend == "torch":
             self._run = _torch_probe_runner(model, device, threads)
         else:
@@ -503,6 +504,14 @@ class SpeedProbe:
         """Median time (ms) of PROBE_RUNS runs of the probe, now."""
         return float(np.median(time_runs(self._run, min_runs=PROBE_RUNS, max_runs=PROBE_RUNS,
                                          max_seconds=60.0, warmup=2)))
+
+
+def speed_probe_for(backend: str, device: str, threads: int | None = None) -> SpeedProbe:
+    """The drift probe for measurements with `backend` on `device`: ONNX Runtime on a CPU
+    (for torch CPU runs too, as the model sets were always probed), the measurement's own
+    runtime on a GPU (where ONNX Runtime may lack the CUDA provider, or torch CUDA)."""
+    return SpeedProbe(threads=threads, device=device,
+                      backend=backend if device == "cuda" else "onnxruntime")
 
 
 def read_model_inputs(model: bytes) -> dict[str, np.ndarray]:

@@ -136,15 +136,14 @@ def measure_device(name: str, device: str, config: RuntimeConfig, *, max_seconds
     """
     from functools import partial
 
-    from predictor.measure import SpeedProbe, measure_many
+    from predictor.measure import measure_many, speed_probe_for
     from predictor.measurements import provenance, write_measurements_csv
 
     if config == HELD_OUT_CONFIG:
         raise DataError(f"'{config.name}' is the benchmark's held-out configuration; "
                         "it must not become training data")
     measure = partial(measure_spec, config=config, max_seconds=max_seconds, energy=energy)
-    probe = SpeedProbe(threads=config.threads, device=config.device,
-                       backend="torch" if config.device == "cuda" else "onnxruntime")
+    probe = speed_probe_for(config.backend, config.device, config.threads)
     rows, probe_ms = measure_many(model_set_specs(name, root), measure, probe=probe,
                                   desc=f"measure {device}", progress=progress)
     path = set_dir(name, root) / f"{device}.csv"

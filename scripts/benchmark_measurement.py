@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 def measure_passes(args: argparse.Namespace) -> tuple[list, list[list], dict]:
     """(specs, passes[r][i] Measurement, provenance)."""
     from predictor.generator import sample_specs
-    from predictor.measure import SpeedProbe, measure_many
+    from predictor.measure import measure_many, speed_probe_for
     from predictor.measurements import provenance
     from predictor.model_sets import RuntimeConfig, measure_spec
 
@@ -35,8 +35,7 @@ def measure_passes(args: argparse.Namespace) -> tuple[list, list[list], dict]:
              + sample_specs(args.seed, half, kinds=("transformer",)))
     config = RuntimeConfig(f"{args.backend}-{args.device}", args.backend, args.threads,
                            device=args.device)
-    probe = (SpeedProbe(threads=args.threads, device=args.device,
-                        backend="torch" if args.device == "cuda" else "onnxruntime")
+    probe = (speed_probe_for(args.backend, args.device, args.threads)
              if args.drift_correction else None)
     passes = []
     for r in range(args.repeats):

@@ -224,6 +224,11 @@ def test_torch_speed_probe_runs_the_same_network() -> None:
     with torch.no_grad():
         assert np.allclose(net(example).numpy(), expected, atol=1e-4)
     assert SpeedProbe(threads=1, backend="torch").time_ms() > 0
+    # CPU runs keep the ONNX Runtime probe whatever they measure with
+    from predictor.measure import speed_probe_for
+
+    probe = speed_probe_for("torch", "cpu", threads=1)
+    assert (probe.backend, probe.device) == ("onnxruntime", "cpu")
 
 
 class _ScriptedProbe(SpeedProbe):
