@@ -58,7 +58,7 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
 
     `backend="onnxruntime"` times the ONNX files; `"torch"` times the same networks as torch
     modules (e.g. on a GPU where ONNX Runtime has no CUDA provider). Times get
-    `measure_many`'s speed-drift correction (the probe runs as a torch module on a GPU)."""
+    `measure_many`'s speed-drift correction (`predictor.measure.speed_probe_for`)."""
     from functools import partial
 
     from predictor.generator import REFERENCE_SET_VERSION, reference_specs

@@ -132,7 +132,7 @@ def measure_device(name: str, device: str, config: RuntimeConfig, *, max_seconds
 
     `energy` also measures energy per inference (NVML on cuda, RAPL on cpu; about two
     seconds more per model). Times are drift-corrected with a speed probe timed around each
-    model (ONNX Runtime on a CPU, a torch module on a GPU).
+    model (`predictor.measure.speed_probe_for`).
     """
     from functools import partial
 

@@ -50,9 +50,9 @@ def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds
                     ) -> tuple[list[dict], list[str]]:
     """(rows {model, kind, latency_ms, ...}, spec names) of the test models, measured here."""
     from predictor.generator import sample_specs, write_models
-    from predictor.measure import SpeedProbe, measure_many, measure_onnx
+    from predictor.measure import SpeedProbe, measure_many, measure_onnx, speed_probe_for
     from predictor.measurements import provenance, read_measurements_csv, write_measurements_csv
-    from predictor.model_sets import RuntimeConfig, measure_spec
+    from predictor.model_sets import TRAINING_CONFIGS, measure_spec
 
     specs = (sample_specs(TEST_SEED, n_cnn, kinds=("cnn",))
              + sample_specs(TEST_SEED, n_transformer, kinds=("transformer",)))
@@ -73,11 +73,11 @@ def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds
                                                          speed_probe_ms=probe_ms))
         rows, _ = read_measurements_csv(csv)
     else:
-        config = RuntimeConfig(runtime, "torch", None, device="cuda")
+        config = TRAINING_CONFIGS[runtime]
         measured, _ = measure_many(
             list(zip(specs, paths, strict=True)),
             lambda sp: measure_spec(sp[0], config, max_seconds=max_seconds, name=sp[1].name),
-            probe=SpeedProbe(device="cuda", backend="torch"), desc="measure (torch, cuda)")
+            probe=speed_probe_for(config.backend, config.device), desc="measure (torch, cuda)")
         write_measurements_csv(csv, measured, provenance("torch", "cuda", None, 1, "all",
                                                          runtime_config=runtime))
         rows, _ = read_measurements_csv(csv)
