@@ -8,7 +8,7 @@ through `torch.func.functional_call`) on the device embedding and the head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -50,19 +50,23 @@ class DeviceState:
     linear: torch.Tensor | None = None
     # Log multipliers of the node costs per op class (len(OP_CLASSES),), or None.
     op_scale: torch.Tensor | None = None
+    # The other candidate adaptations fitted on the same measurements (strategy "auto"):
+    # where they disagree with this one, the prediction is unsure (`predict_with_spread`).
+    alternatives: list[DeviceState] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"z": self.z.detach().cpu(), "a": self.a.detach().cpu(), "b": self.b.detach().cpu(),
                 "params": {k: v.detach().cpu() for k, v in self.params.items()},
                 "members": [m.to_dict() for m in self.members],
                 "linear": None if self.linear is None else self.linear.detach().cpu(),
-                "op_scale": None if self.op_scale is None else self.op_scale.detach().cpu()}
+                "op_scale": None if self.op_scale is None else self.op_scale.detach().cpu(),
+                "alternatives": [m.to_dict() for m in self.alternatives]}
 
     @classmethod
     def from_dict(cls, d: dict) -> DeviceState:
         return cls(d["z"], d["a"], d["b"], dict(d.get("params", {})),
                    [cls.from_dict(m) for m in d.get("members", [])], d.get("linear"),
-                   d.get("op_scale"))
+                   d.get("op_scale"), [cls.from_dict(m) for m in d.get("alternatives", [])])
 
 
 def rank_loss(pred: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -230,17 +234,38 @@ def fit_linear(model: LatencyModel, support: GraphBatch, log_latency: torch.Tens
 
 def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch.Tensor:
     """Calibrated log(latency in ms) (B,) of `batch` on the adapted device."""
+    return _predict_states(model, batch, [state])[0]
+
+
+def predict_with_spread(model: LatencyModel, batch: GraphBatch, state: DeviceState
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`predict`, the standard deviation (B,) of the log-latency predicted by the state
+    and its `alternatives`): how far the candidate adaptations of the same measurements
+    disagree on each graph, large where the device is unlike the training devices and
+    the graph unlike the measured ones. Zeros for a state without alternatives."""
+    preds = _predict_states(model, batch, [state, *state.alternatives])
+    spread = (torch.stack(preds).std(dim=0, unbiased=False) if len(preds) > 1
+              else torch.zeros_like(preds[0]))
+    return preds[0], spread
+
+
+def _predict_states(model: LatencyModel, batch: GraphBatch, states: list[DeviceState]
+                    ) -> list[torch.Tensor]:
+    """`predict` for each of `states`, the node states computed once."""
     with torch.no_grad():
-        states = state.members or [state]
         plan = h = None
-        if any(s.linear is None for s in states):
+        members = [m for s in states for m in (s.members or [s])]
+        if any(m.linear is None for m in members):
             # Each distinct node once: same numbers, less work (not worth it for one graph).
             plan = model.plan(batch) if batch.num_graphs > 1 else None
             h = model.node_states(batch, plan)
-        preds = [_linear_design(model, batch) @ s.linear if s.linear is not None
-                 else s.a * _call_raw(model, s.params, batch, h, s.z, plan, s.op_scale) + s.b
-                 for s in states]
-        return torch.stack(preds).mean(dim=0)
+        out = []
+        for state in states:
+            preds = [_linear_design(model, batch) @ m.linear if m.linear is not None
+                     else m.a * _call_raw(model, m.params, batch, h, m.z, plan, m.op_scale) + m.b
+                     for m in (state.members or [state])]
+            out.append(torch.stack(preds).mean(dim=0))
+        return out
 
 
 class Strategy(NamedTuple):
@@ -368,7 +393,9 @@ def adapt_with_residuals(model: LatencyModel, support: GraphBatch, log_latency: 
                          rank_weight: float = 1.0, known: list[DeviceState] | None = None,
                          folds: int = 5, min_shots: int = 6
                          ) -> tuple[DeviceState, str, torch.Tensor]:
-    """Adapt with `strategy` ("auto": least cross-validated error, see `adapt_selected`).
+    """Adapt with `strategy` ("auto": least cross-validated error, see `adapt_selected`;
+    the state then carries the other candidates as `alternatives`, for
+    `predict_with_spread`).
 
     Returns:
         (state, the strategy used, its out-of-fold residuals (k,): predicted minus measured
@@ -379,10 +406,14 @@ def adapt_with_residuals(model: LatencyModel, support: GraphBatch, log_latency: 
     if strategy == "auto" and log_latency.numel() >= min_shots:
         residuals = cross_validated_residuals(model, support, log_latency, **cv)
         choice = min(residuals, key=lambda name: float((residuals[name] ** 2).mean()))
-    else:
-        choice = strategy if strategy != "auto" else ("nearest" if known else "amortised")
-        residuals = cross_validated_residuals(model, support, log_latency, **cv,
-                                              candidates=(choice,))
+        states = _strategy_states(model, support, log_latency, finetune_steps, lr, rank_weight,
+                                  known, AUTO_CANDIDATES)
+        state = replace(states[choice],
+                        alternatives=[s for name, s in states.items() if name != choice])
+        return state, choice, residuals[choice]
+    choice = strategy if strategy != "auto" else ("nearest" if known else "amortised")
+    residuals = cross_validated_residuals(model, support, log_latency, **cv,
+                                          candidates=(choice,))
     state = adapt_strategy(model, support, log_latency, choice, finetune_steps=finetune_steps,
                            lr=lr, rank_weight=rank_weight, known=known)
     return state, choice, residuals[choice]

@@ -19,6 +19,7 @@ from predictor.adaptation import (
     DeviceState,
     adapt_with_residuals,
     predict,
+    predict_with_spread,
 )
 from predictor.checkpoint import Checkpoint
 from predictor.device_store import (
@@ -169,8 +170,10 @@ class Predictor:
 
     def predict_batch(self, space: str, archs: Sequence[Any], device: str, *,
                       input_shape: Sequence[int] | None = None,
-                      num_classes: int | None = None, metric: str | None = None) -> np.ndarray:
-        """Predicted latency in ms of search-space architectures on `device`, (n,).
+                      num_classes: int | None = None, metric: str | None = None,
+                      with_spread: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Predicted latency in ms of search-space architectures on `device`, (n,); with
+        `with_spread`, also its spread (see `predict_with_spread`).
 
         `input_shape` and `num_classes` default to the setting the device was calibrated
         with on this space, else to the space's benchmark setting at the device's batch
@@ -187,6 +190,8 @@ class Predictor:
             input_shape = (int(batch), *get_space(space).input_shape[1:])
         store = self.space_graphs(space, archs, input_shape=input_shape,
                                   num_classes=num_classes)
+        if with_spread:
+            return self.predict_with_spread(store, device, metric=metric)
         return self.predict(store, device, metric=metric)
 
     def device(self, name: str) -> DeviceState:
@@ -240,7 +245,28 @@ class Predictor:
         if metric is not None:
             self.check_device_metric(device, metric)
         store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
-        out = [predict(self.model, store.batch(range(i, min(i + chunk, len(store))),
-                                               gather=False), state)
-               for i in range(0, len(store), chunk)]
+        out = [predict(self.model, batch, state) for batch in _chunks(store, chunk)]
         return torch.exp(torch.cat(out)).numpy().astype(np.float64)
+
+    def predict_with_spread(self, models: Sequence[Any] | GraphStore, device: str, *,
+                            input_shape: InputShapes = None, metric: str | None = None,
+                            chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(`predict`, the spread (n,)): the standard deviation of log-latency over the
+        candidate adaptations of the device's measurements, an uncertainty to keep a
+        budget with (`predict * exp(k * spread)`). Zeros for a device adapted with a
+        named strategy or shipped as a training device."""
+        state = self.device(device)
+        if metric is not None:
+            self.check_device_metric(device, metric)
+        store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
+        parts = [predict_with_spread(self.model, batch, state)
+                 for batch in _chunks(store, chunk)]
+        log_ms, spread = (torch.cat(t) for t in zip(*parts, strict=True))
+        return (torch.exp(log_ms).numpy().astype(np.float64),
+                spread.numpy().astype(np.float64))
+
+
+def _chunks(store: GraphStore, chunk: int):
+    """`store` as batches of at most `chunk` graphs (node features gathered lazily)."""
+    for i in range(0, len(store), chunk):
+        yield store.batch(range(i, min(i + chunk, len(store))), gather=False)

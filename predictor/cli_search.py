@@ -14,7 +14,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     builtin_objective(args.objective, args.space)  # unknown objective: fail before loading
     config = SearchConfig(evaluations=args.budget_evals, population=args.population,
-                          sample=args.sample, margin=args.margin, seed=args.seed, top=args.top)
+                          sample=args.sample, margin=args.margin, seed=args.seed, top=args.top,
+                          spread_k=args.spread_k)
     config.check()
     predictor = Predictor.load(args.checkpoint)
     result = search_device(predictor, args.space, args.device, args.latency_ms,
@@ -22,16 +23,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"space": args.space, "device": args.device,
                           "budget_ms": result.budget_ms, "margin": result.margin,
+                          "spread_k": config.spread_k,
                           "objective": args.objective, "evaluations": result.evaluations,
                           "feasible": result.feasible, "seed": args.seed,
                           "archs": result.rows()}, indent=2))
         return 0
-    print(f"{args.space} on {args.device}: budget {result.budget_ms:g} ms (predicted ms x "
+    print(f"{args.space} on {args.device}: budget {result.budget_ms:g} ms (upper ms x "
           f"{1 + result.margin:g} <= budget), objective {args.objective} "
           f"({OBJECTIVES[args.objective]}); {result.evaluations} evaluated, "
           f"{result.feasible} within budget")
+    print(f"{'predicted':>10}    {'upper':>10}    {'objective':>14}  arch")
     for row in result.rows():
-        print(f"{row['latency_ms']:10.3f} ms  {row['objective']:14,.0f}  {row['arch']}")
+        print(f"{row['latency_ms']:10.3f} ms {row['latency_bound_ms']:10.3f} ms "
+              f"{row['objective']:14,.0f}  {row['arch']}")
     return 0
 
 
@@ -56,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--margin", type=float, default=None,
                    help="safety margin on predicted latency, e.g. 0.05 (default: from the "
                         f"device's calibration error, {DEFAULT_MARGIN:g} without one)")
+    p.add_argument("--spread-k", type=float, default=defaults.spread_k, metavar="K",
+                   help="upper bound = predicted x exp(K x spread of the candidate "
+                        "adaptations) (default %(default)s; 0: the prediction itself)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=defaults.top,
                    help="architectures to print (default %(default)s)")

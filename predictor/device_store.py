@@ -51,7 +51,8 @@ def _state_to_json(state: DeviceState) -> dict[str, Any]:
                        for k, v in state.params.items()},
             "members": [_state_to_json(m) for m in state.members],
             "linear": None if state.linear is None else state.linear.tolist(),
-            "op_scale": None if state.op_scale is None else state.op_scale.tolist()}
+            "op_scale": None if state.op_scale is None else state.op_scale.tolist(),
+            "alternatives": [_state_to_json(m) for m in state.alternatives]}
 
 
 def _state_from_json(d: dict[str, Any]) -> DeviceState:
@@ -63,7 +64,8 @@ def _state_from_json(d: dict[str, Any]) -> DeviceState:
                        None if d.get("linear") is None
                        else torch.tensor(d["linear"], dtype=torch.float32),
                        None if d.get("op_scale") is None
-                       else torch.tensor(d["op_scale"], dtype=torch.float32))
+                       else torch.tensor(d["op_scale"], dtype=torch.float32),
+                       [_state_from_json(m) for m in d.get("alternatives", [])])
 
 
 def save_device(name: str, state: DeviceState, fingerprint: str, info: dict[str, Any],

@@ -10,8 +10,12 @@ members, and the oldest member dies. Children are proposed `generation` at a tim
 evaluated in one call of the latency surrogate and one of the objective, so any batched
 predictor (`Predictor.predict_batch`, a lookup table, a MACs fit) plugs in.
 
-The latency constraint is `predicted_ms * (1 + margin) <= budget_ms`: the margin absorbs
-the surrogate's error so that returned architectures really meet the budget. Selection
+The latency constraint is `bound_ms * (1 + margin) <= budget_ms`, where the bound is the
+surrogate's upper estimate of an architecture's latency (the prediction itself for a
+surrogate that gives none; the predictor's `predicted * exp(SPREAD_K * spread)`, wider
+where its candidate adaptations disagree) and the margin the device's calibration error:
+together they absorb the surrogate's error so that returned architectures really meet the
+budget. Selection
 follows the feasibility rule: a feasible architecture beats an infeasible one, feasible
 ones compare by objective (higher is better), infeasible ones by predicted latency
 (lower is better), which walks a population that starts over budget towards it.
@@ -31,8 +35,9 @@ from predictor.errors import PredictorError
 
 log = logging.getLogger(__name__)
 
-LatencyFn = Callable[[list[str]], np.ndarray]
-"""Canonical arch strings -> (n,) predicted latency in ms; called once per batch."""
+LatencyFn = Callable[[list[str]], "np.ndarray | tuple[np.ndarray, np.ndarray]"]
+"""Canonical arch strings -> (n,) predicted latency in ms, or (predicted, upper bound)
+both (n,) ms; called once per batch."""
 Objective = Callable[[list[str]], np.ndarray]
 """Canonical arch strings -> (n,) objective, higher is better; called once per batch."""
 
@@ -58,6 +63,15 @@ Objective = Callable[[list[str]], np.ndarray]
 # shows the predictor is unsure of the device.
 DEFAULT_MARGIN = 0.05
 MARGIN_QUANTILE = 0.75
+# Width of the predictor's upper bound, predicted * exp(SPREAD_K * spread) (`spread`: the
+# std of log-latency over the candidate adaptations, `Predictor.predict_with_spread`).
+# Split-conformal on HELP's NB201 meta-valid devices only (4 devices x 5 draws of 10
+# samples, the whole table; never a meta-test device): the 95th percentile of
+# (measured - predicted - log(1 + margin)) / spread in log space is 2.2 (2.24 near the
+# budgets) (`scripts/benchmark_constrained_search.py --valid --coverage`). The margin
+# alone covers devices like the training ones; the spread widens the bound where the
+# device is unlike them (there the candidates disagree).
+SPREAD_K = 2.2
 
 
 class SearchError(PredictorError, ValueError):
@@ -238,10 +252,12 @@ class SearchConfig:
         population: P, members alive at a time (the oldest dies when a child is born).
         sample: S, members drawn per tournament; the best of them is mutated.
         generation: children proposed and evaluated per batch (one surrogate call).
-        margin: predicted_ms * (1 + margin) must be <= the budget; None: from the
+        margin: bound_ms * (1 + margin) must be <= the budget; None: from the
             device's calibration error (`device_margin`, in `search_device`).
         seed: seeds sampling and mutation; same seed and surrogate, same result.
         top: how many of the best feasible architectures the result keeps.
+        spread_k: width of the predictor's upper bound (`SPREAD_K`, `search_device`);
+            0 constrains the prediction itself.
     """
 
     evaluations: int = 1000
@@ -251,6 +267,7 @@ class SearchConfig:
     margin: float | None = None
     seed: int = 0
     top: int = 10
+    spread_k: float = SPREAD_K
 
     def check(self) -> None:
         for name in ("evaluations", "population", "sample", "generation", "top"):
@@ -260,6 +277,8 @@ class SearchConfig:
         if self.sample > self.population:
             raise SearchError(f"Tournament sample {self.sample} exceeds the population "
                               f"{self.population}; use sample <= population")
+        if not 0 <= self.spread_k < 10:
+            raise SearchError(f"spread_k must be in [0, 10), got {self.spread_k}")
         if self.margin is not None and not 0 <= self.margin < 10:
             raise SearchError(f"Margin must be in [0, 10) (a fraction, e.g. 0.05), "
                               f"got {self.margin}")
@@ -272,6 +291,8 @@ class SearchResult:
     Attributes:
         archs: up to `top` canonical arch strings, best objective first.
         latency_ms: (k,) their predicted latency in ms.
+        bound_ms: (k,) the surrogate's upper estimate (= latency_ms without one), the
+            value the budget constrains.
         objective: (k,) their objective.
         evaluations: distinct architectures evaluated (surrogate calls counted per arch).
         budget_ms: the latency budget; `margin` the safety margin used.
@@ -288,10 +309,14 @@ class SearchResult:
     margin: float
     feasible: int
     history: np.ndarray = field(repr=False)
+    bound_ms: np.ndarray | None = None
 
     def rows(self) -> list[dict]:
-        return [{"arch": a, "latency_ms": float(t), "objective": float(o)}
-                for a, t, o in zip(self.archs, self.latency_ms, self.objective, strict=True)]
+        bounds = self.latency_ms if self.bound_ms is None else self.bound_ms
+        return [{"arch": a, "latency_ms": float(t), "latency_bound_ms": float(u),
+                 "objective": float(o)}
+                for a, t, u, o in zip(self.archs, self.latency_ms, bounds, self.objective,
+                                      strict=True)]
 
 
 class _Evaluator:
@@ -306,6 +331,7 @@ class _Evaluator:
         self.latency_fn, self.objective = latency_fn, objective
         self.limit_ms, self.budget = limit_ms, budget
         self.latency: dict[str, float] = {}
+        self.bound: dict[str, float] = {}
         self.value: dict[str, float] = {}
         self.history: list[float] = []
         self._best = float("nan")
@@ -319,44 +345,55 @@ class _Evaluator:
         are evaluated now or before, in order."""
         new = list(dict.fromkeys(k for k in keys if k not in self.latency))[:max(self.left, 0)]
         if new:
-            ms = np.asarray(self.latency_fn(new), dtype=np.float64).reshape(-1)
-            if ms.size != len(new):
-                raise SearchError(f"latency_fn returned {ms.size} values for {len(new)} archs")
-            ok = [k for k, t in zip(new, ms, strict=True) if t <= self.limit_ms]
+            ms, bound = _point_and_bound(self.latency_fn(new), len(new))
+            ok = [k for k, u in zip(new, bound, strict=True) if u <= self.limit_ms]
             values = (np.asarray(self.objective(ok), dtype=np.float64).reshape(-1) if ok
                       else np.empty(0))
             if values.size != len(ok):
                 raise SearchError(f"objective returned {values.size} values for {len(ok)} archs")
             self.value.update(zip(ok, values.tolist(), strict=True))
-            for k, t in zip(new, ms.tolist(), strict=True):
-                self.latency[k] = t
+            for k, t, u in zip(new, ms.tolist(), bound.tolist(), strict=True):
+                self.latency[k], self.bound[k] = t, u
                 if k in self.value and not self.value[k] <= self._best:
                     self._best = self.value[k]
                 self.history.append(self._best)
         return [k for k in keys if k in self.latency]
 
     def fitness(self, key: str) -> tuple[int, float, float]:
-        """Larger is better: feasible first, then by objective, then by lower latency
-        (ties are common: NB201's parameters take 28 values); infeasible ones by latency."""
+        """Larger is better: feasible first, then by objective, then by lower latency bound
+        (ties are common: NB201's parameters take 28 values); infeasible ones by bound."""
         if key in self.value:
-            return 1, self.value[key], -self.latency[key]
-        return 0, -self.latency[key], 0.0
+            return 1, self.value[key], -self.bound[key]
+        return 0, -self.bound[key], 0.0
 
     def result(self, budget_ms: float, margin: float, top: int) -> SearchResult:
-        order = sorted(self.value, key=lambda k: (-self.value[k], self.latency[k], k))[:top]
+        order = sorted(self.value, key=lambda k: (-self.value[k], self.bound[k], k))[:top]
         if not order:
-            fastest = min(self.latency.values()) if self.latency else float("nan")
+            fastest = min(self.bound.values()) if self.bound else float("nan")
             raise NoFeasibleArchError(
                 f"No architecture meets the latency budget {budget_ms:g} ms under the "
-                f"surrogate with margin {margin:g} (predicted ms x {1 + margin:g} <= budget) "
-                f"after {len(self.latency)} evaluations; the fastest found predicts "
+                f"surrogate with margin {margin:g} (upper ms x {1 + margin:g} <= budget) "
+                f"after {len(self.latency)} evaluations; the fastest found is bounded at "
                 f"{fastest:.4g} ms; raise the budget to at least {fastest * (1 + margin):.4g} "
                 "ms or search longer")
         return SearchResult(
             archs=order, latency_ms=np.array([self.latency[k] for k in order]),
             objective=np.array([self.value[k] for k in order]),
             evaluations=len(self.latency), budget_ms=budget_ms, margin=margin,
-            feasible=len(self.value), history=np.array(self.history))
+            feasible=len(self.value), history=np.array(self.history),
+            bound_ms=np.array([self.bound[k] for k in order]))
+
+
+def _point_and_bound(out, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A latency_fn's output as (predicted, upper bound), both (n,) float64."""
+    pair = out if isinstance(out, tuple) else (out, out)
+    if len(pair) != 2:
+        raise SearchError(f"latency_fn returned a tuple of {len(pair)}; expected "
+                          "(predicted_ms, upper_ms)")
+    ms, bound = (np.asarray(a, dtype=np.float64).reshape(-1) for a in pair)
+    if ms.size != n or bound.size != n:
+        raise SearchError(f"latency_fn returned {ms.size} values for {n} archs")
+    return ms, bound
 
 
 def _check_budget(budget_ms: float) -> float:
@@ -379,12 +416,13 @@ def _resolve(space: str | SearchSpace, objective: str | Objective) -> tuple[Sear
 def regularized_evolution(space: str | SearchSpace, latency_fn: LatencyFn, budget_ms: float,
                           objective: str | Objective = "params",
                           config: SearchConfig = SearchConfig()) -> SearchResult:
-    """Maximise `objective` subject to `latency_fn(arch) * (1 + margin) <= budget_ms`.
+    """Maximise `objective` subject to `upper(arch) * (1 + margin) <= budget_ms`.
 
     Args:
         space: "nb201", "fbnet" or a `SearchSpace`.
-        latency_fn: canonical arch strings -> (n,) predicted ms, called once per batch of
-            `config.generation` children (and once for the initial population).
+        latency_fn: canonical arch strings -> (n,) predicted ms or (predicted, upper
+            bound) ms, called once per batch of `config.generation` children (and once
+            for the initial population); the bound is what the budget constrains.
         budget_ms: the latency budget in ms.
         objective: a built-in name (`OBJECTIVES`) or a callable arch strings -> (n,),
             higher is better; called only on architectures that meet the budget.
@@ -471,14 +509,22 @@ def device_margin(residuals: Sequence[float] | None, quantile: float = MARGIN_QU
     return float(max(0.0, np.quantile(under, quantile)))
 
 
-def predictor_latency_fn(predictor, space: str, device: str) -> LatencyFn:
+def predictor_latency_fn(predictor, space: str, device: str, spread_k: float = SPREAD_K,
+                         **setting) -> LatencyFn:
     """`latency_fn` of a `Predictor` on a known device: batched `predict_batch` at the
-    setting the device was calibrated with (else the space's, at the device's batch size)."""
+    setting the device was calibrated with (else the space's, at the device's batch size;
+    `setting`: input_shape / num_classes), with the upper bound
+    predicted * exp(spread_k * spread)."""
     info = predictor.device_info(device)  # unknown device: fails now, listing known ones
     if info.get("space") not in (None, space):
         log.warning("Device '%s' was calibrated on %s architectures; searching %s",
                     device, info["space"], space)
-    return lambda archs: predictor.predict_batch(space, archs, device)
+
+    def latency_fn(archs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ms, spread = predictor.predict_batch(space, archs, device, with_spread=True,
+                                             **setting)
+        return ms, ms * np.exp(spread_k * spread)
+    return latency_fn
 
 
 def search_device(predictor, space: str, device: str, budget_ms: float,
@@ -488,7 +534,7 @@ def search_device(predictor, space: str, device: str, budget_ms: float,
     predictor as the latency constraint (what `latpred search` runs)."""
     _check_budget(budget_ms)
     get_search_space(space)
-    latency_fn = predictor_latency_fn(predictor, space, device)
+    latency_fn = predictor_latency_fn(predictor, space, device, config.spread_k)
     if config.margin is None:
         config = replace(config, margin=device_margin(
             predictor.device_info(device).get("cv_log_residuals")))

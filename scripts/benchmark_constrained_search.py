@@ -2,15 +2,18 @@
 
     python scripts/benchmark_constrained_search.py --budget-evals 1000 --json OUT.json
     python scripts/benchmark_constrained_search.py --valid --margins 0,0.05,0.1  # choose margin
+    python scripts/benchmark_constrained_search.py --valid --coverage  # choose SPREAD_K
 
 For each NB201 meta-test device (`--valid`: meta-valid) and three budgets, tight / median /
 loose = the 10th / 50th / 90th percentile of the device's valid measured latencies over
 the whole table, the device is calibrated with 10 measurements sampled from the training
 pool exactly as `benchmark_fewshot.py` samples them (`evaluation.make_cases`, seed s), then
 regularised evolution maximises parameters under the budget with (a) latpred
-(`Predictor.adapt`, strategy auto) and (b) MACs, fitted on the same 10 samples as
-log ms = a log MACs + b, as the latency surrogate. The top architectures it returns are
-then looked up in the measured table:
+(`Predictor.adapt`, strategy auto; the budget constrains its upper bound
+predicted x exp(k x spread), `--spreads`, default `SPREAD_K`; k = 0 is the prediction
+itself) and (b) MACs, fitted on the same 10 samples as log ms = a log MACs + b, as the
+latency surrogate. The top architectures it returns are then looked up in the measured
+table:
 
 * feasible_share: share of returned archs whose measured latency meets the budget
   (entries `tables.valid_mask` flags as invalid, near-zero folded networks on raspi4,
@@ -22,6 +25,10 @@ then looked up in the measured table:
 
 Both are averaged over `--seeds` calibration draws (search seed = `--seed` + draw).
 Prints a markdown table; with --json writes the results and a PNG next to them.
+
+`--coverage` also predicts the whole table per draw and reports quantiles of the
+normalised error (log measured - log predicted - log(1 + margin)) / spread: its 95th
+percentile on the meta-valid devices is the split-conformal choice of SPREAD_K.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from predictor.features import FEATURE_SCHEMA
 from predictor.search import (
     MARGIN_QUANTILE,
     NoFeasibleArchError,
+    SPREAD_K,
     SearchConfig,
     device_margin,
     get_search_space,
@@ -55,30 +63,34 @@ SURROGATES = ("latpred", "macs")
 
 
 class TableSurrogate:
-    """latency_fn memoised per table index: a search, margin or budget that revisits an
-    arch reuses its prediction (`compute` sees each arch once)."""
+    """latency_fn (predicted, upper bound = predicted x exp(k x spread)) memoised per
+    table index: a search, margin or budget that revisits an arch reuses its prediction
+    (`compute`: ids -> (ms, spread), sees each arch once)."""
 
     def __init__(self, index: dict[str, int], compute) -> None:
         self.index, self.compute = index, compute
-        self.cache = np.full(len(index), np.nan)
+        self.ms, self.spread = np.full(len(index), np.nan), np.zeros(len(index))
+        self.k = 0.0
 
-    def __call__(self, archs: list[str]) -> np.ndarray:
+    def __call__(self, archs: list[str]) -> tuple[np.ndarray, np.ndarray]:
         ids = np.array([self.index[a] for a in archs])
-        missing = np.unique(ids[np.isnan(self.cache[ids])])
+        missing = np.unique(ids[np.isnan(self.ms[ids])])
         if missing.size:
-            self.cache[missing] = self.compute(missing)
-        return self.cache[ids]
+            self.ms[missing], self.spread[missing] = self.compute(missing)
+        ms = self.ms[ids]
+        return ms, ms * np.exp(self.k * self.spread[ids])
 
 
 def latpred_surrogate(predictor: Predictor, name: str, archs: list[str], support: np.ndarray,
                       y_ms: np.ndarray, batch: int):
-    """Calibrate `name` on the support archs and predict with `Predictor.predict_batch`,
-    the path `latpred search` takes (adaptation strategy auto, the product default)."""
+    """Calibrate `name` on the support archs and predict with `Predictor.predict_batch`
+    and its spread, the path `latpred search` takes (adaptation strategy auto, the
+    product default)."""
     shape = (batch, *get_space("nb201").input_shape[1:])
     graphs = predictor.space_graphs("nb201", [archs[i] for i in support], input_shape=shape)
     predictor.adapt(name, graphs, y_ms, strategy="auto")
     return lambda ids: predictor.predict_batch("nb201", [archs[i] for i in ids], name,
-                                               input_shape=shape)
+                                               input_shape=shape, with_spread=True)
 
 
 def macs_surrogate(store, support: np.ndarray, y_ms: np.ndarray):
@@ -90,7 +102,7 @@ def macs_surrogate(store, support: np.ndarray, y_ms: np.ndarray):
     a, b = np.polyfit(x, y, 1)
     keep = ~np.eye(len(x), dtype=bool)
     loo = [np.polyval(np.polyfit(x[k], y[k], 1), x[i]) - y[i] for i, k in enumerate(keep)]
-    return (lambda ids: np.exp(a * log_macs[ids] + b)), loo
+    return (lambda ids: (np.exp(a * log_macs[ids] + b), np.zeros(len(ids)))), loo
 
 
 def score(archs: list[str], index: dict[str, int], table: np.ndarray, valid: np.ndarray,
@@ -124,7 +136,9 @@ def run(args: argparse.Namespace) -> dict:
     index = {a: i for i, a in enumerate(archs)}
     params = space.params(archs)
     predictor = Predictor.load(args.checkpoint)
-    raw: dict = {m: {} for m in args.margins}
+    settings = [(m, k) for m in args.margins for k in args.spreads]
+    raw: dict = {_key(m, k): {} for m, k in settings}
+    coverage: list[np.ndarray] = []
     for device in devices:
         t0 = time.time()
         table = load_latency_table("nb201", device, args.data_dir)
@@ -142,7 +156,13 @@ def run(args: argparse.Namespace) -> dict:
                    "macs": TableSurrogate(index, macs_fn)}
             residuals = {"latpred": predictor.device_info(calibrated).get("cv_log_residuals"),
                          "macs": macs_residuals}
-            for margin in args.margins:
+            if args.coverage:
+                ms_all, spread = predictor.predict_with_spread(store, calibrated)
+                slack = np.log1p(_margin(args.margins[0], residuals["latpred"]))
+                coverage.append(((np.log(table) - np.log(ms_all) - slack)
+                                 / np.maximum(spread, 1e-6))[valid])
+            for margin, k in settings:
+                fns["latpred"].k = k
                 for budget, ms in budgets.items():
                     for name, fn in fns.items():
                         config = SearchConfig(evaluations=args.budget_evals,
@@ -154,10 +174,19 @@ def run(args: argparse.Namespace) -> dict:
                             found = []
                         s = score(found, index, table, valid, params, ms)
                         s["budget_ms"] = ms
-                        raw[margin].setdefault(device, {}).setdefault(budget, {}) \
-                            .setdefault(name, []).append(s)
+                        raw[_key(margin, k)].setdefault(device, {}) \
+                            .setdefault(budget, {}).setdefault(name, []).append(s)
         print(f"{device}: {time.time() - t0:.0f} s", flush=True)
-    return {"raw": raw, "devices": list(devices)}
+    out = {"raw": raw, "devices": list(devices)}
+    if coverage:
+        t = np.concatenate(coverage)
+        out["coverage"] = {f"q{int(q * 1000) / 10:g}": round(float(np.quantile(t, q)), 3)
+                           for q in (0.9, 0.95, 0.975)}
+    return out
+
+
+def _key(margin: str, k: float) -> str:
+    return f"{margin} k={k:g}"
 
 
 def _mean(values) -> float | None:
@@ -220,6 +249,12 @@ def main() -> None:
     parser.add_argument("--margins", type=lambda s: s.split(","), default=["auto"],
                         help="comma-separated safety margins: fixed (0.05) or auto[:Q] (the "
                              "calibration's error quantile Q); the first is reported")
+    parser.add_argument("--spreads", type=lambda s: [float(v) for v in s.split(",")],
+                        default=[SPREAD_K], help="comma-separated widths k of latpred's upper "
+                        "bound predicted x exp(k x spread); 0: the prediction (default "
+                        f"{SPREAD_K}); the first is reported")
+    parser.add_argument("--coverage", action="store_true",
+                        help="also quantiles of the normalised error over the whole tables")
     parser.add_argument("--valid", action="store_true",
                         help="meta-valid devices instead (to choose the margin)")
     parser.add_argument("--checkpoint", type=Path, default=None)
@@ -232,18 +267,22 @@ def main() -> None:
     out = run(args)
     seconds = time.time() - start
     which = "meta-valid" if args.valid else "meta-test"
-    summaries = {m: summarise(out["raw"][m]) for m in args.margins}
+    summaries = {m: summarise(raw) for m, raw in out["raw"].items()}
     print(tables(summaries, which, args.budget_evals, args.top, args.seeds))
+    if "coverage" in out:
+        print("\nnormalised error (log measured - log predicted - log(1 + margin)) / spread, "
+              f"quantiles over the whole tables: {out['coverage']}")
     print(f"\nseconds: {seconds:.1f}")
 
     if args.json:
-        main_margin = args.margins[0]
+        main_margin = _key(args.margins[0], args.spreads[0])
         report = {
             **summaries[main_margin], "margin": main_margin, "split": which,
             "budgets": {b: f"{q}th percentile of the device's measured latencies"
                         for b, q in BUDGETS.items()},
             "objective": "params", "shots": SHOTS, "budget_evals": args.budget_evals,
             "seeds": args.seeds, "seed": args.seed, "top": args.top,
+            "spread_k": args.spreads[0], "coverage": out.get("coverage"),
             "margins": {str(m): s for m, s in summaries.items()},
             "raw": out["raw"][main_margin], "seconds": round(seconds, 1),
             "checkpoint": str(args.checkpoint or "shipped"),

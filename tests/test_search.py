@@ -44,7 +44,7 @@ class Counted:
 
 @pytest.fixture(scope="module")
 def latency(predictor) -> Counted:
-    return Counted(predictor_latency_fn(predictor, "nb201", DEVICE))
+    return Counted(lambda archs: predictor.predict_batch("nb201", archs, DEVICE))
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +199,47 @@ def test_margin_follows_the_calibration_error(predictor) -> None:
     result = search_device(predictor, "nb201", "noisy-board", float(np.median(ms)),
                            config=SearchConfig(evaluations=50, population=20, sample=5))
     assert result.margin == pytest.approx(device_margin(residuals))
+
+
+def test_budget_constrains_the_upper_bound(latency, budget) -> None:
+    """A surrogate that gives (predicted, upper bound): the budget holds the bound, so an
+    arch predicted within budget but unsure (here: any with a pooling edge) is left out."""
+    def unsure_pooling(archs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ms = latency(archs)
+        return ms, ms * np.array([1.5 if "avg_pool" in a else 1.0 for a in archs])
+
+    config = SearchConfig(evaluations=150, population=20, sample=5, margin=0.05, top=10)
+    plain = regularized_evolution("nb201", latency, budget, "params", config)
+    bounded = regularized_evolution("nb201", unsure_pooling, budget, "params", config)
+    assert np.all(bounded.bound_ms * 1.05 <= budget)
+    assert np.all(bounded.bound_ms >= bounded.latency_ms)
+    np.testing.assert_allclose(bounded.latency_ms, latency(bounded.archs))
+    pooled = [a for a, t in zip(plain.archs, plain.latency_ms, strict=True)
+              if "avg_pool" in a and t * 1.5 * 1.05 > budget]
+    assert pooled and not set(pooled) & set(bounded.archs)
+    assert [r["latency_bound_ms"] for r in bounded.rows()] == bounded.bound_ms.tolist()
+
+
+def test_auto_calibration_bounds_by_the_spread_of_its_candidates(predictor, tmp_path,
+                                                                   monkeypatch) -> None:
+    """Strategy auto keeps the other candidate adaptations; their disagreement is a
+    per-arch spread that widens the search's upper bound. Shipped training devices have
+    none (bound = prediction); a saved device keeps its spread."""
+    space = get_search_space("nb201")
+    rng = np.random.default_rng(11)
+    archs = [space.key(space.random(rng)) for _ in range(10)]
+    others = [space.key(space.random(rng)) for _ in range(40)]
+    # A board unlike pixel3: per-arch factors the amortised embedding cannot know.
+    ms = predictor.predict_batch("nb201", archs, DEVICE) * rng.uniform(0.6, 1.6, 10)
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path))
+    predictor.adapt("odd-board", predictor.space_graphs("nb201", archs), ms, save=True)
+    point, spread = predictor.predict_batch("nb201", others, "odd-board", with_spread=True)
+    np.testing.assert_allclose(point, predictor.predict_batch("nb201", others, "odd-board"))
+    assert spread.min() >= 0 and spread.max() > 0.01
+    assert not predictor.predict_batch("nb201", others, DEVICE, with_spread=True)[1].any()
+    bounded, upper = predictor_latency_fn(predictor, "nb201", "odd-board", spread_k=2.0)(others)
+    np.testing.assert_allclose(upper, bounded * np.exp(2.0 * spread))
+    fresh = Predictor.load()
+    again = fresh.predict_batch("nb201", others, "odd-board", with_spread=True)
+    np.testing.assert_allclose(again[0], point, rtol=1e-5)
+    np.testing.assert_allclose(again[1], spread, rtol=1e-4, atol=1e-6)
