@@ -47,8 +47,8 @@ from predictor.evaluation import make_cases
 from predictor.features import FEATURE_SCHEMA
 from predictor.search import (
     MARGIN_QUANTILE,
-    NoFeasibleArchError,
     SPREAD_K,
+    NoFeasibleArchError,
     SearchConfig,
     device_margin,
     get_search_space,
