@@ -53,28 +53,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if bool(args.models) == bool(args.space):
         raise PredictorError("Give either ONNX models, or --space with --archs FILE")
+    import numpy as np
+
+    from predictor.search import SPREAD_K, device_margin
+
     predictor = Predictor.load(args.checkpoint)
     if args.space:
         if args.archs is None:
             raise PredictorError("--space needs --archs FILE (one architecture per line)")
         archs = _read_archs(args.archs)
         shape, classes = _space_setting(args)
-        values = predictor.predict_batch(args.space, archs, args.device, input_shape=shape,
-                                         num_classes=classes, metric=args.metric)
+        values, spread = predictor.predict_batch(args.space, archs, args.device,
+                                                 input_shape=shape, num_classes=classes,
+                                                 metric=args.metric, with_spread=True)
         key, items = "arch", archs
     else:
         shape = parse_shape(args.input_shape) if args.input_shape else None
-        values = predictor.predict(args.models, device=args.device, input_shape=shape,
-                                   metric=args.metric)
+        values, spread = predictor.predict_with_spread(args.models, device=args.device,
+                                                       input_shape=shape, metric=args.metric)
         key, items = "model", [str(m) for m in args.models]
-    rows = [{key: item, "device": args.device, args.metric: float(v)}
-            for item, v in zip(items, values, strict=True)]
+    # The bound `latpred search` keeps budgets with: candidate spread and calibration error.
+    margin = device_margin(predictor.device_info(args.device).get("cv_log_residuals"))
+    upper = values * np.exp(SPREAD_K * spread) * (1 + margin)
+    rows = [{key: item, "device": args.device, args.metric: float(v),
+             f"{args.metric}_upper": float(u)}
+            for item, v, u in zip(items, values, upper, strict=True)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         unit = METRICS[args.metric]
         for row in rows:
-            print(f"{row[args.metric]:10.3f} {unit:<3s} {row[key]}  ({args.device})")
+            print(f"{row[args.metric]:10.3f} {unit:<3s} (upper {row[f'{args.metric}_upper']:.3f}) "
+                  f"{row[key]}  ({args.device})")
     return 0
 
 
@@ -177,7 +187,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_metric_argument(p, "what to predict; the device must be calibrated on it "
                             "(default latency_ms)")
     p.add_argument("--checkpoint", type=Path, default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="a JSON list: model (or arch), device, the metric and <metric>_upper, "
+                        "the upper estimate latpred search constrains (see README)")
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("calibrate", help="adapt the predictor to a new device from ~10 "

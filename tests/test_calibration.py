@@ -122,6 +122,19 @@ def test_calibrate_by_arch_then_predict_by_arch(tmp_path, shared_data_dir) -> No
     assert [r["arch"] for r in rows] == [archs[i] for i in ids[10:]]  # input order
     ms = np.array([r["latency_ms"] for r in rows])
     assert np.all(np.abs(ms / task.latency_ms[ids[10:]] - 1) < 0.25), ms
+    # The upper estimate (spread of the candidate adaptations and calibration error)
+    # lies above the prediction, covers far more measured latencies than the prediction
+    # does (about half), and stays a usable bound.
+    unseen = np.setdiff1d(task.pool, ids)[::50]
+    (tmp_path / "more.txt").write_text("\n".join(archs[i] for i in unseen) + "\n")
+    more = json.loads(_cli("predict", "--space", "nb201", "--archs", str(tmp_path / "more.txt"),
+                           "--device", "archboard", "--json", env=env).stdout)
+    ms = np.array([r["latency_ms"] for r in more])
+    upper = np.array([r["latency_ms_upper"] for r in more])
+    assert np.all(upper > ms) and np.median(upper / ms) < 1.3, upper / ms
+    covered = np.mean(task.latency_ms[unseen] <= upper)
+    point = np.mean(task.latency_ms[unseen] <= ms)
+    assert covered >= 0.7 and covered > point + 0.15, (covered, point)
 
     # A 16x16, 120-class calibration is a different network; predictions follow it.
     small = _cli("calibrate", "small", "--space", "nb201", "--input-shape", "1,3,16,16",
