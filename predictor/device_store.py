@@ -8,12 +8,14 @@ another checkpoint, so a mismatch is a clear error.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from predictor.adaptation import DeviceState
@@ -45,10 +47,24 @@ def device_dirs() -> list[Path]:
     return dirs + [SHIPPED_DIR]
 
 
+def _tensor_to_json(t: torch.Tensor) -> dict[str, Any]:
+    """Fine-tuned weights as base64 float32: exact, and a fraction of the size of a list
+    of decimals (a calibrated device keeps several fine-tuned candidates)."""
+    data = t.detach().cpu().to(torch.float32).contiguous().numpy().tobytes()
+    return {"shape": list(t.shape), "float32": base64.b64encode(data).decode("ascii")}
+
+
+def _tensor_from_json(d: dict[str, Any]) -> torch.Tensor:
+    if "float32" in d:
+        flat = np.frombuffer(base64.b64decode(d["float32"]), dtype=np.float32).copy()
+    else:  # files written before base64: a list of decimals
+        flat = np.asarray(d["values"], dtype=np.float32)
+    return torch.from_numpy(flat).reshape(d["shape"])
+
+
 def _state_to_json(state: DeviceState) -> dict[str, Any]:
     return {"z": state.z.tolist(), "a": float(state.a), "b": float(state.b),
-            "params": {k: {"shape": list(v.shape), "values": v.flatten().tolist()}
-                       for k, v in state.params.items()},
+            "params": {k: _tensor_to_json(v) for k, v in state.params.items()},
             "members": [_state_to_json(m) for m in state.members],
             "linear": None if state.linear is None else state.linear.tolist(),
             "op_scale": None if state.op_scale is None else state.op_scale.tolist(),
@@ -56,8 +72,7 @@ def _state_to_json(state: DeviceState) -> dict[str, Any]:
 
 
 def _state_from_json(d: dict[str, Any]) -> DeviceState:
-    params = {k: torch.tensor(v["values"], dtype=torch.float32).reshape(v["shape"])
-              for k, v in d.get("params", {}).items()}
+    params = {k: _tensor_from_json(v) for k, v in d.get("params", {}).items()}
     return DeviceState(torch.tensor(d["z"], dtype=torch.float32), torch.tensor(float(d["a"])),
                        torch.tensor(float(d["b"])), params,
                        [_state_from_json(m) for m in d.get("members", [])],

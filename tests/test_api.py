@@ -92,3 +92,29 @@ def test_unseen_shapes_and_ops_give_sane_predictions(shipped) -> None:
     specs = sample_specs(0, 4, kinds=("transformer",), small=True)
     ms = shipped.predict([export_spec(s) for s in specs], device=device)
     assert np.all(np.isfinite(ms)) and np.all((ms > 1e-3) & (ms < 1e4)), ms
+
+
+def test_fine_tuned_device_file_round_trips_and_old_format_loads(shipped, tmp_path,
+                                                                 monkeypatch) -> None:
+    """Fine-tuned weights are stored as base64 float32 (exact, compact); a file written
+    with decimal lists, as before, loads to the same predictions."""
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path))
+    rng = np.random.default_rng(3)
+    archs = SPACES["nb201"].archs()[:: 1500][:10]
+    ms = shipped.predict_batch("nb201", archs, "pixel3@nb201") * rng.uniform(0.7, 1.4, 10)
+    shipped.adapt("tuned", shipped.space_graphs("nb201", archs), ms, strategy="finetune",
+                  save=True)
+    expected = shipped.predict_batch("nb201", archs, "tuned")
+    path = tmp_path / "tuned.json"
+    obj = json.loads(path.read_text())
+    params = obj["state"]["params"]
+    assert params and all(set(v) == {"shape", "float32"} for v in params.values())
+    assert path.stat().st_size < 150_000
+    np.testing.assert_array_equal(Predictor.load().predict_batch("nb201", archs, "tuned"),
+                                  expected)
+    state, _ = load_device("tuned")
+    for name, v in params.items():  # the previous format: decimals
+        params[name] = {"shape": v["shape"], "values": state.params[name].flatten().tolist()}
+    path.write_text(json.dumps(obj))
+    np.testing.assert_allclose(Predictor.load().predict_batch("nb201", archs, "tuned"),
+                               expected, rtol=1e-6)
