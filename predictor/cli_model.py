@@ -53,9 +53,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if bool(args.models) == bool(args.space):
         raise PredictorError("Give either ONNX models, or --space with --archs FILE")
-    import numpy as np
-
-    from predictor.search import SPREAD_K, device_margin
+    from predictor.search import upper_estimate
 
     predictor = Predictor.load(args.checkpoint)
     if args.space:
@@ -72,9 +70,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         values, spread = predictor.predict_with_spread(args.models, device=args.device,
                                                        input_shape=shape, metric=args.metric)
         key, items = "model", [str(m) for m in args.models]
-    # The bound `latpred search` keeps budgets with: candidate spread and calibration error.
-    margin = device_margin(predictor.device_info(args.device).get("cv_log_residuals"))
-    upper = values * np.exp(SPREAD_K * spread) * (1 + margin)
+    upper = upper_estimate(predictor, args.device, values, spread)
     rows = [{key: item, "device": args.device, args.metric: float(v),
              f"{args.metric}_upper": float(u)}
             for item, v, u in zip(items, values, upper, strict=True)]

@@ -509,6 +509,14 @@ def device_margin(residuals: Sequence[float] | None, quantile: float = MARGIN_QU
     return float(max(0.0, np.quantile(under, quantile)))
 
 
+def upper_estimate(predictor, device: str, values: np.ndarray, spread: np.ndarray,
+                   spread_k: float = SPREAD_K) -> np.ndarray:
+    """The bound `latpred search` keeps budgets with, as one number per prediction:
+    values x exp(spread_k x spread) x (1 + the device's calibration margin)."""
+    margin = device_margin(predictor.device_info(device).get("cv_log_residuals"))
+    return np.asarray(values) * np.exp(spread_k * np.asarray(spread)) * (1 + margin)
+
+
 def predictor_latency_fn(predictor, space: str, device: str, spread_k: float = SPREAD_K,
                          **setting) -> LatencyFn:
     """`latency_fn` of a `Predictor` on a known device: batched `predict_batch` at the

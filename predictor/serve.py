@@ -54,6 +54,7 @@ from predictor.device_store import describe_devices, device_dirs, list_device_fi
 from predictor.errors import PredictorError, UnknownDeviceError
 from predictor.graph import extract_graph
 from predictor.graph_store import GraphStore
+from predictor.search import upper_estimate
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,8 @@ class Prediction(BaseModel):
     model: str | None = None
     latency_ms: float | None = None
     energy_mj: float | None = None
+    upper: float | None = Field(None, description="upper estimate in the metric's unit, the "
+                                "bound latpred search keeps budgets with")
 
 
 class PredictResponse(BaseModel):
@@ -311,18 +314,20 @@ class PredictionService:
             if req.metric is not None:
                 self.predictor.check_device_metric(req.device, req.metric)
             if store is None:
-                ms = self.predictor.predict_batch(req.space, req.archs, req.device,
-                                                  input_shape=req.input_shape,
-                                                  num_classes=req.num_classes)
+                ms, spread = self.predictor.predict_batch(req.space, req.archs, req.device,
+                                                          input_shape=req.input_shape,
+                                                          num_classes=req.num_classes,
+                                                          with_spread=True)
             else:
-                ms = self.predictor.predict(store, req.device)
+                ms, spread = self.predictor.predict_with_spread(store, req.device)
+            upper = upper_estimate(self.predictor, req.device, ms, spread)
         bad = [i for i, v in enumerate(ms) if not np.isfinite(v)]
         if bad:
             raise PredictorError(f"Predicted {metric} is not finite for items {bad[:10]}; "
                                  "the inputs are far outside what the predictor knows")
         return PredictResponse(device=req.device, metric=metric, predictions=[
-            Prediction(**{kind: label, metric: float(v)})
-            for (kind, label), v in zip(req.labels(), ms, strict=True)])
+            Prediction(**{kind: label, metric: float(v), "upper": float(u)})
+            for (kind, label), v, u in zip(req.labels(), ms, upper, strict=True)])
 
     def calibrate(self, req: CalibrateRequest) -> dict[str, Any]:
         if _stored_kind(req.name) == "training device":

@@ -83,6 +83,10 @@ def test_predict_archs_in_input_order(client, predictor) -> None:
     assert ms[0] > ms[1] > 0 and ms[0] == pytest.approx(ms[2])
     expected = predictor.predict_batch("nb201", [HEAVY, LIGHT], SHIPPED)
     assert ms[:2] == pytest.approx(expected.tolist(), rel=1e-4)
+    # A shipped device has no candidate spread: the upper estimate is the default margin.
+    from predictor.search import DEFAULT_MARGIN
+
+    assert [row["upper"] for row in rows] == pytest.approx([v * (1 + DEFAULT_MARGIN) for v in ms])
 
 
 def test_predict_uploaded_onnx(client) -> None:
