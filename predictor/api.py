@@ -35,6 +35,7 @@ from predictor.onnx_io import InputShapes
 
 MIN_SHOTS = 5
 DEFAULT_FINETUNE_STEPS = 20  # when the checkpoint's config sets none
+SPACE_CHUNK = 1024  # search-space graphs per network call in `predict_batch`
 
 
 # Per-inference costs the latency network serves: positive quantities regressed in log
@@ -190,9 +191,11 @@ class Predictor:
             input_shape = (int(batch), *get_space(space).input_shape[1:])
         store = self.space_graphs(space, archs, input_shape=input_shape,
                                   num_classes=num_classes)
+        # Search-space graphs are small: bigger network calls share more node states
+        # (`encoder.UniquePlan`), about a fifth faster than the general path's 256.
         if with_spread:
-            return self.predict_with_spread(store, device, metric=metric)
-        return self.predict(store, device, metric=metric)
+            return self.predict_with_spread(store, device, metric=metric, chunk=SPACE_CHUNK)
+        return self.predict(store, device, metric=metric, chunk=SPACE_CHUNK)
 
     def device(self, name: str) -> DeviceState:
         """The adapted state of device `name` (calibrated here or loaded from its file;
