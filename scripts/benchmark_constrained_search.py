@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     predictor = Predictor.load(args.checkpoint)
     settings = [(m, k) for m in args.margins for k in args.spreads]
     raw: dict = {_key(m, k): {} for m, k in settings}
-    coverage: list[np.ndarray] = []
+    coverage: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for device in devices:
         t0 = time.time()
         table = load_latency_table("nb201", device, args.data_dir)
@@ -159,9 +159,10 @@ def run(args: argparse.Namespace) -> dict:
             if args.coverage:
                 ms_all, spread = predictor.predict_with_spread(store, calibrated)
                 slack = np.log1p(_margin(args.margins[0], residuals["latpred"]))
-                coverage.append(((np.log(table) - np.log(ms_all) - slack)
-                                 / np.maximum(spread, 1e-6))[valid])
-            for margin, k in settings:
+                error = (np.log(table) - np.log(ms_all))[valid]
+                coverage.setdefault(device, []).append(
+                    (error, (error - slack) / np.maximum(spread[valid], 1e-6)))
+            for margin, k in ([] if args.coverage_only else settings):
                 fns["latpred"].k = k
                 for budget, ms in budgets.items():
                     for name, fn in fns.items():
@@ -179,9 +180,16 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{device}: {time.time() - t0:.0f} s", flush=True)
     out = {"raw": raw, "devices": list(devices)}
     if coverage:
-        t = np.concatenate(coverage)
-        out["coverage"] = {f"q{int(q * 1000) / 10:g}": round(float(np.quantile(t, q)), 3)
-                           for q in (0.9, 0.95, 0.975)}
+        t = np.concatenate([n for runs in coverage.values() for _, n in runs])
+        k = args.spreads[0]
+        out["coverage"] = {
+            **{f"q{int(q * 1000) / 10:g}": round(float(np.quantile(t, q)), 3)
+               for q in (0.9, 0.95, 0.975)},
+            # share of each device's archs whose measured latency is <= the prediction,
+            # and <= the upper estimate (k = the first of --spreads), over the draws
+            "by_device": {dev: {"prediction": float(np.mean([(e <= 0).mean() for e, _ in runs])),
+                                "upper": float(np.mean([(n <= k).mean() for _, n in runs]))}
+                          for dev, runs in coverage.items()}}
     return out
 
 
@@ -255,6 +263,8 @@ def main() -> None:
                         f"{SPREAD_K}); the first is reported")
     parser.add_argument("--coverage", action="store_true",
                         help="also quantiles of the normalised error over the whole tables")
+    parser.add_argument("--coverage-only", action="store_true",
+                        help="with --coverage: no searches, only the coverage report")
     parser.add_argument("--valid", action="store_true",
                         help="meta-valid devices instead (to choose the margin)")
     parser.add_argument("--checkpoint", type=Path, default=None)
@@ -262,19 +272,36 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.coverage_only and not args.coverage:
+        parser.error("--coverage-only needs --coverage")
 
     start = time.time()
     out = run(args)
     seconds = time.time() - start
     which = "meta-valid" if args.valid else "meta-test"
     summaries = {m: summarise(raw) for m, raw in out["raw"].items()}
-    print(tables(summaries, which, args.budget_evals, args.top, args.seeds))
+    if not args.coverage_only:
+        print(tables(summaries, which, args.budget_evals, args.top, args.seeds))
     if "coverage" in out:
+        cov = out["coverage"]
         print("\nnormalised error (log measured - log predicted - log(1 + margin)) / spread, "
-              f"quantiles over the whole tables: {out['coverage']}")
+              "quantiles over the whole tables: "
+              f"{ {q: v for q, v in cov.items() if q != 'by_device'} }")
+        print(f"\nmeasured latency <= prediction / <= upper estimate (k={args.spreads[0]:g}), "
+              "share of each device's archs\n\n| device | prediction | upper |\n|---|---|---|")
+        for dev, c in cov["by_device"].items():
+            print(f"| {dev} | {c['prediction']:.3f} | {c['upper']:.3f} |")
     print(f"\nseconds: {seconds:.1f}")
 
-    if args.json:
+    if args.json and args.coverage_only:
+        report = {"split": which, "shots": SHOTS, "seeds": args.seeds,
+                  "spread_k": args.spreads[0], "margin": args.margins[0],
+                  "coverage": out["coverage"], "seconds": round(seconds, 1),
+                  "checkpoint": str(args.checkpoint or "shipped")}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    elif args.json:
         main_margin = _key(args.margins[0], args.spreads[0])
         report = {
             **summaries[main_margin], "margin": main_margin, "split": which,
