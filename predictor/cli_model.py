@@ -50,11 +50,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from predictor.api import METRICS, Predictor
     from predictor.errors import PredictorError
     from predictor.onnx_io import parse_shape
+    from predictor.search import upper_estimate
 
     if bool(args.models) == bool(args.space):
         raise PredictorError("Give either ONNX models, or --space with --archs FILE")
-    from predictor.search import upper_estimate
-
     predictor = Predictor.load(args.checkpoint)
     if args.space:
         if args.archs is None:

@@ -15,10 +15,10 @@ surrogate's upper estimate of an architecture's latency (the prediction itself f
 surrogate that gives none; the predictor's `predicted * exp(SPREAD_K * spread)`, wider
 where its candidate adaptations disagree) and the margin the device's calibration error:
 together they absorb the surrogate's error so that returned architectures really meet the
-budget. Selection
-follows the feasibility rule: a feasible architecture beats an infeasible one, feasible
-ones compare by objective (higher is better), infeasible ones by predicted latency
-(lower is better), which walks a population that starts over budget towards it.
+budget. Selection follows the feasibility rule: a feasible architecture beats an
+infeasible one, feasible ones compare by objective (higher is better), infeasible ones by
+their bound (lower is better), which walks a population that starts over budget towards
+it.
 """
 
 from __future__ import annotations
