@@ -244,10 +244,7 @@ class Predictor:
         With `metric`, the device must have been calibrated on that metric (clear error
         otherwise).
         """
-        state = self.device(device)
-        if metric is not None:
-            self.check_device_metric(device, metric)
-        store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
+        state, store = self._prepare(models, device, input_shape, metric)
         out = [predict(self.model, batch, state) for batch in _chunks(store, chunk)]
         return torch.exp(torch.cat(out)).numpy().astype(np.float64)
 
@@ -258,15 +255,21 @@ class Predictor:
         candidate adaptations of the device's measurements, an uncertainty to keep a
         budget with (`predict * exp(k * spread)`). Zeros for a device adapted with a
         named strategy or shipped as a training device."""
-        state = self.device(device)
-        if metric is not None:
-            self.check_device_metric(device, metric)
-        store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
+        state, store = self._prepare(models, device, input_shape, metric)
         parts = [predict_with_spread(self.model, batch, state)
                  for batch in _chunks(store, chunk)]
         log_ms, spread = (torch.cat(t) for t in zip(*parts, strict=True))
         return (torch.exp(log_ms).numpy().astype(np.float64),
                 spread.numpy().astype(np.float64))
+
+    def _prepare(self, models: Sequence[Any] | GraphStore, device: str,
+                 input_shape: InputShapes, metric: str | None) -> tuple[DeviceState, GraphStore]:
+        """The device's state (checked against `metric` when given) and the models' graphs."""
+        state = self.device(device)
+        if metric is not None:
+            self.check_device_metric(device, metric)
+        store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
+        return state, store
 
 
 def _chunks(store: GraphStore, chunk: int):

@@ -517,20 +517,21 @@ def upper_estimate(predictor, device: str, values: np.ndarray, spread: np.ndarra
     return np.asarray(values) * np.exp(spread_k * np.asarray(spread)) * (1 + margin)
 
 
-def predictor_latency_fn(predictor, space: str, device: str, spread_k: float = SPREAD_K,
-                         **setting) -> LatencyFn:
+def predictor_latency_fn(predictor, space: str, device: str, spread_k: float = SPREAD_K
+                         ) -> LatencyFn:
     """`latency_fn` of a `Predictor` on a known device: batched `predict_batch` at the
-    setting the device was calibrated with (else the space's, at the device's batch size;
-    `setting`: input_shape / num_classes), with the upper bound
-    predicted * exp(spread_k * spread)."""
+    setting the device was calibrated with (else the space's, at the device's batch size),
+    with the upper bound predicted * exp(spread_k * spread); spread_k = 0: the prediction
+    alone (the candidates' spread is not computed)."""
     info = predictor.device_info(device)  # unknown device: fails now, listing known ones
     if info.get("space") not in (None, space):
         log.warning("Device '%s' was calibrated on %s architectures; searching %s",
                     device, info["space"], space)
+    if spread_k == 0:
+        return lambda archs: predictor.predict_batch(space, archs, device)
 
     def latency_fn(archs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        ms, spread = predictor.predict_batch(space, archs, device, with_spread=True,
-                                             **setting)
+        ms, spread = predictor.predict_batch(space, archs, device, with_spread=True)
         return ms, ms * np.exp(spread_k * spread)
     return latency_fn
 
