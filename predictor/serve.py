@@ -145,6 +145,8 @@ class PredictRequest(_Models):
     device: DeviceName
     metric: Metric | None = Field(None, description="what the device must predict "
                                                     "(default: whatever it was calibrated on)")
+    upper: bool = Field(False, description="also each prediction's upper estimate (costs "
+                        "several times the prediction on a calibrated device)")
 
 
 class CalibrateRequest(_Models):
@@ -314,19 +316,23 @@ class PredictionService:
             if req.metric is not None:
                 self.predictor.check_device_metric(req.device, req.metric)
             if store is None:
-                ms, spread = self.predictor.predict_batch(req.space, req.archs, req.device,
-                                                          input_shape=req.input_shape,
-                                                          num_classes=req.num_classes,
-                                                          with_spread=True)
+                out = self.predictor.predict_batch(req.space, req.archs, req.device,
+                                                   input_shape=req.input_shape,
+                                                   num_classes=req.num_classes,
+                                                   with_spread=req.upper)
+            elif req.upper:
+                out = self.predictor.predict_with_spread(store, req.device)
             else:
-                ms, spread = self.predictor.predict_with_spread(store, req.device)
-            upper = upper_estimate(self.predictor, req.device, ms, spread)
+                out = self.predictor.predict(store, req.device)
+            ms, spread = out if req.upper else (out, None)
+            upper = (upper_estimate(self.predictor, req.device, ms, spread) if req.upper
+                     else [None] * len(ms))
         bad = [i for i, v in enumerate(ms) if not np.isfinite(v)]
         if bad:
             raise PredictorError(f"Predicted {metric} is not finite for items {bad[:10]}; "
                                  "the inputs are far outside what the predictor knows")
         return PredictResponse(device=req.device, metric=metric, predictions=[
-            Prediction(**{kind: label, metric: float(v), "upper": float(u)})
+            Prediction(**{kind: label, metric: float(v), "upper": u if u is None else float(u)})
             for (kind, label), v, u in zip(req.labels(), ms, upper, strict=True)])
 
     def calibrate(self, req: CalibrateRequest) -> dict[str, Any]:

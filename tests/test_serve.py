@@ -83,10 +83,14 @@ def test_predict_archs_in_input_order(client, predictor) -> None:
     assert ms[0] > ms[1] > 0 and ms[0] == pytest.approx(ms[2])
     expected = predictor.predict_batch("nb201", [HEAVY, LIGHT], SHIPPED)
     assert ms[:2] == pytest.approx(expected.tolist(), rel=1e-4)
+    assert not any("upper" in row for row in rows)  # only on request: it costs more
     # A shipped device has no candidate spread: the upper estimate is the default margin.
     from predictor.search import DEFAULT_MARGIN
 
-    assert [row["upper"] for row in rows] == pytest.approx([v * (1 + DEFAULT_MARGIN) for v in ms])
+    r = client.post("/predict", json={"device": SHIPPED, "space": "nb201",
+                                      "archs": [HEAVY, LIGHT], "upper": True})
+    assert [row["upper"] for row in r.json()["predictions"]] == \
+        pytest.approx([v * (1 + DEFAULT_MARGIN) for v in ms[:2]], rel=1e-4)
 
 
 def test_predict_uploaded_onnx(client) -> None:
@@ -99,6 +103,10 @@ def test_predict_uploaded_onnx(client) -> None:
     assert row["model"] == "heavy.onnx"
     assert row["latency_ms"] == pytest.approx(by_arch.json()["predictions"][0]["latency_ms"],
                                               rel=1e-2)
+    r = client.post("/predict", json={"device": SHIPPED, "upper": True,
+                                      "models": [{"name": "heavy.onnx", "onnx_b64": b64(onnx_bytes)}]})
+    (bounded,) = r.json()["predictions"]
+    assert bounded["upper"] > bounded["latency_ms"] == pytest.approx(row["latency_ms"])
 
 
 def test_calibrate_then_predict(client, predictor, device_dir) -> None:
