@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,9 @@ from predictor.onnx_io import InputShapes
 MIN_SHOTS = 5
 DEFAULT_FINETUNE_STEPS = 20  # when the checkpoint's config sets none
 SPACE_CHUNK = 1024  # search-space graphs per network call in `predict_batch`
+# Below this many graphs a call is not split across threads: each part would share too
+# few node states (`encoder.UniquePlan`) for the overlap to pay.
+PARALLEL_MIN_PART = 128
 
 
 # Per-inference costs the latency network serves: positive quantities regressed in log
@@ -189,13 +194,18 @@ class Predictor:
 
             batch = info.get("batch_size") or 1
             input_shape = (int(batch), *get_space(space).input_shape[1:])
-        store = self.space_graphs(space, archs, input_shape=input_shape,
-                                  num_classes=num_classes)
+        archs = list(archs)
+        state = self._state(device, metric)
+
+        def part(sub: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+            store = self.space_graphs(space, sub, input_shape=input_shape,
+                                      num_classes=num_classes)
+            return _run_batch(self.model, store.batch(range(len(store)), gather=False), state,
+                              with_spread)
+
         # Search-space graphs are small: bigger network calls share more node states
         # (`encoder.UniquePlan`), about a fifth faster than the general path's 256.
-        if with_spread:
-            return self.predict_with_spread(store, device, metric=metric, chunk=SPACE_CHUNK)
-        return self.predict(store, device, metric=metric, chunk=SPACE_CHUNK)
+        return _collect(in_parallel(part, split_parts(archs, SPACE_CHUNK)), with_spread)
 
     def device(self, name: str) -> DeviceState:
         """The adapted state of device `name` (calibrated here or loaded from its file;
@@ -245,8 +255,9 @@ class Predictor:
         otherwise).
         """
         state, store = self._prepare(models, device, input_shape, metric)
-        out = [predict(self.model, batch, state) for batch in _chunks(store, chunk)]
-        return torch.exp(torch.cat(out)).numpy().astype(np.float64)
+        return _collect(in_parallel(lambda ids: _run_batch(
+            self.model, store.batch(ids, gather=False), state, False),
+            split_parts(range(len(store)), chunk)), False)
 
     def predict_with_spread(self, models: Sequence[Any] | GraphStore, device: str, *,
                             input_shape: InputShapes = None, metric: str | None = None,
@@ -256,23 +267,67 @@ class Predictor:
         budget with (`predict * exp(k * spread)`). Zeros for a device adapted with a
         named strategy or shipped as a training device."""
         state, store = self._prepare(models, device, input_shape, metric)
-        parts = [predict_with_spread(self.model, batch, state)
-                 for batch in _chunks(store, chunk)]
-        log_ms, spread = (torch.cat(t) for t in zip(*parts, strict=True))
-        return (torch.exp(log_ms).numpy().astype(np.float64),
-                spread.numpy().astype(np.float64))
+        return _collect(in_parallel(lambda ids: _run_batch(
+            self.model, store.batch(ids, gather=False), state, True),
+            split_parts(range(len(store)), chunk)), True)
+
+    def _state(self, device: str, metric: str | None) -> DeviceState:
+        """The device's state, checked against `metric` when given."""
+        state = self.device(device)
+        if metric is not None:
+            self.check_device_metric(device, metric)
+        return state
 
     def _prepare(self, models: Sequence[Any] | GraphStore, device: str,
                  input_shape: InputShapes, metric: str | None) -> tuple[DeviceState, GraphStore]:
         """The device's state (checked against `metric` when given) and the models' graphs."""
-        state = self.device(device)
-        if metric is not None:
-            self.check_device_metric(device, metric)
+        state = self._state(device, metric)
         store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
         return state, store
 
 
-def _chunks(store: GraphStore, chunk: int):
-    """`store` as batches of at most `chunk` graphs (node features gathered lazily)."""
-    for i in range(0, len(store), chunk):
-        yield store.batch(range(i, min(i + chunk, len(store))), gather=False)
+def _run_batch(model: torch.nn.Module, batch, state: DeviceState,
+               with_spread: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-predictions, spread or None) of one batch."""
+    with torch.inference_mode():  # thread-local: set in the thread that runs the batch
+        if with_spread:
+            return predict_with_spread(model, batch, state)
+        return predict(model, batch, state), None
+
+
+def _collect(parts: list[tuple[torch.Tensor, torch.Tensor | None]], with_spread: bool
+             ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Milliseconds (n,) float64 from the parts' log-predictions, with the spread if asked."""
+    log_ms = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0)
+    ms = torch.exp(log_ms).numpy().astype(np.float64)
+    if not with_spread:
+        return ms
+    spread = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0)
+    return ms, spread.numpy().astype(np.float64)
+
+
+def split_parts(items: Sequence, chunk: int) -> list:
+    """`items` in consecutive parts of at most `chunk`, and into at least as many parts as
+    torch has threads when each part keeps `PARALLEL_MIN_PART` items."""
+    n = len(items)
+    parts = max(-(-n // chunk), min(torch.get_num_threads(), n // PARALLEL_MIN_PART), 1)
+    size = -(-n // parts) if n else 1
+    return [items[i:i + size] for i in range(0, n, size)]
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def in_parallel(fn: Callable, parts: list) -> list:
+    """`fn` over `parts`, in order, on as many Python threads as torch has intra-op
+    threads. Torch and numpy release the GIL, so one part's serial steps (graph assembly,
+    sorting, gathers) overlap another's matmuls: ~1.35x faster on 2 cores than one call."""
+    workers = min(len(parts), torch.get_num_threads())
+    if workers <= 1:
+        return [fn(p) for p in parts]
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="latpred")
+    return list(pool.map(fn, parts))

@@ -138,6 +138,8 @@ class GraphStore:
         `gather=False` skips materialising x (total nodes x features): the batch carries
         the unique rows and row ids instead (`GraphBatch.features`), enough for inference.
         """
+        if isinstance(ids, range) and ids == range(len(self)):
+            return self._whole(gather)
         ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
         n_graphs = ids.numel()
         graph_range = torch.arange(n_graphs)
@@ -155,6 +157,17 @@ class GraphStore:
             + e_start[e_batch]
         edge_index = self.edge_index[:, e_pos] + new_start[e_batch]
         return GraphBatch(x, edge_index, batch, self.graph_attr[ids], n_graphs, row_ids,
+                          None if gather else self.node_rows)
+
+    def _whole(self, gather: bool) -> GraphBatch:
+        """`batch` of every graph in order: the store's own tensors, edges made global
+        (what a search-space call does with the store it just assembled)."""
+        graph_range = torch.arange(len(self))
+        batch = torch.repeat_interleave(graph_range, self.num_nodes)
+        e_batch = torch.repeat_interleave(graph_range, self.edge_ptr[1:] - self.edge_ptr[:-1])
+        edge_index = self.edge_index + self.node_ptr[e_batch]
+        x = self.node_rows[self.node_ids] if gather else None
+        return GraphBatch(x, edge_index, batch, self.graph_attr, len(self), self.node_ids,
                           None if gather else self.node_rows)
 
     def data(self, i: int):

@@ -63,6 +63,35 @@ def test_predict_search_space_graphs(shipped, tmp_path) -> None:
         shipped.predict(paths, device="silver_4114")
 
 
+def test_parallel_parts_give_the_one_call_predictions(shipped, monkeypatch) -> None:
+    """Large calls run in parts on several threads: the same predictions (up to float
+    summation order), in the callers' order, with and without the spread."""
+    import torch
+
+    from predictor import api
+    from predictor.spaces import nb201
+
+    rng = np.random.default_rng(3)
+    archs = list(dict.fromkeys(nb201.arch_to_str(list(rng.choice(nb201.OPS, 6)))
+                               for _ in range(400)))
+    assert len(api.split_parts(archs, api.SPACE_CHUNK)) == min(torch.get_num_threads(),
+                                                               len(archs) // 128)
+    assert [len(p) for p in api.split_parts(list(range(300)), 256)] == [150, 150]
+    store = shipped.space_graphs("nb201", archs)
+    parallel = shipped.predict_batch("nb201", archs, "pixel3@nb201")
+    point, spread = shipped.predict_with_spread(store, "pixel3@nb201", chunk=100)
+    monkeypatch.setattr(api.torch, "get_num_threads", lambda: 1)  # one part, one thread
+    assert len(api.split_parts(archs, api.SPACE_CHUNK)) == 1
+    one = shipped.predict_batch("nb201", archs, "pixel3@nb201")
+    np.testing.assert_allclose(parallel, one, rtol=1e-5)
+    np.testing.assert_allclose(point, one, rtol=1e-5)
+    assert spread.shape == one.shape and not spread.any()  # a shipped device: no spread
+    # order kept: each arch alone gives its own value
+    for i in (0, len(archs) // 2, len(archs) - 1):
+        np.testing.assert_allclose(shipped.predict_batch("nb201", [archs[i]], "pixel3@nb201"),
+                                   one[i:i + 1], rtol=1e-5)
+
+
 def test_cli_predict_json(tmp_path) -> None:
     path = tmp_path / "m.onnx"
     path.write_bytes(SPACES["fbnet"].build_onnx("-".join(["k3_e3"] * 22)).SerializeToString())

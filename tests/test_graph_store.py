@@ -67,3 +67,12 @@ def test_select_graphs_equals_batching_the_subset(graphs) -> None:
         for name in ("x", "edge_index", "batch", "graph_attr"):
             assert torch.equal(getattr(ours, name), getattr(ref, name)), name
         assert ours.num_graphs == len(ids)
+
+
+def test_batch_of_the_whole_store_equals_gathering_it(graphs) -> None:
+    store = GraphStore.from_graphs(graphs)
+    for gather in (True, False):
+        whole, gathered = store.batch(range(len(store)), gather), store.batch([0, 1, 2], gather)
+        for field in ("x", "edge_index", "batch", "graph_attr", "row_ids", "rows"):
+            a, b = getattr(whole, field), getattr(gathered, field)
+            assert (a is None and b is None) or torch.equal(a, b), field
