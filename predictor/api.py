@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -315,7 +316,9 @@ def split_parts(items: Sequence, chunk: int) -> list:
     return [items[i:i + size] for i in range(0, n, size)]
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+# (process id, workers) -> pool: a forked child gets its own (the parent's threads are
+# not copied into it, and a pool without its threads would never run anything).
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
@@ -326,8 +329,9 @@ def in_parallel(fn: Callable, parts: list) -> list:
     workers = min(len(parts), torch.get_num_threads())
     if workers <= 1:
         return [fn(p) for p in parts]
+    key = (os.getpid(), workers)
     with _POOLS_LOCK:
-        pool = _POOLS.get(workers)
+        pool = _POOLS.get(key)
         if pool is None:
-            pool = _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="latpred")
+            pool = _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="latpred")
     return list(pool.map(fn, parts))

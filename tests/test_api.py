@@ -147,3 +147,18 @@ def test_fine_tuned_device_file_round_trips_and_old_format_loads(shipped, tmp_pa
     path.write_text(json.dumps(obj))
     np.testing.assert_allclose(Predictor.load().predict_batch("nb201", archs, "tuned"),
                                expected, rtol=1e-6)
+
+
+def test_parallel_predictions_work_in_a_forked_child(shipped) -> None:
+    """A process forked after the thread pool started (e.g. multiprocessing workers)
+    predicts with its own pool instead of waiting on the parent's threads."""
+    import multiprocessing
+
+    from predictor.spaces import nb201
+
+    rng = np.random.default_rng(5)
+    archs = [nb201.arch_to_str(list(rng.choice(nb201.OPS, 6))) for _ in range(300)]
+    expected = shipped.predict_batch("nb201", archs, "pixel3@nb201")  # starts the pool
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(shipped.predict_batch, ("nb201", archs, "pixel3@nb201"))
+        np.testing.assert_allclose(got.get(timeout=120), expected, rtol=1e-5)
