@@ -325,7 +325,7 @@ _POOLS_LOCK = threading.Lock()
 def in_parallel(fn: Callable, parts: list) -> list:
     """`fn` over `parts`, in order, on as many Python threads as torch has intra-op
     threads. Torch and numpy release the GIL, so one part's serial steps (graph assembly,
-    sorting, gathers) overlap another's matmuls: ~1.35x faster on 2 cores than one call."""
+    sorting, gathers) overlap another's matmuls: 1.2-1.4x faster on 2 cores than one call."""
     workers = min(len(parts), torch.get_num_threads())
     if workers <= 1:
         return [fn(p) for p in parts]
