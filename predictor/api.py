@@ -42,6 +42,10 @@ SPACE_CHUNK = 1024  # search-space graphs per network call in `predict_batch`
 # Below this many graphs a call is not split across threads: each part would share too
 # few node states (`encoder.UniquePlan`) for the overlap to pay.
 PARALLEL_MIN_PART = 128
+# At most this many parts run at once. Each calling thread gets its own team of torch's
+# intra-op threads, so k parts ask for k x threads: 2 hides one part's serial steps behind
+# the other's matmuls (measured on 2 cores) without flooding a many-core machine.
+MAX_PARALLEL_PARTS = 2
 
 
 # Per-inference costs the latency network serves: positive quantities regressed in log
@@ -309,9 +313,9 @@ def _collect(parts: list[tuple[torch.Tensor, torch.Tensor | None]], with_spread:
 
 def split_parts(items: Sequence, chunk: int) -> list:
     """`items` in consecutive parts of at most `chunk`, and into at least as many parts as
-    torch has threads when each part keeps `PARALLEL_MIN_PART` items."""
+    run at once (`in_parallel`) when each part keeps `PARALLEL_MIN_PART` items."""
     n = len(items)
-    parts = max(-(-n // chunk), min(torch.get_num_threads(), n // PARALLEL_MIN_PART), 1)
+    parts = max(-(-n // chunk), min(_workers(), n // PARALLEL_MIN_PART), 1)
     size = -(-n // parts) if n else 1
     return [items[i:i + size] for i in range(0, n, size)]
 
@@ -322,11 +326,16 @@ _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _workers() -> int:
+    return min(torch.get_num_threads(), MAX_PARALLEL_PARTS)
+
+
 def in_parallel(fn: Callable, parts: list) -> list:
-    """`fn` over `parts`, in order, on as many Python threads as torch has intra-op
-    threads. Torch and numpy release the GIL, so one part's serial steps (graph assembly,
-    sorting, gathers) overlap another's matmuls: 1.2-1.4x faster on 2 cores than one call."""
-    workers = min(len(parts), torch.get_num_threads())
+    """`fn` over `parts`, in order, on up to `MAX_PARALLEL_PARTS` Python threads (fewer
+    when torch has fewer intra-op threads). Torch and numpy release the GIL, so one
+    part's serial steps (graph assembly, sorting, gathers) overlap another's matmuls:
+    1.2-1.4x faster on 2 cores than one call."""
+    workers = min(len(parts), _workers())
     if workers <= 1:
         return [fn(p) for p in parts]
     key = (os.getpid(), workers)

@@ -74,8 +74,8 @@ def test_parallel_parts_give_the_one_call_predictions(shipped, monkeypatch) -> N
     rng = np.random.default_rng(3)
     archs = list(dict.fromkeys(nb201.arch_to_str(list(rng.choice(nb201.OPS, 6)))
                                for _ in range(400)))
-    assert len(api.split_parts(archs, api.SPACE_CHUNK)) == min(torch.get_num_threads(),
-                                                               len(archs) // 128)
+    assert len(api.split_parts(archs, api.SPACE_CHUNK)) == min(
+        torch.get_num_threads(), api.MAX_PARALLEL_PARTS, len(archs) // api.PARALLEL_MIN_PART)
     assert [len(p) for p in api.split_parts(list(range(300)), 256)] == [150, 150]
     store = shipped.space_graphs("nb201", archs)
     parallel = shipped.predict_batch("nb201", archs, "pixel3@nb201")
