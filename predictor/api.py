@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -150,6 +151,18 @@ class Predictor:
         else:
             self._paths.pop(device_name, None)
         return state
+
+    def unfamiliar_ops(self, graph: OpGraph) -> dict[str, int]:
+        """Op types in `graph` that no training graph of the checkpoint held, with their
+        counts (e.g. {"LSTM": 1}): its prediction for such a model extrapolates. Ops that
+        only move or reshape data (no flops: Squeeze, Identity...) are left out. Empty
+        when the checkpoint does not record its training op types."""
+        trained = self.checkpoint.info.get("op_types")
+        if trained is None:
+            return {}
+        known = set(trained)
+        return dict(Counter(op for n in graph.nodes if n.macs or n.other_flops
+                            for op in (n.op_type, n.activation) if op and op not in known))
 
     def known_devices(self) -> list[DeviceState]:
         """The checkpoint's training devices (shipped embeddings), for the nearest-device

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -64,15 +65,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                  input_shape=shape, num_classes=classes,
                                                  metric=args.metric, with_spread=True)
         key, items = "arch", archs
+        unfamiliar = [{}] * len(archs)
     else:
+        from predictor.graph import extract_graph
+
         shape = parse_shape(args.input_shape) if args.input_shape else None
-        values, spread = predictor.predict_with_spread(args.models, device=args.device,
-                                                       input_shape=shape, metric=args.metric)
+        predictor.device(args.device)  # an unknown device fails before any extraction
+        graphs = [extract_graph(m, input_shape=shape) for m in args.models]
+        values, spread = predictor.predict_with_spread(graphs, device=args.device,
+                                                       metric=args.metric)
         key, items = "model", [str(m) for m in args.models]
+        unfamiliar = [predictor.unfamiliar_ops(g) for g in graphs]
     upper = upper_estimate(predictor, args.device, values, spread)
     rows = [{key: item, "device": args.device, args.metric: float(v),
-             f"{args.metric}_upper": float(u)}
-            for item, v, u in zip(items, values, upper, strict=True)]
+             f"{args.metric}_upper": float(u), **({"unfamiliar_ops": ops} if ops else {})}
+            for item, v, u, ops in zip(items, values, upper, unfamiliar, strict=True)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -80,6 +87,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for row in rows:
             print(f"{row[args.metric]:10.3f} {unit:<3s} (upper {row[f'{args.metric}_upper']:.3f}) "
                   f"{row[key]}  ({args.device})")
+    for row in rows:
+        if "unfamiliar_ops" in row:
+            ops = ", ".join(f"{op} x{n}" for op, n in row["unfamiliar_ops"].items())
+            print(f"note: {row[key]} has op types no training graph held ({ops}): its "
+                  "prediction extrapolates; calibrate on models that contain them",
+                  file=sys.stderr)
     return 0
 
 

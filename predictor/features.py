@@ -76,6 +76,14 @@ FEATURE_SCHEMA = FeatureSchema(
     graph_features=GRAPH_FEATURES,
 )
 _OP_INDEX = {op: i for i, op in enumerate(OP_VOCABULARY)}
+
+
+def op_types_in(rows: torch.Tensor) -> list[str]:
+    """Op types (vocabulary names, or "other") and fused activations present in raw node
+    feature rows (N, F)."""
+    names = (*OP_VOCABULARY, OTHER, "", *ACTIVATIONS)  # "" = the "act=none" column
+    present = (rows[:, :len(names)] > 0.5).any(dim=0).tolist() if rows.numel() else []
+    return sorted({name for name, seen in zip(names, present, strict=False) if seen and name})
 _ACT_OFFSET = len(OP_VOCABULARY) + 1
 _ACT_INDEX = {a: i + 1 for i, a in enumerate(ACTIVATIONS)}
 _NUM_OFFSET = _ACT_OFFSET + len(ACTIVATIONS) + 1

@@ -497,8 +497,12 @@ def _describe(
     elif node.op_type in ("LSTM", "GRU", "RNN"):
         gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[node.op_type]
         hidden = int(attrs.get("hidden_size", 1))
+        directions = 2 if attrs.get("direction") == b"bidirectional" else 1
         seq, batch, feat = (tuple(in_shape) + (1, 1, 1))[:3]
-        other = 2 * seq * batch * gates * hidden * (feat + hidden)
+        # Each step multiplies [input, hidden state] by the gates' weights: matmul work,
+        # as a Gemm's; the gate nonlinearities and state updates are per-element work.
+        macs = directions * seq * batch * gates * hidden * (feat + hidden)
+        other = directions * seq * batch * gates * hidden * 3
     elif node.op_type not in _ZERO_FLOP_OPS:
         other = out_numel * _FLOPS_PER_ELEMENT.get(node.op_type, 1)
     for member in chain:  # fused BN / bias / activation still do per-element work

@@ -52,7 +52,7 @@ from predictor.calibration import CalibrationLockedError, device_lock
 from predictor.corpus import SPACES
 from predictor.device_store import describe_devices, device_dirs, list_device_files, load_device
 from predictor.errors import PredictorError, UnknownDeviceError
-from predictor.graph import extract_graph
+from predictor.graph import OpGraph, extract_graph
 from predictor.graph_store import GraphStore
 from predictor.search import upper_estimate
 
@@ -189,6 +189,9 @@ class Prediction(BaseModel):
     energy_mj: float | None = None
     upper: float | None = Field(None, description="upper estimate in the metric's unit, the "
                                 "bound latpred search keeps budgets with")
+    unfamiliar_ops: dict[str, int] | None = Field(
+        None, description="op types of an uploaded model that no training graph held, with "
+        "their counts: its prediction extrapolates (absent when there are none)")
 
 
 class PredictResponse(BaseModel):
@@ -299,6 +302,9 @@ class PredictionService:
             return self.predictor.space_graphs(req.space, req.archs,
                                                input_shape=req.input_shape,
                                                num_classes=req.num_classes)
+        return GraphStore.from_graphs(self._uploaded_graphs(req))
+
+    def _uploaded_graphs(self, req: _Models) -> list[OpGraph]:
         graphs = []
         shape = tuple(req.input_shape) if req.input_shape else None
         for i, upload in enumerate(req.models):
@@ -306,10 +312,13 @@ class PredictionService:
                 graphs.append(extract_graph(upload.onnx_b64, input_shape=shape))
             except PredictorError as exc:
                 raise type(exc)(f"models[{i}] ({upload.name!r}): {exc}") from None
-        return GraphStore.from_graphs(graphs)
+        return graphs
 
     def predict(self, req: PredictRequest) -> PredictResponse:
-        store = self._graphs(req) if req.models is not None else None
+        graphs = self._uploaded_graphs(req) if req.models is not None else None
+        store = GraphStore.from_graphs(graphs) if graphs is not None else None
+        unfamiliar = ([self.predictor.unfamiliar_ops(g) or None for g in graphs]
+                      if graphs is not None else [None] * len(req.archs))
         with self.lock:
             self.predictor.device(req.device)  # unknown device: 404 before any work
             metric = self.predictor.device_metric(req.device)
@@ -332,8 +341,10 @@ class PredictionService:
             raise PredictorError(f"Predicted {metric} is not finite for items {bad[:10]}; "
                                  "the inputs are far outside what the predictor knows")
         return PredictResponse(device=req.device, metric=metric, predictions=[
-            Prediction(**{kind: label, metric: float(v), "upper": u if u is None else float(u)})
-            for (kind, label), v, u in zip(req.labels(), ms, upper, strict=True)])
+            Prediction(**{kind: label, metric: float(v), "upper": u if u is None else float(u),
+                          "unfamiliar_ops": ops})
+            for (kind, label), v, u, ops in zip(req.labels(), ms, upper, unfamiliar,
+                                                strict=True)])
 
     def calibrate(self, req: CalibrateRequest) -> dict[str, Any]:
         if _stored_kind(req.name) == "training device":

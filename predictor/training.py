@@ -15,6 +15,7 @@ from predictor.config import TrainConfig
 from predictor.datamodule import EpisodeDataModule
 from predictor.datasets import DeviceTask
 from predictor.errors import PredictorError
+from predictor.features import op_types_in
 from predictor.graph_store import GraphStore
 from predictor.metalearner import MetaLearner
 
@@ -27,6 +28,14 @@ def fit_standardisers(learner: MetaLearner, stores: list[GraphStore]) -> None:
                       for s in stores])
     learner.model.node_norm.fit(rows)
     learner.model.graph_norm.fit(torch.cat([s.graph_attr for s in stores]))
+
+
+def training_op_types(stores: dict[tuple[str, int], GraphStore],
+                      tasks: Sequence[DeviceTask]) -> list[str]:
+    """Op types in the graphs of the training tasks: predictions for models with other op
+    types extrapolate (`Predictor.unfamiliar_ops`)."""
+    keys = dict.fromkeys(t.store_key for t in tasks)
+    return sorted(set().union(*(op_types_in(stores[k].node_rows) for k in keys)))
 
 
 def train(config: TrainConfig, out: str | Path, *, data_dir: str | Path | None = None,
@@ -51,13 +60,14 @@ def train(config: TrainConfig, out: str | Path, *, data_dir: str | Path | None =
     datamodule.stores.update(extra_stores or {})
     learner = MetaLearner(config)
     base_devices: tuple[str, ...] = ()
+    base_info: dict = {}
     if config.init_from:
         base = Checkpoint.load(config.init_from)
         if base.config.model != config.model:
             raise PredictorError(f"init_from {config.init_from}: its model config differs "
                                  "from this config's 'model' section")
         learner.model.load_state_dict(base.model.state_dict())
-        base_devices = base.devices
+        base_devices, base_info = base.devices, base.info
     else:
         fit_standardisers(learner, list(datamodule.stores.values()))
 
@@ -93,6 +103,9 @@ def train(config: TrainConfig, out: str | Path, *, data_dir: str | Path | None =
               "best_val_spearman": float(best.best_model_score or float("nan")),
               "valid_devices": [f"{t.space}/{t.device}" for t in datamodule.val_tasks],
               "epochs": trainer.current_epoch,
+              "op_types": sorted(set(training_op_types(datamodule.stores,
+                                                       datamodule.train_tasks))
+                                 | set(base_info.get("op_types", []))),
               **({"init_from": str(config.init_from)} if config.init_from else {})},
     )
     if trainer.is_global_zero:

@@ -136,6 +136,23 @@ def test_transformer_block_macs() -> None:
     assert graph.input_resolution == 10
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_layers_count_their_matmuls_as_macs(bidirectional) -> None:
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(32, 64, batch_first=True, bidirectional=bidirectional)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lstm(x)[0]
+
+    graph = extract_graph(Recurrent().eval(), example_input=torch.randn(1, 20, 32))
+    lstm = next(n for n in graph.nodes if n.op_type == "LSTM")
+    # per step and direction: 4 gates x hidden x (input + hidden) multiply-accumulates
+    assert lstm.macs == (2 if bidirectional else 1) * 20 * 4 * 64 * (32 + 64)
+    assert 0 < lstm.other_flops < lstm.macs
+
+
 def test_custom_domain_op_is_kept_and_reported() -> None:
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),

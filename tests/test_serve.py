@@ -107,6 +107,27 @@ def test_predict_uploaded_onnx(client) -> None:
                                       "models": [{"name": "heavy.onnx", "onnx_b64": b64(onnx_bytes)}]})
     (bounded,) = r.json()["predictions"]
     assert bounded["upper"] > bounded["latency_ms"] == pytest.approx(row["latency_ms"])
+    assert "unfamiliar_ops" not in row  # NB201's ops are all in the training graphs
+
+
+def test_predict_names_op_types_no_training_graph_held(client, tmp_path) -> None:
+    import torch
+    from torch import nn
+
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(8, 8, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.gru(x)[0]
+
+    path = tmp_path / "gru.onnx"
+    torch.onnx.export(Recurrent().eval(), (torch.randn(1, 5, 8),), str(path), dynamo=False)
+    r = client.post("/predict", json={"device": SHIPPED, "models": [
+        {"name": "gru.onnx", "onnx_b64": b64(path.read_bytes())}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["unfamiliar_ops"] == {"GRU": 1}
 
 
 def test_calibrate_then_predict(client, predictor, device_dir) -> None:

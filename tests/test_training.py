@@ -42,6 +42,9 @@ def test_checkpoint_records_training(tiny_run) -> None:
     assert checkpoint.config == config
     assert checkpoint.info["epochs"] >= 1
     assert list((root / "logs").rglob("metrics.csv"))  # CSV logger by default
+    # NB201's graphs: convolutions, pooling, residual adds, the classifier; no LSTM
+    assert {"Conv", "AveragePool", "Add", "Gemm", "Relu"} <= set(checkpoint.info["op_types"])
+    assert "LSTM" not in checkpoint.info["op_types"]
 
 
 def test_adaptation_beats_unadapted_prediction(tiny_run) -> None:
@@ -141,6 +144,7 @@ def test_warm_start_from_a_checkpoint(tiny_run, tmp_path) -> None:
     assert any(d.startswith("fbnet/") for d in out.devices)
     assert torch.equal(out.model.node_norm.std, checkpoint.model.node_norm.std)
     assert out.info["init_from"] == str(root / "tiny.ckpt")
+    assert set(checkpoint.info["op_types"]) <= set(out.info["op_types"])  # FBNet's join
     model = dataclasses.replace(config.model, graph_dim=config.model.graph_dim + 1)
     with pytest.raises(PredictorError, match="model config differs"):
         train(dataclasses.replace(warm, model=model), tmp_path / "bad.ckpt", data_dir=data_dir,
