@@ -303,6 +303,8 @@ def graph_from_inferred(
     def resolve(name: str) -> str:
         return alias.get(name, name)
 
+    compute = _fold_decomposed(compute, static, resolve)
+
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(compute):
         for name in node.input:
@@ -392,6 +394,104 @@ def graph_from_inferred(
         unknown_ops=dict(unknown.most_common()),
         params=sum(used_weights.values()),
     )
+
+
+def _fold_decomposed(compute: list[onnx.NodeProto], static: set[str], resolve
+                     ) -> list[onnx.NodeProto]:
+    """Exports below opset 17 (LayerNorm) or 20 (GELU) spell these ops out in elementwise
+    steps; fold torch's spelling back into one `LayerNormalization` / `Gelu` node, so a
+    network gets the same graph (and prediction) whatever opset it was exported with.
+
+    GELU:      Div(x, c) -> Erf -> Add(c) -> Mul(x, .) -> Mul(c)
+    LayerNorm: m = ReduceMean(x); d = Sub(x, m); Div(d, Sqrt(Add(ReduceMean(Pow(d, c)), c)))
+               [-> Mul(gamma) -> Add(beta)]
+    """
+    consumers: dict[str, list[int]] = {}
+    producer: dict[str, int] = {}
+    for i, node in enumerate(compute):
+        for name in node.input:
+            if name:
+                consumers.setdefault(resolve(name), []).append(i)
+        for name in node.output:
+            if name:
+                producer[name] = i
+
+    def out(i: int) -> str:
+        return compute[i].output[0] if compute[i].output else ""
+
+    def only_user(i: int | None, op: str) -> int | None:
+        if i is None:
+            return None
+        users = consumers.get(out(i), [])
+        return users[0] if len(users) == 1 and compute[users[0]].op_type == op else None
+
+    def args(i: int) -> list[str]:
+        return [resolve(x) for x in compute[i].input if x]
+
+    def with_static(i: int | None, op: str, operand: str) -> bool:
+        """Node i is `op` of `operand` and one static value (in either order)."""
+        if i is None or compute[i].op_type != op:
+            return False
+        a = args(i)
+        return len(a) == 2 and operand in a and all(x == operand or x in static for x in a)
+
+    replace: dict[int, onnx.NodeProto] = {}  # last node of a match -> the folded node
+    dropped: set[int] = set()
+    for i, node in enumerate(compute):
+        if node.domain not in ("", "ai.onnx") or i in dropped:
+            continue
+        if node.op_type == "Erf" and args(i):
+            div = producer.get(args(i)[0])
+            if div is None or compute[div].op_type != "Div" or len(args(div)) != 2 \
+                    or args(div)[1] not in static or consumers.get(out(div)) != [i]:
+                continue
+            x = args(div)[0]
+            add = only_user(i, "Add")
+            if not with_static(add, "Add", out(i)):
+                continue
+            mul = only_user(add, "Mul")
+            if mul is None or sorted(args(mul)) != sorted([x, out(add)]):
+                continue
+            half = only_user(mul, "Mul")
+            if not with_static(half, "Mul", out(mul)):
+                continue
+            replace[half] = onnx.helper.make_node("Gelu", [x], [out(half)], name=node.name)
+            dropped.update([div, i, add, mul, half])
+        elif node.op_type == "Sub" and len(args(i)) == 2:
+            x, mean = args(i)
+            m = producer.get(mean)
+            if m is None or compute[m].op_type != "ReduceMean" or args(m)[:1] != [x]:
+                continue
+            users = consumers.get(out(i), [])
+            pow_ = next((u for u in users if with_static(u, "Pow", out(i))), None)
+            div = next((u for u in users if compute[u].op_type == "Div"
+                        and args(u)[:1] == [out(i)]), None)
+            if pow_ is None or div is None or len(users) != 2:
+                continue
+            var = only_user(pow_, "ReduceMean")
+            eps = only_user(var, "Add") if var is not None else None
+            sqrt = only_user(eps, "Sqrt") if with_static(eps, "Add", out(var)) else None
+            if sqrt is None or args(div)[1:] != [out(sqrt)] or \
+                    consumers.get(out(sqrt)) != [div] or consumers.get(mean) != [i]:
+                continue
+            match, inputs, last = [m, i, pow_, var, eps, sqrt, div], [x], div
+            scale = only_user(div, "Mul")
+            if with_static(scale, "Mul", out(div)):
+                inputs.append(next(a for a in args(scale) if a != out(div)))
+                match.append(scale)
+                last = scale
+                shift = only_user(scale, "Add")
+                if with_static(shift, "Add", out(scale)):
+                    inputs.append(next(a for a in args(shift) if a != out(scale)))
+                    match.append(shift)
+                    last = shift
+            replace[last] = onnx.helper.make_node("LayerNormalization", inputs, [out(last)],
+                                                  name=compute[m].name, axis=-1)
+            dropped.update(match)
+    if not replace:
+        return compute
+    return [replace.get(i, node) for i, node in enumerate(compute)
+            if i in replace or i not in dropped]
 
 
 def _topological(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:

@@ -153,6 +153,41 @@ def test_recurrent_layers_count_their_matmuls_as_macs(bidirectional) -> None:
     assert 0 < lstm.other_flops < lstm.macs
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_layernorm_and_gelu_spelled_out_by_old_opsets_fold_back(affine, tmp_path) -> None:
+    """Opsets below 17 spell LayerNorm, below 20 GELU, as elementwise steps: the graph is
+    the same whatever opset the network was exported with."""
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(32, elementwise_affine=affine)
+            self.ffn = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.ffn(self.norm(x))
+
+    graphs = {}
+    for opset in (14, 17, 20):
+        path = tmp_path / f"block{opset}.onnx"
+        torch.onnx.export(Block().eval(), (torch.randn(1, 10, 32),), str(path), dynamo=False,
+                          opset_version=opset)
+        graphs[opset] = extract_graph(path)
+    reference = graphs[20]
+    assert reference.op_counts()["LayerNormalization"] == 1
+    assert any(n.activation == "Gelu" for n in reference.nodes)  # fused into its matmul
+    def described(graph):
+        # Without affine weights, opset 17+ still passes constant ones and zeros as scale
+        # and bias (counted as parameters); the spelled-out form has none.
+        return [(n.op_type, n.activation, n.macs, n.other_flops, n.output_shape,
+                 n.params if affine or n.op_type != "LayerNormalization" else None)
+                for n in graph.nodes]
+
+    for opset, graph in graphs.items():
+        assert graph.op_counts() == reference.op_counts(), opset
+        assert described(graph) == described(reference), opset
+        assert graph.edges == reference.edges
+
+
 def test_custom_domain_op_is_kept_and_reported() -> None:
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
