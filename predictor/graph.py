@@ -457,6 +457,13 @@ def _fold_decomposed(compute: list[onnx.NodeProto], static: set[str], resolve
                 continue
             replace[half] = onnx.helper.make_node("Gelu", [x], [out(half)], name=node.name)
             dropped.update([div, i, add, mul, half])
+        elif node.op_type == "Tanh" and args(i):
+            match = _tanh_gelu(i, compute, producer, consumers, static, args, out)
+            if match is not None:
+                x, nodes, last = match
+                replace[last] = onnx.helper.make_node("Gelu", [x], [out(last)], name=node.name,
+                                                      approximate="tanh")
+                dropped.update(nodes)
         elif node.op_type == "Sub" and len(args(i)) == 2:
             x, mean = args(i)
             m = producer.get(mean)
@@ -492,6 +499,67 @@ def _fold_decomposed(compute: list[onnx.NodeProto], static: set[str], resolve
         return compute
     return [replace.get(i, node) for i, node in enumerate(compute)
             if i in replace or i not in dropped]
+
+
+def _tanh_gelu(i: int, compute, producer, consumers, static, args, out
+               ) -> tuple[str, list[int], int] | None:
+    """(x, the nodes, the last node) of a tanh-approximated GELU around Tanh node i:
+    0.5 x (1 + tanh(c (x + k x^3))), x^3 as Pow(x, 3) or x * (x * x), the halving before
+    (HF's NewGELU) or after (torch) the product; None if the nodes around i differ."""
+    def op(j: int | None, op_type: str) -> bool:
+        return j is not None and compute[j].op_type == op_type
+
+    def single(name: str) -> int | None:
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 else None
+
+    def split(j: int) -> tuple[str | None, str | None]:
+        """(the static operand, the other) of a binary node j."""
+        a = args(j)
+        if len(a) != 2 or (a[0] in static) == (a[1] in static):
+            return None, None
+        return (a[0], a[1]) if a[0] in static else (a[1], a[0])
+
+    scaled = producer.get(args(i)[0])  # c * (x + k x^3)
+    if not op(scaled, "Mul") or split(scaled)[1] is None:
+        return None
+    inner = producer.get(split(scaled)[1])  # x + k x^3
+    if not op(inner, "Add") or len(args(inner)) != 2:
+        return None
+    for x, term in (args(inner), args(inner)[::-1]):
+        kx3 = producer.get(term)
+        if not op(kx3, "Mul") or split(kx3)[1] is None:
+            continue
+        cube = producer.get(split(kx3)[1])
+        if op(cube, "Pow") and args(cube)[:1] == [x] and split(cube)[0] is not None:
+            powers = [cube]
+        elif op(cube, "Mul") and x in args(cube):
+            square = producer.get(next((a for a in args(cube) if a != x), x))
+            if not (op(square, "Mul") and args(square) == [x, x]):
+                continue
+            powers = [square, cube]
+        else:
+            continue
+        body = [*powers, kx3, inner, scaled, i]
+        one_plus = single(out(i))
+        if not op(one_plus, "Add") or split(one_plus)[1] != out(i):
+            return None
+        product = single(out(one_plus))
+        if not op(product, "Mul") or len(args(product)) != 2:
+            return None
+        other = next(a for a in args(product) if a != out(one_plus))
+        half = single(out(product))
+        if other == x and op(half, "Mul") and split(half)[1] == out(product):  # torch
+            nodes, last = [*body, one_plus, product, half], half
+        else:  # HF: (0.5 * x) * (1 + tanh(...))
+            halved = producer.get(other)
+            if not op(halved, "Mul") or split(halved)[1] != x:
+                return None
+            nodes, last = [*body, one_plus, halved, product], product
+        if any(single(out(j)) is None for j in nodes if j != last):
+            return None  # an intermediate that something else reads: not just a GELU
+        return x, nodes, last
+    return None
 
 
 def _topological(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:

@@ -188,6 +188,31 @@ def test_layernorm_and_gelu_spelled_out_by_old_opsets_fold_back(affine, tmp_path
         assert graph.edges == reference.edges
 
 
+def test_tanh_gelu_spellings_fold_into_one_gelu(tmp_path) -> None:
+    """torch's tanh GELU below opset 20 and HF's NewGELU (written with pow and tanh) give
+    the graph of opset 20's Gelu node, fused into the matmul before it."""
+    import math
+
+    class NewGELU(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi)
+                                               * (x + 0.044715 * torch.pow(x, 3.0))))
+
+    def graph(act: nn.Module, opset: int):
+        path = tmp_path / f"ffn{opset}{type(act).__name__}.onnx"
+        net = nn.Sequential(nn.Linear(8, 16), act, nn.Linear(16, 8)).eval()
+        torch.onnx.export(net, (torch.randn(1, 4, 8),), str(path), dynamo=False,
+                          opset_version=opset)
+        g = extract_graph(path)
+        return [(n.op_type, n.activation, n.macs, n.other_flops, n.params) for n in g.nodes], \
+            g.edges
+
+    reference = graph(nn.GELU(approximate="tanh"), 20)
+    assert reference[0][0][:2] == ("MatMul", "Gelu")
+    assert graph(nn.GELU(approximate="tanh"), 17) == reference
+    assert graph(NewGELU(), 17) == reference
+
+
 def test_custom_domain_op_is_kept_and_reported() -> None:
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
