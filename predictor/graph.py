@@ -396,170 +396,176 @@ def graph_from_inferred(
     )
 
 
+class _Dataflow:
+    """Who produces and who reads each tensor of the compute nodes (for `_fold_decomposed`)."""
+
+    def __init__(self, compute: list[onnx.NodeProto], static: set[str], resolve) -> None:
+        self.compute, self.static, self.resolve = compute, static, resolve
+        self.producer: dict[str, int] = {}
+        self.readers: dict[str, list[int]] = {}
+        for i, node in enumerate(compute):
+            for name in node.input:
+                if name:
+                    self.readers.setdefault(resolve(name), []).append(i)
+            for name in node.output:
+                if name:
+                    self.producer[name] = i
+
+    def is_op(self, i: int | None, op_type: str) -> bool:
+        return i is not None and self.compute[i].op_type == op_type
+
+    def out(self, i: int) -> str:
+        return self.compute[i].output[0] if self.compute[i].output else ""
+
+    def args(self, i: int) -> list[str]:
+        return [self.resolve(x) for x in self.compute[i].input if x]
+
+    def reader(self, i: int | None, op_type: str) -> int | None:
+        """The only node reading node i's output, if it is an `op_type`."""
+        if i is None:
+            return None
+        users = self.readers.get(self.out(i), [])
+        return users[0] if len(users) == 1 and self.is_op(users[0], op_type) else None
+
+    def split(self, i: int) -> tuple[str | None, str | None]:
+        """(the static operand, the other) of a binary node i; (None, None) otherwise."""
+        a = self.args(i)
+        if len(a) != 2 or (a[0] in self.static) == (a[1] in self.static):
+            return None, None
+        return (a[0], a[1]) if a[0] in self.static else (a[1], a[0])
+
+    def of_static(self, i: int | None, op_type: str, operand: str) -> bool:
+        """Node i is `op_type` of `operand` and a static value."""
+        return self.is_op(i, op_type) and self.split(i)[1] == operand
+
+
+# A match: (op type, inputs, attributes, the matched nodes, the last of them).
+_Match = tuple[str, list[str], dict[str, Any], list[int], int]
+
+
 def _fold_decomposed(compute: list[onnx.NodeProto], static: set[str], resolve
                      ) -> list[onnx.NodeProto]:
     """Exports below opset 17 (LayerNorm) or 20 (GELU) spell these ops out in elementwise
-    steps; fold torch's spelling back into one `LayerNormalization` / `Gelu` node, so a
-    network gets the same graph (and prediction) whatever opset it was exported with.
-
-    GELU:      Div(x, c) -> Erf -> Add(c) -> Mul(x, .) -> Mul(c)
-    LayerNorm: m = ReduceMean(x); d = Sub(x, m); Div(d, Sqrt(Add(ReduceMean(Pow(d, c)), c)))
-               [-> Mul(gamma) -> Add(beta)]
-    """
-    consumers: dict[str, list[int]] = {}
-    producer: dict[str, int] = {}
-    for i, node in enumerate(compute):
-        for name in node.input:
-            if name:
-                consumers.setdefault(resolve(name), []).append(i)
-        for name in node.output:
-            if name:
-                producer[name] = i
-
-    def out(i: int) -> str:
-        return compute[i].output[0] if compute[i].output else ""
-
-    def only_user(i: int | None, op: str) -> int | None:
-        if i is None:
-            return None
-        users = consumers.get(out(i), [])
-        return users[0] if len(users) == 1 and compute[users[0]].op_type == op else None
-
-    def args(i: int) -> list[str]:
-        return [resolve(x) for x in compute[i].input if x]
-
-    def with_static(i: int | None, op: str, operand: str) -> bool:
-        """Node i is `op` of `operand` and one static value (in either order)."""
-        if i is None or compute[i].op_type != op:
-            return False
-        a = args(i)
-        return len(a) == 2 and operand in a and all(x == operand or x in static for x in a)
-
+    steps; fold torch's (and HF's tanh GELU) spellings back into one `LayerNormalization` /
+    `Gelu` node, so a network gets the same graph (and prediction) whatever opset it was
+    exported with. A match needs every intermediate to feed only the next step."""
+    flow = _Dataflow(compute, static, resolve)
+    matchers = {"Erf": _erf_gelu, "Tanh": _tanh_gelu, "Sub": _layer_norm}
     replace: dict[int, onnx.NodeProto] = {}  # last node of a match -> the folded node
     dropped: set[int] = set()
     for i, node in enumerate(compute):
-        if node.domain not in ("", "ai.onnx") or i in dropped:
+        matcher = matchers.get(node.op_type)
+        if matcher is None or node.domain not in ("", "ai.onnx") or i in dropped \
+                or not flow.args(i):
             continue
-        if node.op_type == "Erf" and args(i):
-            div = producer.get(args(i)[0])
-            if div is None or compute[div].op_type != "Div" or len(args(div)) != 2 \
-                    or args(div)[1] not in static or consumers.get(out(div)) != [i]:
-                continue
-            x = args(div)[0]
-            add = only_user(i, "Add")
-            if not with_static(add, "Add", out(i)):
-                continue
-            mul = only_user(add, "Mul")
-            if mul is None or sorted(args(mul)) != sorted([x, out(add)]):
-                continue
-            half = only_user(mul, "Mul")
-            if not with_static(half, "Mul", out(mul)):
-                continue
-            replace[half] = onnx.helper.make_node("Gelu", [x], [out(half)], name=node.name)
-            dropped.update([div, i, add, mul, half])
-        elif node.op_type == "Tanh" and args(i):
-            match = _tanh_gelu(i, compute, producer, consumers, static, args, out)
-            if match is not None:
-                x, nodes, last = match
-                replace[last] = onnx.helper.make_node("Gelu", [x], [out(last)], name=node.name,
-                                                      approximate="tanh")
-                dropped.update(nodes)
-        elif node.op_type == "Sub" and len(args(i)) == 2:
-            x, mean = args(i)
-            m = producer.get(mean)
-            if m is None or compute[m].op_type != "ReduceMean" or args(m)[:1] != [x]:
-                continue
-            users = consumers.get(out(i), [])
-            pow_ = next((u for u in users if with_static(u, "Pow", out(i))), None)
-            div = next((u for u in users if compute[u].op_type == "Div"
-                        and args(u)[:1] == [out(i)]), None)
-            if pow_ is None or div is None or len(users) != 2:
-                continue
-            var = only_user(pow_, "ReduceMean")
-            eps = only_user(var, "Add") if var is not None else None
-            sqrt = only_user(eps, "Sqrt") if with_static(eps, "Add", out(var)) else None
-            if sqrt is None or args(div)[1:] != [out(sqrt)] or \
-                    consumers.get(out(sqrt)) != [div] or consumers.get(mean) != [i]:
-                continue
-            match, inputs, last = [m, i, pow_, var, eps, sqrt, div], [x], div
-            scale = only_user(div, "Mul")
-            if with_static(scale, "Mul", out(div)):
-                inputs.append(next(a for a in args(scale) if a != out(div)))
-                match.append(scale)
-                last = scale
-                shift = only_user(scale, "Add")
-                if with_static(shift, "Add", out(scale)):
-                    inputs.append(next(a for a in args(shift) if a != out(scale)))
-                    match.append(shift)
-                    last = shift
-            replace[last] = onnx.helper.make_node("LayerNormalization", inputs, [out(last)],
-                                                  name=compute[m].name, axis=-1)
-            dropped.update(match)
+        match = matcher(flow, i)
+        if match is not None:
+            op_type, inputs, attrs, nodes, last = match
+            replace[last] = onnx.helper.make_node(op_type, inputs, [flow.out(last)],
+                                                  name=node.name, **attrs)
+            dropped.update(nodes)
     if not replace:
         return compute
     return [replace.get(i, node) for i, node in enumerate(compute)
             if i in replace or i not in dropped]
 
 
-def _tanh_gelu(i: int, compute, producer, consumers, static, args, out
-               ) -> tuple[str, list[int], int] | None:
-    """(x, the nodes, the last node) of a tanh-approximated GELU around Tanh node i:
-    0.5 x (1 + tanh(c (x + k x^3))), x^3 as Pow(x, 3) or x * (x * x), the halving before
-    (HF's NewGELU) or after (torch) the product; None if the nodes around i differ."""
-    def op(j: int | None, op_type: str) -> bool:
-        return j is not None and compute[j].op_type == op_type
-
-    def single(name: str) -> int | None:
-        users = consumers.get(name, [])
-        return users[0] if len(users) == 1 else None
-
-    def split(j: int) -> tuple[str | None, str | None]:
-        """(the static operand, the other) of a binary node j."""
-        a = args(j)
-        if len(a) != 2 or (a[0] in static) == (a[1] in static):
-            return None, None
-        return (a[0], a[1]) if a[0] in static else (a[1], a[0])
-
-    scaled = producer.get(args(i)[0])  # c * (x + k x^3)
-    if not op(scaled, "Mul") or split(scaled)[1] is None:
+def _erf_gelu(flow: _Dataflow, i: int) -> _Match | None:
+    """Around Erf node i: Div(x, c) -> Erf -> Add(c) -> Mul(x, .) -> Mul(c)."""
+    div = flow.producer.get(flow.args(i)[0])
+    if not flow.is_op(div, "Div") or flow.split(div)[0] != flow.args(div)[-1] \
+            or flow.readers.get(flow.out(div)) != [i]:
         return None
-    inner = producer.get(split(scaled)[1])  # x + k x^3
-    if not op(inner, "Add") or len(args(inner)) != 2:
+    x = flow.args(div)[0]
+    add = flow.reader(i, "Add")
+    if not flow.of_static(add, "Add", flow.out(i)):
         return None
-    for x, term in (args(inner), args(inner)[::-1]):
-        kx3 = producer.get(term)
-        if not op(kx3, "Mul") or split(kx3)[1] is None:
+    mul = flow.reader(add, "Mul")
+    if mul is None or sorted(flow.args(mul)) != sorted([x, flow.out(add)]):
+        return None
+    half = flow.reader(mul, "Mul")
+    if not flow.of_static(half, "Mul", flow.out(mul)):
+        return None
+    return "Gelu", [x], {}, [div, i, add, mul, half], half
+
+
+def _tanh_gelu(flow: _Dataflow, i: int) -> _Match | None:
+    """Around Tanh node i: 0.5 x (1 + tanh(c (x + k x^3))), x^3 as Pow(x, 3) or
+    x * (x * x), the halving after (torch) or before (HF's NewGELU) the product."""
+    scaled = flow.producer.get(flow.args(i)[0])  # c * (x + k x^3)
+    if not flow.is_op(scaled, "Mul") or flow.split(scaled)[1] is None:
+        return None
+    inner = flow.producer.get(flow.split(scaled)[1])  # x + k x^3
+    if not flow.is_op(inner, "Add") or len(flow.args(inner)) != 2:
+        return None
+    for x, term in (flow.args(inner), flow.args(inner)[::-1]):
+        kx3 = flow.producer.get(term)
+        if not flow.is_op(kx3, "Mul") or flow.split(kx3)[1] is None:
             continue
-        cube = producer.get(split(kx3)[1])
-        if op(cube, "Pow") and args(cube)[:1] == [x] and split(cube)[0] is not None:
+        cube = flow.producer.get(flow.split(kx3)[1])
+        if flow.is_op(cube, "Pow") and flow.split(cube)[1] == x:
             powers = [cube]
-        elif op(cube, "Mul") and x in args(cube):
-            square = producer.get(next((a for a in args(cube) if a != x), x))
-            if not (op(square, "Mul") and args(square) == [x, x]):
+        elif flow.is_op(cube, "Mul") and x in flow.args(cube):
+            square = flow.producer.get(next((a for a in flow.args(cube) if a != x), x))
+            if not (flow.is_op(square, "Mul") and flow.args(square) == [x, x]):
                 continue
             powers = [square, cube]
         else:
             continue
-        body = [*powers, kx3, inner, scaled, i]
-        one_plus = single(out(i))
-        if not op(one_plus, "Add") or split(one_plus)[1] != out(i):
+        one_plus = flow.reader(i, "Add")
+        if not flow.of_static(one_plus, "Add", flow.out(i)):
             return None
-        product = single(out(one_plus))
-        if not op(product, "Mul") or len(args(product)) != 2:
+        product = flow.reader(one_plus, "Mul")
+        if product is None or len(flow.args(product)) != 2:
             return None
-        other = next(a for a in args(product) if a != out(one_plus))
-        half = single(out(product))
-        if other == x and op(half, "Mul") and split(half)[1] == out(product):  # torch
-            nodes, last = [*body, one_plus, product, half], half
+        other = next(a for a in flow.args(product) if a != flow.out(one_plus))
+        half = flow.reader(product, "Mul")
+        if other == x and flow.of_static(half, "Mul", flow.out(product)):  # torch
+            tail, last = [one_plus, product, half], half
         else:  # HF: (0.5 * x) * (1 + tanh(...))
-            halved = producer.get(other)
-            if not op(halved, "Mul") or split(halved)[1] != x:
+            halved = flow.producer.get(other)
+            if not flow.of_static(halved, "Mul", x):
                 return None
-            nodes, last = [*body, one_plus, halved, product], product
-        if any(single(out(j)) is None for j in nodes if j != last):
-            return None  # an intermediate that something else reads: not just a GELU
-        return x, nodes, last
+            tail, last = [one_plus, halved, product], product
+        nodes = [*powers, kx3, inner, scaled, i, *tail]
+        if any(len(flow.readers.get(flow.out(j), [])) != 1 for j in nodes if j != last):
+            return None
+        return "Gelu", [x], {"approximate": "tanh"}, nodes, last
     return None
+
+
+def _layer_norm(flow: _Dataflow, i: int) -> _Match | None:
+    """Around Sub node i: m = ReduceMean(x); d = Sub(x, m);
+    Div(d, Sqrt(Add(ReduceMean(Pow(d, c)), c))) [-> Mul(gamma) -> Add(beta)]."""
+    if len(flow.args(i)) != 2:
+        return None
+    x, mean = flow.args(i)
+    m = flow.producer.get(mean)
+    if not flow.is_op(m, "ReduceMean") or flow.args(m)[:1] != [x] \
+            or flow.readers.get(mean) != [i]:
+        return None
+    d = flow.out(i)
+    users = flow.readers.get(d, [])
+    pow_ = next((u for u in users if flow.of_static(u, "Pow", d)), None)
+    div = next((u for u in users if flow.is_op(u, "Div") and flow.args(u)[:1] == [d]), None)
+    if pow_ is None or div is None or len(users) != 2:
+        return None
+    var = flow.reader(pow_, "ReduceMean")
+    eps = flow.reader(var, "Add")
+    sqrt = flow.reader(eps, "Sqrt") if var is not None and \
+        flow.of_static(eps, "Add", flow.out(var)) else None
+    if sqrt is None or flow.args(div)[1:] != [flow.out(sqrt)] \
+            or flow.readers.get(flow.out(sqrt)) != [div]:
+        return None
+    nodes, inputs, last = [m, i, pow_, var, eps, sqrt, div], [x], div
+    for step in ("Mul", "Add"):  # the affine scale, then shift
+        nxt = flow.reader(last, step)
+        if not flow.of_static(nxt, step, flow.out(last)):
+            break
+        inputs.append(flow.split(nxt)[0])
+        nodes.append(nxt)
+        last = nxt
+    return "LayerNormalization", inputs, {"axis": -1}, nodes, last
 
 
 def _topological(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
