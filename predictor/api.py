@@ -273,9 +273,7 @@ class Predictor:
         otherwise).
         """
         state, store = self._prepare(models, device, input_shape, metric)
-        return _collect(in_parallel(lambda ids: _run_batch(
-            self.model, store.batch(ids, gather=False), state, False),
-            split_parts(range(len(store)), chunk)), False)
+        return self._run_store(store, state, chunk, with_spread=False)
 
     def predict_with_spread(self, models: Sequence[Any] | GraphStore, device: str, *,
                             input_shape: InputShapes = None, metric: str | None = None,
@@ -285,9 +283,14 @@ class Predictor:
         budget with (`predict * exp(k * spread)`). Zeros for a device adapted with a
         named strategy or shipped as a training device."""
         state, store = self._prepare(models, device, input_shape, metric)
+        return self._run_store(store, state, chunk, with_spread=True)
+
+    def _run_store(self, store: GraphStore, state: DeviceState, chunk: int,
+                   with_spread: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """`store`'s predictions (and spread), in chunks run in parallel (`in_parallel`)."""
         return _collect(in_parallel(lambda ids: _run_batch(
-            self.model, store.batch(ids, gather=False), state, True),
-            split_parts(range(len(store)), chunk)), True)
+            self.model, store.batch(ids, gather=False), state, with_spread),
+            split_parts(range(len(store)), chunk)), with_spread)
 
     def _state(self, device: str, metric: str | None) -> DeviceState:
         """The device's state, checked against `metric` when given."""
