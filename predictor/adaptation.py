@@ -8,16 +8,16 @@ through `torch.func.functional_call`) on the device embedding and the head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from predictor.encoder import UniquePlan
+from predictor.encoder import UniquePlan, scatter_sum
 from predictor.graph_store import GraphBatch, select_graphs
-from predictor.model import LatencyModel
+from predictor.model import FEATURE_COLUMN, OP_CLASSES, LatencyModel, node_op_classes
 
 # Parameters the inner loop may change: the conditioning and the head, never the
 # shared encoder (10 samples cannot re-learn graph structure).
@@ -28,6 +28,13 @@ LINEAR_FEATURES = ("log_macs", "log_params", "log_memory_bytes", "log_depth")
 LINEAR_RIDGE = 1.0
 # Pull of the per-op-class cost multipliers towards 1 (see `fit_op_scale`).
 OP_SCALE_RIDGE = 0.03
+# Pull of the kernel-sum weights towards 0, relative to a weight that alone would explain
+# the measurements (see `fit_kernel_sum`).
+KERNEL_SUM_RIDGE = 0.01
+# How far beyond its measurements a kernel sum extrapolates: a graph with a feature above
+# KERNEL_SUM_REACH times the support set's largest (a transformer's MatMuls after CNNs
+# with one classifier Gemm each) is left to the network.
+KERNEL_SUM_REACH = 2.0
 
 
 @dataclass
@@ -53,6 +60,15 @@ class DeviceState:
     # The other candidate adaptations fitted on the same measurements (strategy "auto"):
     # where they disagree with this one, the prediction is unsure (`predict_with_spread`).
     alternatives: list[DeviceState] = field(default_factory=list)
+    # A kernel-sum member instead of the network (`fit_kernel_sum`): float64 weights in ms
+    # over [base prediction in ms (if `kernel_base`), `kernel_sum_features`, 1].
+    kernel_sum: torch.Tensor | None = None
+    kernel_base: DeviceState | None = None
+    # Largest value of each kernel-sum feature it covers (float64 (F,)), see KERNEL_SUM_REACH.
+    kernel_reach: torch.Tensor | None = None
+    # Weights of `members` (default: equal) and their strategy names ("auto" blends).
+    weights: torch.Tensor | None = None
+    labels: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"z": self.z.detach().cpu(), "a": self.a.detach().cpu(), "b": self.b.detach().cpu(),
@@ -60,13 +76,21 @@ class DeviceState:
                 "members": [m.to_dict() for m in self.members],
                 "linear": None if self.linear is None else self.linear.detach().cpu(),
                 "op_scale": None if self.op_scale is None else self.op_scale.detach().cpu(),
-                "alternatives": [m.to_dict() for m in self.alternatives]}
+                "alternatives": [m.to_dict() for m in self.alternatives],
+                "kernel_sum": None if self.kernel_sum is None else self.kernel_sum.detach().cpu(),
+                "kernel_base": None if self.kernel_base is None else self.kernel_base.to_dict(),
+                "kernel_reach": None if self.kernel_reach is None else self.kernel_reach.cpu(),
+                "weights": None if self.weights is None else self.weights.detach().cpu(),
+                "labels": list(self.labels)}
 
     @classmethod
     def from_dict(cls, d: dict) -> DeviceState:
+        base = d.get("kernel_base")
         return cls(d["z"], d["a"], d["b"], dict(d.get("params", {})),
                    [cls.from_dict(m) for m in d.get("members", [])], d.get("linear"),
-                   d.get("op_scale"), [cls.from_dict(m) for m in d.get("alternatives", [])])
+                   d.get("op_scale"), [cls.from_dict(m) for m in d.get("alternatives", [])],
+                   d.get("kernel_sum"), None if base is None else cls.from_dict(base),
+                   d.get("kernel_reach"), d.get("weights"), list(d.get("labels", [])))
 
 
 def rank_loss(pred: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -232,6 +256,105 @@ def fit_linear(model: LatencyModel, support: GraphBatch, log_latency: torch.Tens
                        torch.tensor(0.0), linear=w)
 
 
+def kernel_sum_features(batch: GraphBatch) -> torch.Tensor:
+    """(B, 2 len(OP_CLASSES)) float64: per graph and op class, the number of nodes and their
+    summed work (MACs + other flops): what a runtime that executes kernel after kernel
+    spends, at a fixed cost per kernel plus a cost per unit of work, on each class."""
+    rows = batch.features()
+    onehot = F.one_hot(node_op_classes(batch), len(OP_CLASSES)).double()
+    work = (torch.expm1(rows[:, FEATURE_COLUMN["log_macs"]].double())
+            + torch.expm1(rows[:, FEATURE_COLUMN["log_other_flops"]].double()))
+    counts = scatter_sum(onehot, batch.batch, batch.num_graphs)
+    totals = scatter_sum(onehot * work[:, None], batch.batch, batch.num_graphs)
+    return torch.cat([counts, totals], dim=1)
+
+
+def fit_kernel_sum(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
+                   base: DeviceState | None = None, ridge: float = KERNEL_SUM_RIDGE
+                   ) -> DeviceState:
+    """A kernel-sum member: latency in ms as a non-negative combination of
+    `kernel_sum_features` and a constant (and of `base`'s prediction in ms, unpenalised,
+    if given), fitted on relative error.
+
+    Few weights, and right wherever a device runs the kernels of one op class at one
+    speed: devices unlike any training device (an accelerator's pooling, a runtime's
+    per-kernel overhead) are fitted from their own measurements, not from the network's
+    idea of them. Non-negative least squares on rows divided by the measured latency;
+    the ridge pulls each weight (scaled so that 1 alone explains the measurements) to 0.
+    """
+    from scipy.optimize import nnls
+
+    y = torch.exp(log_latency.double())
+    with torch.no_grad():
+        x = _kernel_design(model, support, base)[:, :-1]
+    scale = (x / y[:, None]).mean(dim=0)
+    scale[scale <= 0] = 1.0
+    rows = torch.cat([x / scale, torch.ones(len(y), 1, dtype=x.dtype)], dim=1) / y[:, None]
+    penalty = torch.zeros(x.shape[1], x.shape[1] + 1, dtype=x.dtype)
+    penalty[:, :-1] = torch.eye(x.shape[1], dtype=x.dtype) * ridge ** 0.5
+    if base is not None:
+        penalty[0, 0] = 0.0  # the network's own prediction is free
+    w, _ = nnls(torch.cat([rows, penalty]).numpy(),
+                torch.cat([torch.ones(len(y)), torch.zeros(x.shape[1])]).double().numpy())
+    w = torch.from_numpy(w)
+    w[:-1] /= scale
+    reach = KERNEL_SUM_REACH * kernel_sum_features(support).amax(dim=0)
+    zero = torch.tensor(0.0)
+    return DeviceState(torch.zeros(model.config.hardware.dim), torch.tensor(1.0), zero,
+                       kernel_sum=w, kernel_base=base, kernel_reach=reach)
+
+
+def _kernel_design(model: LatencyModel, batch: GraphBatch, base: DeviceState | None,
+                   h: torch.Tensor | None = None, plan: UniquePlan | None = None
+                   ) -> torch.Tensor:
+    """(B, F + 1) float64: [base prediction in ms,] kernel-sum features, 1."""
+    cols = [kernel_sum_features(batch)]
+    if base is not None:
+        if h is None:
+            plan = model.plan(batch) if batch.num_graphs > 1 else None
+            h = model.node_states(batch, plan)
+        cols.insert(0, torch.exp(_member_log_latency(model, batch, base, h, plan)[0]
+                                 ).double()[:, None])
+    cols.append(torch.ones(batch.num_graphs, 1, dtype=torch.float64))
+    return torch.cat(cols, dim=1)
+
+
+def _member_log_latency(model: LatencyModel, batch: GraphBatch, m: DeviceState,
+                        h: torch.Tensor | None, plan: UniquePlan | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(calibrated log-latency (B,), which graphs the member covers (B,) bool) of a state:
+    a blend of members, or one linear, kernel-sum or network member."""
+    if m.members:
+        parts = [_member_log_latency(model, batch, sub, h, plan) for sub in m.members]
+        preds = torch.stack([p for p, _ in parts])
+        covered = torch.stack([c for _, c in parts])
+        weights = (torch.ones(len(parts)) if m.weights is None else m.weights.float())
+        weights = weights[:, None] * covered
+        total = weights.sum(dim=0)
+        # A graph no member covers falls back to the plain blend.
+        weights = torch.where(total > 0, weights / total.clamp_min(1e-12),
+                              torch.full_like(weights, 1.0 / len(parts)))
+        return (weights * preds).sum(dim=0), covered.any(dim=0)
+    everything = torch.ones(batch.num_graphs, dtype=torch.bool)
+    if m.linear is not None:
+        return _linear_design(model, batch) @ m.linear, everything
+    if m.kernel_sum is not None:
+        x = _kernel_design(model, batch, m.kernel_base, h, plan)
+        covered = everything if m.kernel_reach is None else \
+            (kernel_sum_features(batch) <= m.kernel_reach).all(dim=1)
+        # Non-negative weights; the floor only guards a graph without any known kernel.
+        return torch.log((x @ m.kernel_sum).clamp_min(1e-6)).float(), covered
+    return m.a * _call_raw(model, m.params, batch, h, m.z, plan, m.op_scale) + m.b, everything
+
+
+def _needs_network(state: DeviceState) -> bool:
+    if state.members:
+        return any(_needs_network(m) for m in state.members)
+    if state.kernel_sum is not None:
+        return state.kernel_base is not None
+    return state.linear is None
+
+
 def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch.Tensor:
     """Calibrated log(latency in ms) (B,) of `batch` on the adapted device."""
     return _predict_states(model, batch, [state])[0]
@@ -254,30 +377,25 @@ def _predict_states(model: LatencyModel, batch: GraphBatch, states: list[DeviceS
     """`predict` for each of `states`, the node states computed once."""
     with torch.no_grad():
         plan = h = None
-        members = [m for s in states for m in (s.members or [s])]
-        if any(m.linear is None for m in members):
+        if any(_needs_network(s) for s in states):
             # Each distinct node once: same numbers, less work (not worth it for one graph).
             plan = model.plan(batch) if batch.num_graphs > 1 else None
             h = model.node_states(batch, plan)
-        out = []
-        for state in states:
-            preds = [_linear_design(model, batch) @ m.linear if m.linear is not None
-                     else m.a * _call_raw(model, m.params, batch, h, m.z, plan, m.op_scale) + m.b
-                     for m in (state.members or [state])]
-            out.append(torch.stack(preds).mean(dim=0))
-        return out
+        return [_member_log_latency(model, batch, s, h, plan)[0] for s in states]
 
 
 class Strategy(NamedTuple):
     """How to adapt: fine-tune the own embedding, ensemble it with the nearest known
     device, ensemble with a linear fit on graph features, use the network at all, fit
-    per-op-class cost multipliers on the own member."""
+    per-op-class cost multipliers on the own member, fit a kernel sum (on the network's
+    prediction if `network`, else alone)."""
 
     tuned: bool
     nearest: bool
     linear: bool
     network: bool = True
     op_scale: bool = False
+    kernel_sum: bool = False
 
 
 # Adaptation strategies `adapt_selected` chooses among. Which is best depends on the
@@ -295,10 +413,18 @@ STRATEGIES: dict[str, Strategy] = {
     "opscale+nearest": Strategy(False, True, False, op_scale=True),
     "finetune+nearest+linear": Strategy(True, True, True),
     "linear": Strategy(False, False, True, network=False),
+    "kernelsum": Strategy(False, False, False, network=False, kernel_sum=True),
+    "kernelsum+net": Strategy(False, False, False, kernel_sum=True),
 }
 # The candidates of "auto". The linear strategies stay out: on the meta-valid devices and
 # HW-NAS-Bench-360's boards, adding them made the cross-validated choice slightly worse.
-AUTO_CANDIDATES = ("amortised", "nearest", "finetune", "finetune+nearest", "opscale")
+AUTO_CANDIDATES = ("amortised", "nearest", "finetune", "finetune+nearest", "opscale",
+                   "kernelsum", "kernelsum+net")
+# "auto" blends the candidates with weights exp(-(e - e_min) / (T e_min)) of their
+# cross-validated errors e: a softer choice than the least error, which 10 samples pick
+# noisily. Weights below AUTO_MIN_WEIGHT are dropped (they cost prediction time).
+AUTO_TEMPERATURE = 0.5
+AUTO_MIN_WEIGHT = 0.02
 
 
 def _strategy_states(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
@@ -319,10 +445,14 @@ def _strategy_states(model: LatencyModel, support: GraphBatch, log_latency: torc
     near = nearest_device(model, support, log_latency, known) \
         if known and any(p.nearest for p in parts) else None
     linear = fit_linear(model, support, log_latency) \
-        if any(p.linear or not p.network for p in parts) else None
+        if any(p.linear or not (p.network or p.kernel_sum) for p in parts) else None
     states = {}
     for name in names:
         s = STRATEGIES[name]
+        if s.kernel_sum:
+            states[name] = fit_kernel_sum(model, support, log_latency,
+                                          own[False] if s.network else None)
+            continue
         if not s.network:
             states[name] = linear
             continue
@@ -369,17 +499,24 @@ def cross_validated_errors(model: LatencyModel, support: GraphBatch, log_latency
     return {name: float((r ** 2).mean()) for name, r in residuals.items()}
 
 
+def blend_weights(errors: torch.Tensor, temperature: float = AUTO_TEMPERATURE) -> torch.Tensor:
+    """Softmin weights (sum 1) of candidates with cross-validated errors `errors` (m,)."""
+    best = errors.min()
+    return torch.softmax(-(errors - best) / (temperature * best).clamp_min(1e-12), dim=0)
+
+
 def adapt_selected(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor, *,
                    finetune_steps: int, lr: float = 1e-2, rank_weight: float = 1.0,
                    known: list[DeviceState] | None = None, folds: int = 5,
                    min_shots: int = 6) -> tuple[DeviceState, str]:
-    """Adapt with the strategy of least cross-validated error on the support set.
+    """Adapt with the candidates blended by their cross-validated errors on the support set
+    (`blend_weights`).
 
     With fewer than `min_shots` samples cross-validation is too noisy: the nearest-device
     ensemble (or the amortised embedding without known devices) is used.
 
     Returns:
-        (state fitted on the whole support set, the chosen strategy's name).
+        (state fitted on the whole support set, the name of its heaviest candidate).
     """
     state, choice, _ = adapt_with_residuals(model, support, log_latency, "auto",
                                             finetune_steps=finetune_steps, lr=lr,
@@ -393,8 +530,8 @@ def adapt_with_residuals(model: LatencyModel, support: GraphBatch, log_latency: 
                          rank_weight: float = 1.0, known: list[DeviceState] | None = None,
                          folds: int = 5, min_shots: int = 6
                          ) -> tuple[DeviceState, str, torch.Tensor]:
-    """Adapt with `strategy` ("auto": least cross-validated error, see `adapt_selected`;
-    the state then carries the other candidates as `alternatives`, for
+    """Adapt with `strategy` ("auto": the candidates blended by cross-validated error, see
+    `adapt_selected`; the state then carries every candidate as `alternatives`, for
     `predict_with_spread`).
 
     Returns:
@@ -405,12 +542,19 @@ def adapt_with_residuals(model: LatencyModel, support: GraphBatch, log_latency: 
               folds=folds)
     if strategy == "auto" and log_latency.numel() >= min_shots:
         residuals = cross_validated_residuals(model, support, log_latency, **cv)
-        choice = min(residuals, key=lambda name: float((residuals[name] ** 2).mean()))
+        names = list(residuals)
+        weights = blend_weights(torch.stack([(residuals[n] ** 2).mean() for n in names]))
+        kept = [i for i, w in enumerate(weights) if w >= AUTO_MIN_WEIGHT]
+        names, weights = [names[i] for i in kept], weights[kept] / weights[kept].sum()
         states = _strategy_states(model, support, log_latency, finetune_steps, lr, rank_weight,
                                   known, AUTO_CANDIDATES)
-        state = replace(states[choice],
-                        alternatives=[s for name, s in states.items() if name != choice])
-        return state, choice, residuals[choice]
+        choice = names[int(weights.argmax())]
+        top = states[choice]
+        state = DeviceState(top.z, top.a, top.b, members=[states[n] for n in names],
+                            weights=weights, labels=names,
+                            alternatives=list(states.values()))
+        blended = sum(w * residuals[n] for w, n in zip(weights, names, strict=True))
+        return state, choice, blended
     choice = strategy if strategy != "auto" else ("nearest" if known else "amortised")
     residuals = cross_validated_residuals(model, support, log_latency, **cv,
                                           candidates=(choice,))
@@ -427,6 +571,9 @@ def adapt_strategy(model: LatencyModel, support: GraphBatch, log_latency: torch.
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown adaptation strategy '{strategy}'; known: {list(STRATEGIES)}")
     s = STRATEGIES[strategy]
+    if s.kernel_sum:
+        base = _adapt_one(model, support, log_latency, 0, lr, rank_weight) if s.network else None
+        return fit_kernel_sum(model, support, log_latency, base)
     if not s.network:
         return fit_linear(model, support, log_latency)
     state = adapt(model, support, log_latency, finetune_steps=finetune_steps if s.tuned else 0,

@@ -68,7 +68,12 @@ def _state_to_json(state: DeviceState) -> dict[str, Any]:
             "members": [_state_to_json(m) for m in state.members],
             "linear": None if state.linear is None else state.linear.tolist(),
             "op_scale": None if state.op_scale is None else state.op_scale.tolist(),
-            "alternatives": [_state_to_json(m) for m in state.alternatives]}
+            "alternatives": [_state_to_json(m) for m in state.alternatives],
+            "kernel_sum": None if state.kernel_sum is None else state.kernel_sum.tolist(),
+            "kernel_base": None if state.kernel_base is None else _state_to_json(state.kernel_base),
+            "kernel_reach": None if state.kernel_reach is None else state.kernel_reach.tolist(),
+            "weights": None if state.weights is None else state.weights.tolist(),
+            "labels": list(state.labels)}
 
 
 def _state_from_json(d: dict[str, Any]) -> DeviceState:
@@ -80,7 +85,15 @@ def _state_from_json(d: dict[str, Any]) -> DeviceState:
                        else torch.tensor(d["linear"], dtype=torch.float32),
                        None if d.get("op_scale") is None
                        else torch.tensor(d["op_scale"], dtype=torch.float32),
-                       [_state_from_json(m) for m in d.get("alternatives", [])])
+                       [_state_from_json(m) for m in d.get("alternatives", [])],
+                       None if d.get("kernel_sum") is None
+                       else torch.tensor(d["kernel_sum"], dtype=torch.float64),
+                       None if d.get("kernel_base") is None else _state_from_json(d["kernel_base"]),
+                       None if d.get("kernel_reach") is None
+                       else torch.tensor(d["kernel_reach"], dtype=torch.float64),
+                       None if d.get("weights") is None
+                       else torch.tensor(d["weights"], dtype=torch.float32),
+                       list(d.get("labels", [])))
 
 
 def save_device(name: str, state: DeviceState, fingerprint: str, info: dict[str, Any],

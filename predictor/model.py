@@ -31,18 +31,23 @@ from predictor.hardware import HardwareConfig, HardwareEmbedding
 
 # Op classes whose costs a device may scale as a whole: kernels of one class share code
 # (and its efficiency) within a runtime. "conv": dense convolutions with a spatial kernel.
-OP_CLASSES: tuple[str, ...] = ("conv", "pointwise", "depthwise", "matmul", "other")
-_COLUMN = {name: i for i, name in enumerate(FEATURE_SCHEMA.node_features)}
+# "pool": windowed pooling, memory-bound, whose cost relative to convolutions differs most
+# between devices (NB201 training devices: a third of a 3x3 convolution's cost on GPUs at
+# batch 1, four fifths at batch 256). Appended last, so older 5-class scales still read.
+OP_CLASSES: tuple[str, ...] = ("conv", "pointwise", "depthwise", "matmul", "other", "pool")
+FEATURE_COLUMN = {name: i for i, name in enumerate(FEATURE_SCHEMA.node_features)}
 
 
 def op_classes(rows: torch.Tensor) -> torch.Tensor:
     """(N,) index into OP_CLASSES of each raw (unstandardised) node feature row (N, F)."""
-    col = _COLUMN
+    col = FEATURE_COLUMN
     conv = (rows[:, col["op=Conv"]] + rows[:, col["op=ConvTranspose"]]) > 0.5
     grouped = (rows[:, col["depthwise"]] > 0.5) | (rows[:, col["log_groups"]] > 0)
     pointwise = (rows[:, col["kernel_h"]] * rows[:, col["kernel_w"]]) <= 1.0
     matmul = (rows[:, col["op=Gemm"]] + rows[:, col["op=MatMul"]] + rows[:, col["op=Einsum"]]) > 0.5
+    pool = (rows[:, col["op=MaxPool"]] + rows[:, col["op=AveragePool"]]) > 0.5
     out = torch.full((rows.shape[0],), OP_CLASSES.index("other"), dtype=torch.long)
+    out[pool] = OP_CLASSES.index("pool")
     out[matmul] = OP_CLASSES.index("matmul")
     out[conv] = OP_CLASSES.index("conv")
     out[conv & pointwise] = OP_CLASSES.index("pointwise")

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> dict:
         for name, strategy in (("latpred", "amortised"), ("latpred+nearest", "nearest"),
                                (f"latpred+{ft}", "finetune"),
                                (f"latpred+{ft}+nearest", "finetune+nearest"),
+                               ("latpred+kernelsum", "kernelsum"),
                                ("latpred+auto", "auto"))
     }
     methods.update({

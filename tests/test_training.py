@@ -94,13 +94,26 @@ def test_cross_validated_strategy_choice(tiny_run) -> None:
     assert set(errors) == set(AUTO_CANDIDATES)
     assert all(np.isfinite(e) and e >= 0 for e in errors.values())
     state, choice = adapt_selected(model, store.batch(support), y, finetune_steps=5, known=known)
-    assert choice == min(errors, key=errors.__getitem__)
-    strategy = STRATEGIES[choice]
-    members = state.members or [state]  # an ensemble lists its own state first
-    assert bool(members[0].params) == strategy.tuned
-    assert (members[0].op_scale is not None) == strategy.op_scale
-    assert len(members) == 1 + strategy.nearest + strategy.linear
-    assert (members[-1].linear is not None) == (strategy.linear or not strategy.network)
+    # A blend of the candidates, weighted by their cross-validated errors: the least error
+    # weighs most, weights fall with the error and sum to 1.
+    weights = dict(zip(state.labels, state.weights.tolist(), strict=True))
+    assert choice == min(errors, key=errors.__getitem__) == max(weights, key=weights.get)
+    assert sum(weights.values()) == pytest.approx(1.0)
+    assert set(weights) <= set(AUTO_CANDIDATES)
+    by_error = sorted(weights, key=errors.__getitem__)
+    assert [weights[n] for n in by_error] == sorted(weights.values(), reverse=True)
+    assert len(state.alternatives) == len(AUTO_CANDIDATES)
+    for name, member in zip(state.labels, state.members, strict=True):
+        strategy = STRATEGIES[name]
+        parts = member.members or [member]  # an ensemble lists its own state first
+        assert bool(parts[0].params) == strategy.tuned
+        assert (parts[0].op_scale is not None) == strategy.op_scale
+        assert (member.kernel_sum is not None) == strategy.kernel_sum
+        if not strategy.kernel_sum:
+            assert len(parts) == 1 + strategy.nearest + strategy.linear
+    blended = predict(model, store.batch(support), state)
+    parts = torch.stack([predict(model, store.batch(support), m) for m in state.members])
+    torch.testing.assert_close(blended, (state.weights[:, None] * parts).sum(0))
     # Too few samples to cross-validate: the nearest-device ensemble, without fine-tuning.
     _, few = adapt_selected(model, store.batch(support[:5]), y[:5], finetune_steps=5,
                             known=known)
