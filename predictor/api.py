@@ -120,10 +120,12 @@ class Predictor:
               info: dict[str, Any] | None = None) -> DeviceState:
         """Adapt to a device from measured models; with `save`, store it for later sessions.
 
-        `strategy`: "auto" (default) picks, by cross-validation on the measurements, among
-        the amortised embedding, fine-tuning and the nearest-known-device ensemble (see
-        `predictor.adaptation.STRATEGIES`); or name one of them. The choice is recorded
-        in the device's `info["strategy"]`.
+        `strategy`: "auto" (default) blends the candidate adaptations (the amortised
+        embedding, fine-tuning, the nearest-known-device ensemble, op-class scales, kernel
+        sums; see `predictor.adaptation.STRATEGIES`) with weights from their
+        cross-validated errors on the measurements; or name one of them. The strategy
+        (for "auto" the heaviest candidate) is recorded in the device's
+        `info["strategy"]`, the blend's weights in `info["blend"]`.
         """
         names = list(STRATEGIES)
         if strategy != "auto" and strategy not in names:
@@ -144,6 +146,10 @@ class Predictor:
         self.devices[device_name] = state
         self._infos[device_name] = {**(info or {}), "strategy": strategy, "metric": metric,
                                     "cv_log_residuals": [round(float(r), 5) for r in residuals]}
+        if state.labels:
+            self._infos[device_name]["blend"] = {
+                name: round(float(w), 4) for name, w in zip(state.labels, state.weights,
+                                                            strict=True)}
         if save:
             path = save_device(device_name, state, self.fingerprint, self._infos[device_name])
             self._paths[device_name] = path

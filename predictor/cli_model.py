@@ -218,8 +218,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--graph-optimization", choices=("all", "extended", "basic", "disabled"),
                    default="all")
     p.add_argument("--strategy", default="auto",
-                   help="auto (cross-validated), amortised, nearest, finetune, finetune+nearest, "
-                        "opscale (per-op-class cost scales)")
+                   help="auto (a blend weighted by cross-validated error), amortised, nearest, "
+                        "finetune, finetune+nearest, opscale (per-op-class cost scales), "
+                        "kernelsum (per-op-class kernel counts and work), kernelsum+net")
     _add_space_arguments(p)
     _add_metric_argument(p, "the measured column of the CSV to calibrate on: latency_ms "
                             "(default) or energy_mj (an energy device)")

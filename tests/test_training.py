@@ -235,7 +235,10 @@ def test_api_adapt_predict_and_stored_device(tiny_run, tmp_path, monkeypatch) ->
     predictor.adapt("board", paths[:6], table[:6], save=True, info={"note": "test"})
     from predictor.device_store import load_device
 
-    assert load_device("board")[1]["strategy"] in set(STRATEGIES)
+    stored = load_device("board")[1]
+    assert stored["strategy"] in set(STRATEGIES)
+    assert stored["strategy"] == max(stored["blend"], key=stored["blend"].get)
+    assert sum(stored["blend"].values()) == pytest.approx(1.0, abs=1e-3)
     ms = predictor.predict(paths[6:], device="board")
     assert ms.shape == (2,) and np.all(ms > 0)
     # a new session finds the stored device and predicts the same
