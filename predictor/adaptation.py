@@ -305,27 +305,30 @@ def fit_kernel_sum(model: LatencyModel, support: GraphBatch, log_latency: torch.
 
 
 def _kernel_design(model: LatencyModel, batch: GraphBatch, base: DeviceState | None,
-                   h: torch.Tensor | None = None, plan: UniquePlan | None = None
-                   ) -> torch.Tensor:
+                   h: torch.Tensor | None = None, plan: UniquePlan | None = None,
+                   cache: dict | None = None) -> torch.Tensor:
     """(B, F + 1) float64: [base prediction in ms,] kernel-sum features, 1."""
     cols = [kernel_sum_features(batch)]
     if base is not None:
         if h is None:
             plan = model.plan(batch) if batch.num_graphs > 1 else None
             h = model.node_states(batch, plan)
-        cols.insert(0, torch.exp(_member_log_latency(model, batch, base, h, plan)[0]
+        cols.insert(0, torch.exp(_member_log_latency(model, batch, base, h, plan, cache)[0]
                                  ).double()[:, None])
     cols.append(torch.ones(batch.num_graphs, 1, dtype=torch.float64))
     return torch.cat(cols, dim=1)
 
 
 def _member_log_latency(model: LatencyModel, batch: GraphBatch, m: DeviceState,
-                        h: torch.Tensor | None, plan: UniquePlan | None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+                        h: torch.Tensor | None, plan: UniquePlan | None,
+                        cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(calibrated log-latency (B,), which graphs the member covers (B,) bool) of a state:
-    a blend of members, or one linear, kernel-sum or network member."""
+    a blend of members, or one linear, kernel-sum or network member. `cache` shares the
+    network's raw output between members with the same embedding, parameters and op
+    scales (a blend's candidates reuse the amortised embedding several times)."""
+    cache = {} if cache is None else cache
     if m.members:
-        parts = [_member_log_latency(model, batch, sub, h, plan) for sub in m.members]
+        parts = [_member_log_latency(model, batch, sub, h, plan, cache) for sub in m.members]
         preds = torch.stack([p for p, _ in parts])
         covered = torch.stack([c for _, c in parts])
         weights = (torch.ones(len(parts)) if m.weights is None else m.weights.float())
@@ -339,12 +342,16 @@ def _member_log_latency(model: LatencyModel, batch: GraphBatch, m: DeviceState,
     if m.linear is not None:
         return _linear_design(model, batch) @ m.linear, everything
     if m.kernel_sum is not None:
-        x = _kernel_design(model, batch, m.kernel_base, h, plan)
+        x = _kernel_design(model, batch, m.kernel_base, h, plan, cache)
         covered = everything if m.kernel_reach is None else \
             (kernel_sum_features(batch) <= m.kernel_reach).all(dim=1)
         # Non-negative weights; the floor only guards a graph without any known kernel.
         return torch.log((x @ m.kernel_sum).clamp_min(1e-6)).float(), covered
-    return m.a * _call_raw(model, m.params, batch, h, m.z, plan, m.op_scale) + m.b, everything
+    key = (m.z.numpy().tobytes(), tuple((k, v.numpy().tobytes()) for k, v in sorted(m.params.items())),
+           None if m.op_scale is None else m.op_scale.numpy().tobytes())
+    if key not in cache:
+        cache[key] = _call_raw(model, m.params, batch, h, m.z, plan, m.op_scale)
+    return m.a * cache[key] + m.b, everything
 
 
 def _needs_network(state: DeviceState) -> bool:
@@ -381,7 +388,8 @@ def _predict_states(model: LatencyModel, batch: GraphBatch, states: list[DeviceS
             # Each distinct node once: same numbers, less work (not worth it for one graph).
             plan = model.plan(batch) if batch.num_graphs > 1 else None
             h = model.node_states(batch, plan)
-        return [_member_log_latency(model, batch, s, h, plan)[0] for s in states]
+        cache: dict = {}
+        return [_member_log_latency(model, batch, s, h, plan, cache)[0] for s in states]
 
 
 class Strategy(NamedTuple):
