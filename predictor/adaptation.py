@@ -306,9 +306,11 @@ def fit_kernel_sum(model: LatencyModel, support: GraphBatch, log_latency: torch.
 
 def _kernel_design(model: LatencyModel, batch: GraphBatch, base: DeviceState | None,
                    h: torch.Tensor | None = None, plan: UniquePlan | None = None,
-                   cache: dict | None = None) -> torch.Tensor:
-    """(B, F + 1) float64: [base prediction in ms,] kernel-sum features, 1."""
-    cols = [kernel_sum_features(batch)]
+                   cache: dict | None = None, features: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """(B, F + 1) float64: [base prediction in ms,] kernel-sum features (`features` if
+    already computed), 1."""
+    cols = [kernel_sum_features(batch) if features is None else features]
     if base is not None:
         if h is None:
             plan = model.plan(batch) if batch.num_graphs > 1 else None
@@ -342,9 +344,10 @@ def _member_log_latency(model: LatencyModel, batch: GraphBatch, m: DeviceState,
     if m.linear is not None:
         return _linear_design(model, batch) @ m.linear, everything
     if m.kernel_sum is not None:
-        x = _kernel_design(model, batch, m.kernel_base, h, plan, cache)
+        features = kernel_sum_features(batch)
+        x = _kernel_design(model, batch, m.kernel_base, h, plan, cache, features)
         covered = everything if m.kernel_reach is None else \
-            (kernel_sum_features(batch) <= m.kernel_reach).all(dim=1)
+            (features <= m.kernel_reach).all(dim=1)
         # Non-negative weights; the floor only guards a graph without any known kernel.
         return torch.log((x @ m.kernel_sum).clamp_min(1e-6)).float(), covered
     key = (m.z.numpy().tobytes(), tuple((k, v.numpy().tobytes()) for k, v in sorted(m.params.items())),
