@@ -344,7 +344,9 @@ def _member_log_latency(model: LatencyModel, batch: GraphBatch, m: DeviceState,
     if m.linear is not None:
         return _linear_design(model, batch) @ m.linear, everything
     if m.kernel_sum is not None:
-        features = kernel_sum_features(batch)
+        if "kernel_features" not in cache:  # shared by a blend's kernel-sum members
+            cache["kernel_features"] = kernel_sum_features(batch)
+        features = cache["kernel_features"]
         x = _kernel_design(model, batch, m.kernel_base, h, plan, cache, features)
         covered = everything if m.kernel_reach is None else \
             (features <= m.kernel_reach).all(dim=1)
