@@ -352,19 +352,35 @@ def _member_log_latency(model: LatencyModel, batch: GraphBatch, m: DeviceState,
             (features <= m.kernel_reach).all(dim=1)
         # Non-negative weights; the floor only guards a graph without any known kernel.
         return torch.log((x @ m.kernel_sum).clamp_min(1e-6)).float(), covered
-    key = (m.z.numpy().tobytes(), tuple((k, v.numpy().tobytes()) for k, v in sorted(m.params.items())),
-           None if m.op_scale is None else m.op_scale.numpy().tobytes())
+    return m.a * _network_raw(model, batch, m, h, plan, cache) + m.b, everything
+
+
+def _network_raw(model: LatencyModel, batch: GraphBatch, m: DeviceState,
+                 h: torch.Tensor | None, plan: UniquePlan | None, cache: dict) -> torch.Tensor:
+    """The network's raw log-latency for member `m`. With `cache["by_class"]` the node costs
+    per op class are computed once per embedding and parameters and shared by members that
+    only differ in their op scales (a blend's amortised and op-scaled members)."""
+    key = (m.z.numpy().tobytes(),
+           tuple((k, v.numpy().tobytes()) for k, v in sorted(m.params.items())))
+    if not cache.get("by_class"):
+        key += (None if m.op_scale is None else m.op_scale.numpy().tobytes(),)
+        if key not in cache:
+            cache[key] = _call_raw(model, m.params, batch, h, m.z, plan, m.op_scale)
+        return cache[key]
     if key not in cache:
-        cache[key] = _call_raw(model, m.params, batch, h, m.z, plan, m.op_scale)
-    return m.a * cache[key] + m.b, everything
+        cache[key] = _call_raw(model, m.params, batch, h, m.z, plan, by_class=True)
+    costs, overhead = cache[key]
+    total = costs.sum(dim=1) if m.op_scale is None else costs @ torch.exp(m.op_scale)
+    return torch.log(total + 1e-6) + overhead
 
 
-def _needs_network(state: DeviceState) -> bool:
+def _network_members(state: DeviceState) -> list[DeviceState]:
+    """Every network member in `state`'s tree (blend members, kernel-sum bases)."""
     if state.members:
-        return any(_needs_network(m) for m in state.members)
+        return [n for m in state.members for n in _network_members(m)]
     if state.kernel_sum is not None:
-        return state.kernel_base is not None
-    return state.linear is None
+        return [] if state.kernel_base is None else _network_members(state.kernel_base)
+    return [] if state.linear is not None else [state]
 
 
 def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch.Tensor:
@@ -389,11 +405,13 @@ def _predict_states(model: LatencyModel, batch: GraphBatch, states: list[DeviceS
     """`predict` for each of `states`, the node states computed once."""
     with torch.no_grad():
         plan = h = None
-        if any(_needs_network(s) for s in states):
+        networks = [n for s in states for n in _network_members(s)]
+        if networks:
             # Each distinct node once: same numbers, less work (not worth it for one graph).
             plan = model.plan(batch) if batch.num_graphs > 1 else None
             h = model.node_states(batch, plan)
-        cache: dict = {}
+        # Per-class costs only pay off where some member scales them.
+        cache: dict = {"by_class": any(n.op_scale is not None for n in networks)}
         return [_member_log_latency(model, batch, s, h, plan, cache)[0] for s in states]
 
 

@@ -202,6 +202,30 @@ def test_op_scale_fits_a_device_with_cheap_depthwise_kernels(store) -> None:
     assert used == "opscale" and state.op_scale is not None
 
 
+def test_a_blend_shares_one_network_pass_between_plain_and_op_scaled_members(store) -> None:
+    """A blend of the amortised member and an op-scaled one computes the node costs once
+    per embedding and scales them per class: its prediction equals the weighted sum of the
+    members' own direct network passes."""
+    from predictor.adaptation import DeviceState
+    from predictor.model import OP_CLASSES
+
+    model = _model(store).eval()
+    batch = store.batch(range(len(store)))
+    z = torch.linspace(-1, 1, model.config.hardware.dim)
+    scale = torch.linspace(-0.5, 0.5, len(OP_CLASSES))
+    plain = DeviceState(z, torch.tensor(0.9), torch.tensor(0.2))
+    scaled = DeviceState(z, torch.tensor(1.1), torch.tensor(-0.1), op_scale=scale)
+    blend = DeviceState(z, plain.a, plain.b, members=[plain, scaled],
+                        weights=torch.tensor([0.25, 0.75]), labels=["amortised", "opscale"])
+    with torch.no_grad():
+        h, _ = model.encode(batch)
+        direct = [m.a * model.raw_log_latency(batch, h, z, op_scale=m.op_scale) + m.b
+                  for m in (plain, scaled)]
+    assert not torch.allclose(direct[0], direct[1], atol=1e-2)
+    torch.testing.assert_close(predict(model, batch, blend), 0.25 * direct[0] + 0.75 * direct[1])
+    torch.testing.assert_close(predict(model, batch, scaled), direct[1])
+
+
 @pytest.fixture(scope="module")
 def sized_store() -> GraphStore:
     """MobileNetV2 and ResNet-18 at six input sizes each: graphs whose kernel counts match
