@@ -15,7 +15,10 @@ Measures, for NAS-Bench-201 architectures on one device (default: the shipped
     derivation included;
 (c) ONNX files from disk: load, shape-infer, extract, featurise, predict;
 
-plus the latency of single predictions (one new arch per call: p50, p99), and the MACs
+plus the latency of single predictions (one new arch per call: p50, p99), the same from
+specs on a device calibrated from 10 measurements (`--calibrate-on`: 10 archs of the
+training pool of a meta-valid NB201 table, adaptation "auto": a blend of several
+adaptations, with the spread `latpred search` asks for), and the MACs
 surrogate (MACs of arch specs from the same templates, no network) as the cheapest
 possible baseline, in the same run. Prints a markdown table; `--json OUT` writes the
 figures (`cached_archs_per_s`, `from_spec_archs_per_s` = warm at batch 1024,
@@ -152,9 +155,23 @@ def run(args: argparse.Namespace) -> dict:
         p.predict_batch("nb201", [arch], device)
         singles.append((time.perf_counter() - start) * 1e3)
 
+    # a device calibrated from 10 measurements, as a search on a new board uses it
+    calibrated = calibrate_from_table(p, args.calibrate_on, args.seed)
+    search_fn = lambda a: p.predict_batch("nb201", a, calibrated, with_spread=True)  # noqa: E731
+    search_fn(archs)
+    from_spec_calibrated = {b: rate(search_fn, archs, b, args.seconds) for b in BATCHES}
+    fresh_templates(p)
+    search_fn(archs[:1])  # templates of the fixed segments
+    calibrated_singles = []
+    for arch in random_archs(args.single + len(archs), args.seed + 2)[-args.single:]:
+        start = time.perf_counter()
+        search_fn([arch])
+        calibrated_singles.append((time.perf_counter() - start) * 1e3)
+
     for b in BATCHES:
         out["batches"][str(b)] = {"cached": cached[b], "from_spec_cold": from_spec_cold[b],
                                   "from_spec_warm": from_spec_warm[b], "onnx": onnx_rates[b],
+                                  "from_spec_calibrated": from_spec_calibrated[b],
                                   "macs_baseline": macs[b]}
     out.update({
         "cached_archs_per_s": max(cached.values()),
@@ -166,8 +183,29 @@ def run(args: argparse.Namespace) -> dict:
         "single_p50_ms": float(np.percentile(singles, 50)),
         "single_p99_ms": float(np.percentile(singles, 99)),
         "macs_baseline_archs_per_s": macs[1024],
+        # the calibrated device (a blend, with its spread), from specs, warm
+        "calibrated_device": {"name": calibrated, "blend": p.device_info(calibrated).get("blend"),
+                              "from_spec_archs_per_s": from_spec_calibrated[1024],
+                              "single_p50_ms": float(np.percentile(calibrated_singles, 50)),
+                              "single_p99_ms": float(np.percentile(calibrated_singles, 99))},
     })
     return out
+
+
+def calibrate_from_table(p: Predictor, table_device: str, seed: int) -> str:
+    """Calibrate a device from 10 archs of HELP's training pool measured on `table_device`
+    (an NB201 table of the data directory); returns its name."""
+    from predictor.corpus import get_space
+    from predictor.tables import POOLS, load_latency_table, valid_mask
+
+    table = load_latency_table("nb201", table_device)
+    pool = [i for i in POOLS["nb201"][0] if valid_mask(table)[i]]
+    ids = np.random.default_rng(seed).choice(pool, size=10, replace=False)
+    space_archs = get_space("nb201").archs()
+    name = f"{table_device}-k10"
+    p.adapt(name, p.space_graphs("nb201", [space_archs[i] for i in ids]), table[ids],
+            strategy="auto")
+    return name
 
 
 def table(r: dict) -> str:
@@ -183,6 +221,14 @@ def table(r: dict) -> str:
                      f"{row['macs_baseline']:,.0f} |")
     lines += ["", f"single prediction of a new arch: p50 {r['single_p50_ms']:.2f} ms, "
                   f"p99 {r['single_p99_ms']:.2f} ms"]
+    c = r["calibrated_device"]
+    blend = ", ".join(f"{k} {w:.2f}" for k, w in (c["blend"] or {}).items())
+    lines += ["", f"device calibrated from 10 measurements ({c['name']}; blend: {blend}), "
+                  "from specs, warm, with the spread:",
+              "", "| batch | archs/s |", "|---|---|"]
+    lines += [f"| {b} | {row['from_spec_calibrated']:,.0f} |" for b, row in r["batches"].items()]
+    lines += ["", f"single prediction of a new arch: p50 {c['single_p50_ms']:.2f} ms, "
+                  f"p99 {c['single_p99_ms']:.2f} ms"]
     return "\n".join(lines)
 
 
@@ -190,6 +236,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="pixel3@nb201")
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--calibrate-on", default="titanx_1",
+                        help="meta-valid NB201 table whose 10 measurements calibrate a device")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2 cores here)")
     parser.add_argument("--archs", type=int, default=4096)
     parser.add_argument("--onnx-models", type=int, default=128)
