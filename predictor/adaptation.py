@@ -1,18 +1,19 @@
 """Few-shot adaptation to a device: standalone functions, testable without a Trainer.
 
 `adapt` embeds a device from its support set (amortised: one forward pass), fits the
-affine calibration, and optionally runs a few inner-loop gradient steps (MAML-style,
-through `torch.func.functional_call`) on the device embedding and the head.
+affine calibration, and optionally runs a few inner-loop gradient steps (MAML-style) on
+the device embedding and a copy of the head (`head_copy`).
 `predict` then gives log-latency for any graphs on that device.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-from torch.func import functional_call
 from torch.nn import functional as F
 
 from predictor.encoder import UniquePlan, scatter_sum
@@ -21,7 +22,8 @@ from predictor.model import FEATURE_COLUMN, OP_CLASSES, LatencyModel, node_op_cl
 
 # Parameters the inner loop may change: the conditioning and the head, never the
 # shared encoder (10 samples cannot re-learn graph structure).
-INNER_LOOP_PREFIXES = ("film_encoder.", "film_head.", "cost_in.", "cost_out.", "overhead.")
+HEAD_MODULES = ("film_encoder", "film_head", "cost_in", "cost_out", "overhead")
+INNER_LOOP_PREFIXES = tuple(f"{name}." for name in HEAD_MODULES)
 # Graph-level features of the linear member (a per-device ridge fit, HELP-style baseline
 # that is strong where latency follows MACs and memory closely).
 LINEAR_FEATURES = ("log_macs", "log_params", "log_memory_bytes", "log_depth")
@@ -103,27 +105,56 @@ def rank_loss(pred: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> 
     return F.softplus(-dp[mask] / temperature).mean() * temperature
 
 
-class _RawHead(torch.nn.Module):
-    """Routes `forward` to `raw_log_latency`, so `functional_call` can swap parameters."""
+def head_copy(model: LatencyModel) -> LatencyModel:
+    """A shallow copy of `model` whose head modules (`HEAD_MODULES`, the parameters the
+    inner loop may change) are its own copies; the encoder is shared. Fine-tuning and
+    predicting with tuned parameters go through such a copy: swapping the parameters of
+    the shared model in place (`torch.func.functional_call`) would change them under
+    another thread predicting with it at the same time (parallel parts, the service)."""
+    tuned = copy.copy(model)
+    tuned._modules = dict(model._modules)
+    for name in HEAD_MODULES:
+        tuned._modules[name] = copy.deepcopy(model._modules[name])
+    return tuned
 
-    def __init__(self, inner: LatencyModel):
-        super().__init__()
-        self.inner = inner
 
-    def forward(self, batch: GraphBatch, h: torch.Tensor, z: torch.Tensor,
-                plan: UniquePlan | None = None, op_scale: torch.Tensor | None = None,
-                by_class: bool = False):
-        return self.inner.raw_log_latency(batch, h, z, plan, op_scale, by_class)
+# Head copies holding a state's tuned parameters, by model and parameter tensors (the
+# entry keeps both alive, so their ids stay theirs); a few devices are in use at a time.
+_TUNED: dict[tuple, tuple[LatencyModel, dict, LatencyModel]] = {}
+_TUNED_LOCK = threading.Lock()
+_TUNED_MAX = 32
+
+
+def tuned_model(model: LatencyModel, params: dict[str, torch.Tensor]) -> LatencyModel:
+    """`model` with `params` (names as in the model, within `HEAD_MODULES`) in place of
+    its own (itself if `params` is empty)."""
+    if not params:
+        return model
+    key = (id(model), tuple(sorted((k, id(v)) for k, v in params.items())))
+    with _TUNED_LOCK:
+        hit = _TUNED.get(key)
+    if hit is not None:
+        return hit[2]
+    tuned = head_copy(model)
+    own = dict(tuned.named_parameters())
+    outside = [k for k in params if not k.startswith(INNER_LOOP_PREFIXES) or k not in own]
+    if outside:
+        raise ValueError(f"tuned parameters outside the model's head: {outside[:3]}")
+    with torch.no_grad():
+        for k, v in params.items():
+            own[k].copy_(v)
+    with _TUNED_LOCK:
+        if len(_TUNED) >= _TUNED_MAX:
+            _TUNED.pop(next(iter(_TUNED)))
+        _TUNED[key] = (model, params, tuned)
+    return tuned
 
 
 def _call_raw(model: LatencyModel, params: dict[str, torch.Tensor], batch: GraphBatch,
               h: torch.Tensor, z: torch.Tensor, plan: UniquePlan | None = None,
               op_scale: torch.Tensor | None = None, by_class: bool = False):
     """`model.raw_log_latency` with `params` in place of the model's own parameters."""
-    if not params:
-        return model.raw_log_latency(batch, h, z, plan, op_scale, by_class)
-    return functional_call(_RawHead(model), {f"inner.{k}": v for k, v in params.items()},
-                           (batch, h, z, plan, op_scale, by_class), strict=False)
+    return tuned_model(model, params).raw_log_latency(batch, h, z, plan, op_scale, by_class)
 
 
 def adapt(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor, *,
@@ -183,26 +214,28 @@ def _adapt_one(model: LatencyModel, support: GraphBatch, log_latency: torch.Tens
         a, b = model.calibrate(raw, log_latency)
     if finetune_steps <= 0:
         return DeviceState(z, a, b)
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()
-              if k.startswith(INNER_LOOP_PREFIXES)}
-    # The shared weights join as constants, so no gradient reaches the model itself.
-    frozen = {k: v.detach() for k, v in model.named_parameters() if k not in params}
+    tuned = head_copy(model)
+    params = {k: v for k, v in tuned.named_parameters() if k.startswith(INNER_LOOP_PREFIXES)}
     z = z.detach().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([z, *params.values()], lr=lr)
+    leaves = [z, *params.values()]
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    optimiser = torch.optim.Adam(leaves, lr=lr)
     spread = log_latency.var().clamp_min(1e-4)
     for _ in range(finetune_steps):
-        raw = _call_raw(model, {**frozen, **params}, support, h, z)
+        raw = tuned.raw_log_latency(support, h, z)
         a, b = model.calibrate(raw, log_latency)
         pred = a * raw + b
         loss = F.mse_loss(pred, log_latency) / spread + rank_weight * rank_loss(pred, log_latency)
-        optimiser.zero_grad()
-        loss.backward()
+        # Gradients of the copy's leaves only: nothing accumulates on the shared encoder.
+        for leaf, grad in zip(leaves, torch.autograd.grad(loss, leaves), strict=True):
+            leaf.grad = grad
         optimiser.step()
     with torch.no_grad():
-        raw = _call_raw(model, params, support, h, z)
+        raw = tuned.raw_log_latency(support, h, z)
         a, b = model.calibrate(raw, log_latency)
     return DeviceState(z.detach(), a.detach(), b.detach(),
-                       {k: v.detach() for k, v in params.items()})
+                       {k: v.detach().clone() for k, v in params.items()})
 
 
 def fit_op_scale(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,

@@ -80,12 +80,22 @@ def test_parallel_parts_give_the_one_call_predictions(shipped, monkeypatch) -> N
     store = shipped.space_graphs("nb201", archs)
     parallel = shipped.predict_batch("nb201", archs, "pixel3@nb201")
     point, spread = shipped.predict_with_spread(store, "pixel3@nb201", chunk=100)
+    # A calibrated device whose blend holds fine-tuned heads: predicting with them must
+    # not disturb the other part's thread (it did when they were swapped in place).
+    y = parallel[:12] * np.exp(0.3 * np.sin(np.arange(12)))
+    shipped.adapt("tuned-k12", shipped.space_graphs("nb201", archs[:12]), y, strategy="auto")
+    state = shipped.device("tuned-k12")
+    assert any(m.params for m in state.alternatives)
+    tuned_parallel = shipped.predict_batch("nb201", archs, "tuned-k12", with_spread=True)
     monkeypatch.setattr(api.torch, "get_num_threads", lambda: 1)  # one part, one thread
     assert len(api.split_parts(archs, api.SPACE_CHUNK)) == 1
     one = shipped.predict_batch("nb201", archs, "pixel3@nb201")
     np.testing.assert_allclose(parallel, one, rtol=1e-5)
     np.testing.assert_allclose(point, one, rtol=1e-5)
     assert spread.shape == one.shape and not spread.any()  # a shipped device: no spread
+    tuned_one = shipped.predict_batch("nb201", archs, "tuned-k12", with_spread=True)
+    for got, want in zip(tuned_parallel, tuned_one, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     # order kept: each arch alone gives its own value
     for i in (0, len(archs) // 2, len(archs) - 1):
         np.testing.assert_allclose(shipped.predict_batch("nb201", [archs[i]], "pixel3@nb201"),
