@@ -10,7 +10,9 @@ share `--requests` requests (batched NB201 predictions on shipped and freshly ca
 devices, device listings, and calibrations of distinct new device names), stops the
 server, and prints a markdown table: throughput, p50/p99 per endpoint, errors, lost
 calibrations (a calibration is lost when its device is not listed afterwards or does not
-predict). Exits 1 on any error or lost calibration.
+predict), and shipped devices whose predictions of a fixed set of archs changed between
+before and after the load (concurrent calibrations must not disturb the shared model).
+Exits 1 on any error, lost calibration or changed prediction.
 """
 
 from __future__ import annotations
@@ -164,7 +166,23 @@ def lost_calibrations(base: str, names: list[str], device_dir: str) -> list[str]
     return lost
 
 
-def summarise(args, calls: list[Call], wall: float, expected: int, lost: list[str]) -> dict:
+def shipped_predictions(base: str, archs: list[str]) -> dict[str, list[float]]:
+    """Predictions of `archs` on every shipped device of the load."""
+    out = {}
+    for device in SHIPPED:
+        r = httpx.post(f"{base}/predict", timeout=60,
+                       json={"device": device, "space": "nb201", "archs": archs})
+        r.raise_for_status()
+        out[device] = [row["latency_ms"] for row in r.json()["predictions"]]
+    return out
+
+
+def changed_devices(before: dict[str, list[float]], after: dict[str, list[float]]) -> list[str]:
+    return [d for d in before if not np.allclose(before[d], after[d], rtol=1e-4)]
+
+
+def summarise(args, calls: list[Call], wall: float, expected: int, lost: list[str],
+              changed: list[str]) -> dict:
     rows = {}
     for endpoint in ("predict", "devices", "calibrate"):
         ms = np.array([c.seconds * 1e3 for c in calls if c.endpoint == endpoint])
@@ -178,6 +196,7 @@ def summarise(args, calls: list[Call], wall: float, expected: int, lost: list[st
             "archs_per_s": sum(c.archs for c in calls) / wall,
             "errors": sum(1 for c in calls if c.status != 200),
             "calibrations": expected, "lost_calibrations": len(lost), "lost": lost,
+            "changed_predictions": changed,
             "endpoints": rows,
             "first_errors": [f"{c.endpoint} {c.status}: {c.error}" for c in calls
                              if c.status != 200][:5]}
@@ -224,9 +243,11 @@ def main() -> int:
         server = start_server(port, device_dir, args.checkpoint)
         try:
             wait_ready(base, server)
+            before = shipped_predictions(base, pool[:64])
             calls, calibrated, wall = run_load(base, jobs, args.concurrency)
             expected = [body["name"] for kind, body in jobs if kind == "calibrate"]
             lost = lost_calibrations(base, expected, device_dir)
+            changed = changed_devices(before, shipped_predictions(base, pool[:64]))
         finally:
             server.terminate()
             try:
@@ -234,12 +255,14 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
-    summary = summarise(args, calls, wall, len(expected), lost)
+    summary = summarise(args, calls, wall, len(expected), lost, changed)
     print_table(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
         print(f"wrote {args.json}")
-    return 0 if summary["errors"] == 0 and not lost else 1
+    if changed:
+        print(f"predictions changed during the load on: {', '.join(changed)}")
+    return 0 if summary["errors"] == 0 and not lost and not changed else 1
 
 
 if __name__ == "__main__":
