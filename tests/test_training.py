@@ -8,6 +8,7 @@ import torch
 
 from predictor.adaptation import (
     AUTO_CANDIDATES,
+    AUTO_MIN_SHOTS,
     STRATEGIES,
     DeviceState,
     adapt,
@@ -114,10 +115,14 @@ def test_cross_validated_strategy_choice(tiny_run) -> None:
     blended = predict(model, store.batch(support), state)
     parts = torch.stack([predict(model, store.batch(support), m) for m in state.members])
     torch.testing.assert_close(blended, (state.weights[:, None] * parts).sum(0))
-    # Too few samples to cross-validate: the nearest-device ensemble, without fine-tuning.
-    _, few = adapt_selected(model, store.batch(support[:5]), y[:5], finetune_steps=5,
-                            known=known)
+    # Too few samples to cross-validate: the nearest-device ensemble, without fine-tuning;
+    # from AUTO_MIN_SHOTS on, the blend.
+    _, few = adapt_selected(model, store.batch(support[:AUTO_MIN_SHOTS - 1]),
+                            y[:AUTO_MIN_SHOTS - 1], finetune_steps=5, known=known)
     assert few == "nearest"
+    enough, _ = adapt_selected(model, store.batch(support[:AUTO_MIN_SHOTS]),
+                               y[:AUTO_MIN_SHOTS], finetune_steps=5, known=known)
+    assert len(enough.alternatives) == len(AUTO_CANDIDATES)
 
 
 def test_absolute_weight_adds_the_unscaled_log_mse(tiny_run) -> None:
