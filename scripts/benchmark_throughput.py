@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from predictor.adaptation import predict
 from predictor.api import Predictor, in_parallel, split_parts
+from predictor.api import _run_batch as run_batch
 from predictor.space_templates import SpaceTemplates, space_templates
 from predictor.spaces import nb201
 from predictor.storage import atomic_write_text
@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> dict:
 
     def from_cache(ids: list[int]) -> np.ndarray:  # in parallel chunks, as `Predictor.predict`
         def run_chunk(part: list[int]) -> np.ndarray:
-            with torch.inference_mode():
-                return torch.exp(predict(p.model, store.batch(part, gather=False), state)).numpy()
+            log_ms, _ = run_batch(p.model, store.batch(part, gather=False), state, False)
+            return torch.exp(log_ms).numpy()
 
         return np.concatenate(in_parallel(run_chunk, split_parts(ids, CHUNK)))
 
