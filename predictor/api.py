@@ -47,10 +47,6 @@ PARALLEL_MIN_PART = 128
 # intra-op threads, so k parts ask for k x threads: 2 hides one part's serial steps behind
 # the other's matmuls (measured on 2 cores) without flooding a many-core machine.
 MAX_PARALLEL_PARTS = 2
-# Up to this many graphs a batch runs on one intra-op thread: waking a second thread for
-# each of its many small ops costs more than it saves (a single NB201 arch: ~1 ms on one
-# thread, 4-5 ms on two, on this 2-core VM).
-SMALL_BATCH_GRAPHS = 32
 
 
 # Per-inference costs the latency network serves: positive quantities regressed in log
@@ -320,18 +316,10 @@ class Predictor:
 def _run_batch(model: torch.nn.Module, batch, state: DeviceState,
                with_spread: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-predictions, spread or None) of one batch."""
-    threads = torch.get_num_threads()
-    small = batch.num_graphs <= SMALL_BATCH_GRAPHS and threads > 1
-    if small:  # set for the calling thread only (its own OpenMP team)
-        torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():  # thread-local: set in the thread that runs the batch
-            if with_spread:
-                return predict_with_spread(model, batch, state)
-            return predict(model, batch, state), None
-    finally:
-        if small:
-            torch.set_num_threads(threads)
+    with torch.inference_mode():  # thread-local: set in the thread that runs the batch
+        if with_spread:
+            return predict_with_spread(model, batch, state)
+        return predict(model, batch, state), None
 
 
 def _collect(parts: list[tuple[torch.Tensor, torch.Tensor | None]], with_spread: bool

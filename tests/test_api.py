@@ -102,40 +102,6 @@ def test_parallel_parts_give_the_one_call_predictions(shipped, monkeypatch) -> N
                                    one[i:i + 1], rtol=1e-5)
 
 
-def test_small_batches_run_on_one_thread_and_restore_the_callers_count(shipped,
-                                                                       monkeypatch) -> None:
-    """A batch of a few graphs runs on one intra-op thread (cheaper than waking more); the
-    caller's thread count is back afterwards, also when the prediction fails."""
-    import torch
-
-    from predictor import api
-    from predictor.spaces import nb201
-
-    arch = nb201.arch_to_str(["nor_conv_3x3"] * 6)
-    seen = []
-    original = api.predict
-
-    def spy(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(api, "predict", spy)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        one = shipped.predict_batch("nb201", [arch], "pixel3@nb201")
-        many = shipped.predict_batch("nb201", [arch] * (api.SMALL_BATCH_GRAPHS + 1),
-                                     "pixel3@nb201")
-        assert seen == [1, 2] and torch.get_num_threads() == 2
-        np.testing.assert_allclose(many[:1], one, rtol=1e-5)
-        monkeypatch.setattr(api, "predict", lambda *a, **k: 1 / 0)
-        with pytest.raises(ZeroDivisionError):
-            shipped.predict_batch("nb201", [arch], "pixel3@nb201")
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_models_with_op_types_no_training_graph_held_are_flagged(shipped, tmp_path) -> None:
     """An LSTM and a transposed convolution are named (API, CLI note and JSON); a model
     built from the training graphs' ops is not, nor are data-movement ops."""
