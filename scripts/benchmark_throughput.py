@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from predictor.adaptation import predict
 from predictor.api import Predictor, in_parallel, split_parts
-from predictor.api import _run_batch as run_batch
 from predictor.space_templates import SpaceTemplates, space_templates
 from predictor.spaces import nb201
 from predictor.storage import atomic_write_text
@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> dict:
 
     def from_cache(ids: list[int]) -> np.ndarray:  # in parallel chunks, as `Predictor.predict`
         def run_chunk(part: list[int]) -> np.ndarray:
-            log_ms, _ = run_batch(p.model, store.batch(part, gather=False), state, False)
-            return torch.exp(log_ms).numpy()
+            with torch.inference_mode():
+                return torch.exp(predict(p.model, store.batch(part, gather=False), state)).numpy()
 
         return np.concatenate(in_parallel(run_chunk, split_parts(ids, CHUNK)))
 
@@ -146,27 +146,25 @@ def run(args: argparse.Namespace) -> dict:
         onnx_rates = {b: rate(lambda ps: p.predict(ps, device), paths, b, args.seconds)
                       for b in BATCHES}
 
-    # single predictions of new archs
-    fresh_templates(p)
-    p.predict_batch("nb201", archs[:1], device)  # templates of the fixed segments
-    singles = []
-    for arch in random_archs(args.single + len(archs), args.seed + 1)[-args.single:]:
-        start = time.perf_counter()
-        p.predict_batch("nb201", [arch], device)
-        singles.append((time.perf_counter() - start) * 1e3)
+    def single_ms(fn, seed: int) -> list[float]:
+        """Milliseconds of `fn([arch])` for archs outside `archs`, cell templates fresh."""
+        fresh_templates(p)
+        fn(archs[:1])  # templates of the fixed segments
+        times = []
+        for arch in random_archs(args.single + len(archs), seed)[-args.single:]:
+            start = time.perf_counter()
+            fn([arch])
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+
+    singles = single_ms(lambda a: p.predict_batch("nb201", a, device), args.seed + 1)
 
     # a device calibrated from 10 measurements, as a search on a new board uses it
     calibrated = calibrate_from_table(p, args.calibrate_on, args.seed)
     search_fn = lambda a: p.predict_batch("nb201", a, calibrated, with_spread=True)  # noqa: E731
     search_fn(archs)
     from_spec_calibrated = {b: rate(search_fn, archs, b, args.seconds) for b in BATCHES}
-    fresh_templates(p)
-    search_fn(archs[:1])  # templates of the fixed segments
-    calibrated_singles = []
-    for arch in random_archs(args.single + len(archs), args.seed + 2)[-args.single:]:
-        start = time.perf_counter()
-        search_fn([arch])
-        calibrated_singles.append((time.perf_counter() - start) * 1e3)
+    calibrated_singles = single_ms(search_fn, args.seed + 2)
 
     for b in BATCHES:
         out["batches"][str(b)] = {"cached": cached[b], "from_spec_cold": from_spec_cold[b],
