@@ -7,11 +7,8 @@
 
 from __future__ import annotations
 
-import os
-import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +37,6 @@ from predictor.onnx_io import InputShapes
 MIN_SHOTS = 5
 DEFAULT_FINETUNE_STEPS = 20  # when the checkpoint's config sets none
 SPACE_CHUNK = 1024  # search-space graphs per network call in `predict_batch`
-# Below this many graphs a call is not split across threads: each part would share too
-# few node states (`encoder.UniquePlan`) for the overlap to pay.
-PARALLEL_MIN_PART = 128
-# At most this many parts run at once. Each calling thread gets its own team of torch's
-# intra-op threads, so k parts ask for k x threads: 2 hides one part's serial steps behind
-# the other's matmuls (measured on 2 cores) without flooding a many-core machine.
-MAX_PARALLEL_PARTS = 2
 
 
 # Per-inference costs the latency network serves: positive quantities regressed in log
@@ -229,7 +219,7 @@ class Predictor:
 
         # Search-space graphs are small: bigger network calls share more node states
         # (`encoder.UniquePlan`), about a fifth faster than the general path's 256.
-        return _collect(in_parallel(part, split_parts(archs, SPACE_CHUNK)), with_spread)
+        return _collect([part(sub) for sub in split_parts(archs, SPACE_CHUNK)], with_spread)
 
     def device(self, name: str) -> DeviceState:
         """The adapted state of device `name` (calibrated here or loaded from its file;
@@ -293,10 +283,10 @@ class Predictor:
 
     def _run_store(self, store: GraphStore, state: DeviceState, chunk: int,
                    with_spread: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """`store`'s predictions (and spread), in chunks run in parallel (`in_parallel`)."""
-        return _collect(in_parallel(lambda ids: _run_batch(
-            self.model, store.batch(ids, gather=False), state, with_spread),
-            split_parts(range(len(store)), chunk)), with_spread)
+        """`store`'s predictions (and spread), `chunk` graphs per network call."""
+        return _collect([_run_batch(self.model, store.batch(ids, gather=False), state,
+                                    with_spread)
+                         for ids in split_parts(range(len(store)), chunk)], with_spread)
 
     def _state(self, device: str, metric: str | None) -> DeviceState:
         """The device's state, checked against `metric` when given."""
@@ -334,35 +324,13 @@ def _collect(parts: list[tuple[torch.Tensor, torch.Tensor | None]], with_spread:
 
 
 def split_parts(items: Sequence, chunk: int) -> list:
-    """`items` in consecutive parts of at most `chunk`, and into at least as many parts as
-    run at once (`in_parallel`) when each part keeps `PARALLEL_MIN_PART` items."""
-    n = len(items)
-    parts = max(-(-n // chunk), min(_workers(), n // PARALLEL_MIN_PART), 1)
-    size = -(-n // parts) if n else 1
-    return [items[i:i + size] for i in range(0, n, size)]
+    """`items` in consecutive parts of at most `chunk`.
 
-
-# (process id, workers) -> pool: a forked child gets its own (the parent's threads are
-# not copied into it, and a pool without its threads would never run anything).
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _workers() -> int:
-    return min(torch.get_num_threads(), MAX_PARALLEL_PARTS)
-
-
-def in_parallel(fn: Callable, parts: list) -> list:
-    """`fn` over `parts`, in order, on up to `MAX_PARALLEL_PARTS` Python threads (fewer
-    when torch has fewer intra-op threads). Torch and numpy release the GIL, so one
-    part's serial steps (graph assembly, sorting, gathers) overlap another's matmuls:
-    1.2-1.4x faster on 2 cores than one call."""
-    workers = min(len(parts), _workers())
-    if workers <= 1:
-        return [fn(p) for p in parts]
-    key = (os.getpid(), workers)
-    with _POOLS_LOCK:
-        pool = _POOLS.get(key)
-        if pool is None:
-            pool = _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="latpred")
-    return list(pool.map(fn, parts))
+    The parts run one after another on the calling thread. Running them on two Python
+    threads instead overlapped one part's serial steps with the other's matmuls, but
+    every thread that runs torch gets its own team of OpenMP threads. With more OpenMP
+    threads than cores, libgomp's workers stop spinning between parallel regions and
+    have to be woken for each of a small graph's many small ops. That slowed every later
+    small call in the process about 5x (single prediction p50 1.0 -> 5 ms on 2 cores).
+    Large batches were no faster on threads (stop 19, `benchmark_throughput.py`)."""
+    return [items[i:i + chunk] for i in range(0, len(items), chunk)]

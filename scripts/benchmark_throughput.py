@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from predictor.adaptation import predict
-from predictor.api import Predictor, in_parallel, split_parts
+from predictor.api import Predictor, split_parts
 from predictor.space_templates import SpaceTemplates, space_templates
 from predictor.spaces import nb201
 from predictor.storage import atomic_write_text
@@ -98,12 +98,12 @@ def run(args: argparse.Namespace) -> dict:
     store = p.space_graphs("nb201", archs)
     state = p.device(device)
 
-    def from_cache(ids: list[int]) -> np.ndarray:  # in parallel chunks, as `Predictor.predict`
+    def from_cache(ids: list[int]) -> np.ndarray:  # in chunks, as `Predictor.predict`
         def run_chunk(part: list[int]) -> np.ndarray:
             with torch.inference_mode():
                 return torch.exp(predict(p.model, store.batch(part, gather=False), state)).numpy()
 
-        return np.concatenate(in_parallel(run_chunk, split_parts(ids, CHUNK)))
+        return np.concatenate([run_chunk(part) for part in split_parts(ids, CHUNK)])
 
     rate(from_cache, list(range(len(archs))), 256, args.seconds)  # warm up the machine
     cached = {b: rate(from_cache, list(range(len(archs))), b, args.seconds) for b in BATCHES}
