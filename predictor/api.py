@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -321,6 +322,18 @@ def _collect(parts: list[tuple[torch.Tensor, torch.Tensor | None]], with_spread:
         return ms
     spread = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0)
     return ms, spread.numpy().astype(np.float64)
+
+
+def _one_thread_in_forked_child() -> None:
+    """GNU OpenMP is not fork-safe: a child forked after the parent's thread ran torch on
+    several threads waits forever for the parent's OpenMP workers, which fork did not
+    copy, in its first parallel op. A team of one starts none; PyTorch's DataLoader
+    workers do the same. Forked workers (a multiprocessing pool of predictions) would
+    share the cores anyway; `torch.set_num_threads` in the child raises it again."""
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_thread_in_forked_child)
 
 
 def split_parts(items: Sequence, chunk: int) -> list:

@@ -195,16 +195,32 @@ def test_fine_tuned_device_file_round_trips_and_old_format_loads(shipped, tmp_pa
                                expected, rtol=1e-6)
 
 
-def test_parallel_predictions_work_in_a_forked_child(shipped) -> None:
-    """A process forked after the thread pool started (e.g. multiprocessing workers)
-    predicts with its own pool instead of waiting on the parent's threads."""
+def _predict_and_threads(predictor, archs: list[str]) -> tuple[np.ndarray, int]:
+    import torch
+
+    return predictor.predict_batch("nb201", archs, "pixel3@nb201"), torch.get_num_threads()
+
+
+def test_predictions_work_in_a_forked_child(shipped) -> None:
+    """A process forked after the parent predicted on several OpenMP threads (e.g.
+    multiprocessing workers) predicts on one thread instead of waiting forever for the
+    parent's OpenMP workers."""
     import multiprocessing
+
+    import torch
 
     from predictor.spaces import nb201
 
     rng = np.random.default_rng(5)
     archs = [nb201.arch_to_str(list(rng.choice(nb201.OPS, 6))) for _ in range(300)]
-    expected = shipped.predict_batch("nb201", archs, "pixel3@nb201")  # starts the pool
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        got = pool.apply_async(shipped.predict_batch, ("nb201", archs, "pixel3@nb201"))
-        np.testing.assert_allclose(got.get(timeout=120), expected, rtol=1e-5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the parent's OpenMP team has a worker, even on one core
+    try:
+        expected = shipped.predict_batch("nb201", archs, "pixel3@nb201")
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got, child_threads = pool.apply_async(_predict_and_threads,
+                                                  (shipped, archs)).get(timeout=120)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert child_threads == 1
