@@ -9,6 +9,7 @@ import torch
 from predictor.adaptation import (
     AUTO_CANDIDATES,
     AUTO_MIN_SHOTS,
+    SPREAD_CANDIDATES,
     STRATEGIES,
     DeviceState,
     adapt,
@@ -103,15 +104,17 @@ def test_cross_validated_strategy_choice(tiny_run) -> None:
     assert set(weights) <= set(AUTO_CANDIDATES)
     by_error = sorted(weights, key=errors.__getitem__)
     assert [weights[n] for n in by_error] == sorted(weights.values(), reverse=True)
-    assert len(state.alternatives) == len(AUTO_CANDIDATES)
+    assert len(state.alternatives) == len(SPREAD_CANDIDATES)
     for name, member in zip(state.labels, state.members, strict=True):
         strategy = STRATEGIES[name]
         parts = member.members or [member]  # an ensemble lists its own state first
         assert bool(parts[0].params) == strategy.tuned
         assert (parts[0].op_scale is not None) == strategy.op_scale
         assert (member.kernel_sum is not None) == strategy.kernel_sum
-        if not strategy.kernel_sum:
+        if strategy.network and not strategy.kernel_sum:
             assert len(parts) == 1 + strategy.nearest + strategy.linear
+        if not strategy.network:  # the linear fit alone, or a kernel sum
+            assert (member.linear is not None) != strategy.kernel_sum
     blended = predict(model, store.batch(support), state)
     parts = torch.stack([predict(model, store.batch(support), m) for m in state.members])
     torch.testing.assert_close(blended, (state.weights[:, None] * parts).sum(0))
@@ -122,7 +125,7 @@ def test_cross_validated_strategy_choice(tiny_run) -> None:
     assert few == "nearest"
     enough, _ = adapt_selected(model, store.batch(support[:AUTO_MIN_SHOTS]),
                                y[:AUTO_MIN_SHOTS], finetune_steps=5, known=known)
-    assert len(enough.alternatives) == len(AUTO_CANDIDATES)
+    assert len(enough.alternatives) == len(SPREAD_CANDIDATES)
 
 
 def test_absolute_weight_adds_the_unscaled_log_mse(tiny_run) -> None:
