@@ -484,8 +484,9 @@ STRATEGIES: dict[str, Strategy] = {
 # one since stop 19: equal on HELP's meta-valid devices, HW-NAS-Bench-360's boards and the
 # model-set valid devices (K = 10 and 20), and better where a task's checkpoint never saw
 # a device like the target: FBNet devices that are a test device of no task and not in
-# the task's training set, K = 20, Spearman F3 0.809 -> 0.819, F5 0.824 -> 0.840 (F1, F2,
-# F4 equal). The network mixtures with a linear member stay out.
+# the task's training set (`benchmark_strategies.py --devices fbnet-untouched`), K = 20,
+# Spearman F5 0.824 -> 0.840, F3 0.870 -> 0.874, F1 / F4 +0.001, F2 equal. The network
+# mixtures with a linear member stay out.
 AUTO_CANDIDATES = ("amortised", "nearest", "finetune", "finetune+nearest", "opscale",
                    "kernelsum", "kernelsum+net", "linear")
 # The candidates whose disagreement is an auto device's spread (`predict_with_spread`):

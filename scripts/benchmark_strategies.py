@@ -3,10 +3,15 @@
     python scripts/benchmark_strategies.py --devices hw --strategies kernelsum,auto
     python scripts/benchmark_strategies.py --devices nb201-valid --seeds 3
     python scripts/benchmark_strategies.py --devices fbnet-valid
+    python scripts/benchmark_strategies.py --devices fbnet-untouched --task F5 --shots 20 \
+        --auto-candidates amortised,nearest,finetune,finetune+nearest,opscale,kernelsum,kernelsum+net
 
 `hw`: HW-NAS-Bench-360's Raspberry Pi 5 latency tables (3 runtimes x 3 tasks; no
 training device is like them); `nb201-valid` / `fbnet-valid`: HELP's meta-valid
-devices. K support archs from indices 0..899 (outliers trimmed), scored on 900..1899
+devices; `fbnet-untouched --task F1..F5`: FBNet devices that are a test device of no
+NASFLAT task and not a training device of the task, scored with the task's checkpoint
+(`checkpoints/tasks/`): devices unlike anything that checkpoint trained on, as F4 and F5
+ask for. K support archs from indices 0..899 (outliers trimmed), scored on 900..1899
 (trimmed) as in `benchmark_fewshot.py`. Prints Spearman / MAPE % per device and the
 means; this is where the candidates of "auto", its temperature and the kernel-sum ridge
 were chosen.
@@ -18,6 +23,7 @@ import argparse
 
 import numpy as np
 
+from predictor import adaptation
 from predictor.checkpoint import Checkpoint
 from predictor.corpus import build_corpus
 from predictor.devices import get_device
@@ -52,20 +58,42 @@ def valid_cases(space: str, shots: int, seeds: int):
         yield device, table, store, make_cases(space, device, table, shots, seeds)
 
 
+def untouched_cases(task: str, shots: int, seeds: int):
+    tasks = ("F0", "F1", "F2", "F3", "F4", "F5")
+    tested = {d for t in tasks for d in get_split("fbnet", t).test}
+    split = get_split("fbnet", task)
+    for device in sorted(set(get_split("fbnet", "F0").devices) - tested - set(split.train)):
+        table = load_latency_table("fbnet", device)
+        batch = get_device(device).batch_size or 1
+        store = build_corpus("fbnet", batch_sizes=(batch,), progress=False)[batch]
+        yield device, table, store, make_cases("fbnet", device, table, shots, seeds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", choices=("hw", "nb201-valid", "fbnet-valid"), default="hw")
+    parser.add_argument("--devices", choices=("hw", "nb201-valid", "fbnet-valid", "fbnet-untouched"),
+                        default="hw")
+    parser.add_argument("--task", default="F5", help="with fbnet-untouched: F1..F5")
+    parser.add_argument("--auto-candidates", default=None,
+                        help="comma-separated candidates of auto (default AUTO_CANDIDATES)")
     parser.add_argument("--strategies", default="amortised,opscale,finetune,kernelsum,auto")
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--checkpoint", default=None)
     args = parser.parse_args()
-    model = Checkpoint.load(args.checkpoint).model.eval()
-    space = "fbnet" if args.devices == "fbnet-valid" else "nb201"
-    known = [embed_table_device(model, space, d)[0] for d in get_split(space, "help").train]
+    untouched = args.devices == "fbnet-untouched"
+    if args.auto_candidates:
+        adaptation.AUTO_CANDIDATES = tuple(args.auto_candidates.split(","))
+    checkpoint = args.checkpoint or (f"checkpoints/tasks/fbnet_{args.task}.ckpt" if untouched
+                                     else None)
+    model = Checkpoint.load(checkpoint).model.eval()
+    space = "fbnet" if args.devices.startswith("fbnet") else "nb201"
+    train = get_split(space, args.task if untouched else "help").train
+    known = [embed_table_device(model, space, d)[0] for d in train]
     strategies = args.strategies.split(",")
     fns = {s: predictor_fn(model, s, 20, 1e-2, known=known) for s in strategies}
     cases = (hw_cases(args.shots, args.seeds) if args.devices == "hw"
+             else untouched_cases(args.task, args.shots, args.seeds) if untouched
              else valid_cases(space, args.shots, args.seeds))
     results: dict[str, dict[str, dict[str, float]]] = {s: {} for s in strategies}
     print("| device | " + " | ".join(strategies) + " |")
