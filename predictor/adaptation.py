@@ -492,8 +492,7 @@ AUTO_CANDIDATES = ("amortised", "nearest", "finetune", "finetune+nearest", "opsc
 # The candidates whose disagreement is an auto device's spread (`predict_with_spread`):
 # the linear fit stays out, being far off where the network is right (NB201's GPUs), and
 # SPREAD_K (`predictor.search`) was calibrated on these.
-SPREAD_CANDIDATES = ("amortised", "nearest", "finetune", "finetune+nearest", "opscale",
-                     "kernelsum", "kernelsum+net")
+SPREAD_CANDIDATES = tuple(name for name in AUTO_CANDIDATES if name != "linear")
 # "auto" blends the candidates with weights exp(-(e - e_min) / (T e_min)) of their
 # cross-validated errors e: a softer choice than the least error, which 10 samples pick
 # noisily. Weights below AUTO_MIN_WEIGHT are dropped (they cost prediction time).

@@ -15,8 +15,8 @@ Clients never name files: models arrive as bytes, devices by name. The body size
 is enforced before parsing (413); schema violations and malformed JSON get 422, a
 `PredictorError` 400 (404 for an unknown device, 409 for a busy one). Inference runs in
 FastAPI's thread pool so the event loop stays free, and one lock serialises the use of
-the torch model (fine-tuning swaps its parameters in place), so a device calibrated by
-one request is seen by every later prediction.
+the serving `Predictor` (its device cache reloads a device whose file changed), so a
+device calibrated by one request is seen by every later prediction.
 """
 
 from __future__ import annotations
@@ -282,9 +282,9 @@ class PredictionService:
     """The work behind the endpoints; every call into the predictor holds `lock`.
 
     Calibrations run on their own copy of the model (`calibrator`, one at a time under
-    `calibration_lock`): fine-tuning swaps module parameters while it runs, and a
-    calibration takes seconds that predictions should not wait for. The stored device
-    file is what the serving predictor then loads (it reloads a device whose file changed).
+    `calibration_lock`): a calibration takes seconds that predictions should not wait
+    for. The stored device file is what the serving predictor then loads (it reloads a
+    device whose file changed).
     """
 
     def __init__(self, predictor: Predictor):
