@@ -110,7 +110,7 @@ def head_copy(model: LatencyModel) -> LatencyModel:
     inner loop may change) are its own copies; the encoder is shared. Fine-tuning and
     predicting with tuned parameters go through such a copy: swapping the parameters of
     the shared model in place (`torch.func.functional_call`) would change them under
-    another thread predicting with it at the same time (parallel parts, the service)."""
+    another thread predicting with it at the same time (a caller's threads, the service)."""
     tuned = copy.copy(model)
     tuned._modules = dict(model._modules)
     for name in HEAD_MODULES:
