@@ -9,6 +9,7 @@ the device embedding and a copy of the head (`head_copy`).
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -18,7 +19,13 @@ from torch.nn import functional as F
 
 from predictor.encoder import UniquePlan, scatter_sum
 from predictor.graph_store import GraphBatch, select_graphs
-from predictor.model import FEATURE_COLUMN, OP_CLASSES, LatencyModel, node_op_classes
+from predictor.model import (
+    FEATURE_COLUMN,
+    OP_CLASSES,
+    LatencyModel,
+    affine_calibration,
+    node_op_classes,
+)
 
 # Parameters the inner loop may change: the conditioning and the head, never the
 # shared encoder (10 samples cannot re-learn graph structure).
@@ -246,27 +253,49 @@ def fit_op_scale(model: LatencyModel, support: GraphBatch, log_latency: torch.Te
     op class; a class absent from the support set keeps 0) with (a, b) refitted in closed
     form. The network's node costs are computed once: only len(OP_CLASSES) numbers move.
     """
-    ridge = OP_SCALE_RIDGE if ridge is None else ridge
     with torch.no_grad():
         h, _ = model.encode(support)
         costs, overhead = _call_raw(model, state.params, support, h, state.z, by_class=True)
+    scale = fit_log_scales(costs, overhead, log_latency, model.config.calibration_ridge,
+                           OP_SCALE_RIDGE if ridge is None else ridge)
+    if scale is None:  # the line search diverged: keep the plain costs
+        return state
+    with torch.no_grad():
+        a, b = model.calibrate(log_scaled_cost(costs, scale) + overhead, log_latency)
+    return DeviceState(state.z, a, b, state.params, op_scale=scale)
+
+
+def fit_log_scales(costs: torch.Tensor, overhead: torch.Tensor, log_latency: torch.Tensor,
+                   calibration_ridge: float, ridge: float) -> torch.Tensor | None:
+    """The log multipliers s (C,) of `fit_op_scale` for node costs (B, C) per op class and
+    log overheads (B,); None if L-BFGS ends on a non-finite s."""
     scale = torch.zeros(costs.shape[1], requires_grad=True)
     optimiser = torch.optim.LBFGS([scale], max_iter=60, line_search_fn="strong_wolfe")
 
     def objective() -> torch.Tensor:
         optimiser.zero_grad()
-        raw = torch.log(costs @ torch.exp(scale) + 1e-6) + overhead
-        a, b = model.calibrate(raw, log_latency)
+        raw = log_scaled_cost(costs, scale) + overhead
+        a, b = affine_calibration(raw, log_latency, calibration_ridge)
         loss = ((a * raw + b - log_latency) ** 2).mean() + ridge * (scale ** 2).sum()
         loss.backward()
         return loss
 
     optimiser.step(objective)
-    with torch.no_grad():
-        scale = scale.detach()
-        raw = torch.log(costs @ torch.exp(scale) + 1e-6) + overhead
-        a, b = model.calibrate(raw, log_latency)
-    return DeviceState(state.z, a, b, state.params, op_scale=scale)
+    scale = scale.detach()
+    return scale if torch.isfinite(scale).all() else None
+
+
+def log_scaled_cost(costs: torch.Tensor, log_scale: torch.Tensor | None) -> torch.Tensor:
+    """log(costs @ exp(log_scale) + 1e-6) per graph, without overflow for any scale.
+
+    costs: (B, C) non-negative node costs per op class; log_scale: (C,) or None (all 0).
+    A strong-Wolfe line search may try huge scales: exp() would overflow to inf and the
+    loss to NaN, which the line search cannot recover from.
+    """
+    if log_scale is None:
+        return torch.log(costs.sum(dim=1) + 1e-6)
+    floor = torch.full((costs.shape[0], 1), math.log(1e-6), dtype=costs.dtype)
+    return torch.logsumexp(torch.cat([torch.log(costs) + log_scale, floor], dim=1), dim=1)
 
 
 def _linear_design(model: LatencyModel, batch: GraphBatch) -> torch.Tensor:
@@ -403,8 +432,7 @@ def _network_raw(model: LatencyModel, batch: GraphBatch, m: DeviceState,
     if key not in cache:
         cache[key] = _call_raw(model, m.params, batch, h, m.z, plan, by_class=True)
     costs, overhead = cache[key]
-    total = costs.sum(dim=1) if m.op_scale is None else costs @ torch.exp(m.op_scale)
-    return torch.log(total + 1e-6) + overhead
+    return log_scaled_cost(costs, m.op_scale) + overhead
 
 
 def _network_members(state: DeviceState) -> list[DeviceState]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from predictor.energy import measure_energy, open_energy_meter
+from predictor.energy import ENERGY_SECONDS, measure_energy, open_energy_meter
 from predictor.errors import DynamicShapeError, InvalidModelError, MeasurementError
 from predictor.errors import first_line as _first_line
 from predictor.onnx_io import read_model
@@ -321,6 +321,7 @@ def measure_onnx(
     warmup: int = 5,
     target_rel_ci: float = 0.02,
     energy: bool = False,
+    energy_seconds: float = ENERGY_SECONDS,
 ) -> Measurement:
     """Time an ONNX model with ONNX Runtime on random inputs; see `time_runs` for the stop rule.
 
@@ -332,7 +333,8 @@ def measure_onnx(
         batch: overrides dim 0 of every input (the dim must be dynamic).
         input_shape: shape of the first input, e.g. ``(1, 3, 224, 224)``.
         graph_optimization: `all`, `extended`, `basic` or `disabled`.
-        energy: also measure energy per inference (>= 2 s more; see `measure_energy`).
+        energy: also measure energy per inference (2 x `energy_seconds` more; see
+            `measure_energy`).
 
     Raises:
         ModelNotFoundError, InvalidModelError: a bad model source.
@@ -365,7 +367,7 @@ def measure_onnx(
     times = time_runs(run, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds,
                       warmup=warmup, target_rel_ci=target_rel_ci)
     result = summarize(name, times, min_runs=min_runs)
-    return _with_energy(result, run, device) if energy else result
+    return _with_energy(result, run, device, energy_seconds) if energy else result
 
 
 def measure_torch(
@@ -374,22 +376,25 @@ def measure_torch(
     *,
     device: str = "cpu",
     threads: int | None = None,
+    batch: int | None = None,
     min_runs: int = 10,
     max_runs: int = 1000,
     max_seconds: float = 5.0,
     warmup: int = 5,
     target_rel_ci: float = 0.02,
     energy: bool = False,
+    energy_seconds: float = ENERGY_SECONDS,
 ) -> Measurement:
     """Time a torch module in eval mode under `torch.inference_mode` on `example_input`.
 
     `threads` sets `torch.set_num_threads` for the measurement only; the previous value
     and the module's train/eval mode are restored. With `device="cuda"` the module is
-    moved to the GPU (in place) and each run is synchronised.
+    moved to the GPU (in place) and each run is synchronised. `batch` repeats each
+    batch-1 example tensor along dim 0 to that size.
     """
     import torch
 
-    _check_options("torch", device, threads, None, "all")
+    _check_options("torch", device, threads, batch, "all")
     if not isinstance(module, torch.nn.Module):
         raise InvalidModelError(f"measure_torch takes a torch.nn.Module, not "
                                 f"{type(module).__name__}; time ONNX models with `measure_onnx`")
@@ -399,6 +404,8 @@ def measure_torch(
     name = f"<torch:{type(module).__name__}>"
     target = torch.device(device)
     args = example_input if isinstance(example_input, tuple) else (example_input,)
+    if batch is not None:
+        args = tuple(_rebatch_tensor(a, batch, name) for a in args)
     args = tuple(a.to(target) if isinstance(a, torch.Tensor) else a for a in args)
     module.to(target)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -422,20 +429,33 @@ def measure_torch(
                               max_seconds=max_seconds, warmup=warmup,
                               target_rel_ci=target_rel_ci)
             result = summarize(name, times, min_runs=min_runs)
-            return _with_energy(result, run, device) if energy else result
+            return _with_energy(result, run, device, energy_seconds) if energy else result
     finally:
         torch.set_num_threads(old_threads)
         module.train(was_training)
 
 
-def _with_energy(result: Measurement, run: Callable[[], object], device: str) -> Measurement:
+def _rebatch_tensor(value: Any, batch: int, name: str) -> Any:
+    """A batch-1 example tensor repeated along dim 0 to `batch`; other values as given."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.dim() == 0 or value.shape[0] != 1:
+        raise MeasurementError(f"{name}: batch {batch} needs batch-1 example inputs; got an "
+                               f"input of shape {list(value.shape)}")
+    return value.repeat(batch, *[1] * (value.dim() - 1))
+
+
+def _with_energy(result: Measurement, run: Callable[[], object], device: str,
+                 seconds: float) -> Measurement:
     from dataclasses import replace
 
     meter, note = open_energy_meter(device)
     if meter is None:
         return replace(result, energy_mj=None, energy_note=note)
     try:
-        energy_mj, note = measure_energy(meter, run)
+        energy_mj, note = measure_energy(meter, run, seconds=seconds)
     finally:
         meter.close()
     return replace(result, energy_mj=energy_mj, energy_note=note)

@@ -38,6 +38,7 @@ class RuntimeConfig:
     threads: int | None  # None: the runtime's default (host threads matter little on a GPU)
     graph_optimization: str = "all"
     device: str = "cpu"  # "cpu" or "cuda"
+    batch: int = 1  # torch repeats the batch-1 example; ONNX exports of specs are batch 1
 
 
 # The benchmark's held-out "new device" is ONNX Runtime, 1 thread, full optimisation
@@ -155,22 +156,30 @@ def measure_device(name: str, device: str, config: RuntimeConfig, *, max_seconds
 
 
 def measure_spec(spec: Any, config: RuntimeConfig, *, max_seconds: float = 1.0,
-                 energy: bool = False, name: str | None = None) -> Any:
+                 energy: bool = False, energy_seconds: float | None = None,
+                 name: str | None = None) -> Any:
     """Time one generator spec under `config` (torch: the module itself; onnxruntime: its
     ONNX export); the `Measurement` is named `name` or the spec's name."""
     from dataclasses import replace
 
+    from predictor.energy import ENERGY_SECONDS
+    from predictor.errors import MeasurementError
     from predictor.generator import build_module, export_spec
     from predictor.measure import measure_onnx, measure_torch
 
+    window = {"energy": energy, "energy_seconds": energy_seconds or ENERGY_SECONDS}
     if config.backend == "torch":
         module, example = build_module(spec)
         m = measure_torch(module, example, device=config.device, threads=config.threads,
-                          max_seconds=max_seconds, energy=energy)
+                          batch=config.batch if config.batch != 1 else None,
+                          max_seconds=max_seconds, **window)
+    elif config.batch != 1:
+        raise MeasurementError(f"Runtime config {config.name!r}: generated ONNX models are "
+                               f"exported at batch 1; batch {config.batch} needs the torch backend")
     else:
         m = measure_onnx(export_spec(spec), device=config.device, threads=config.threads,
                          graph_optimization=config.graph_optimization,
-                         max_seconds=max_seconds, energy=energy)
+                         max_seconds=max_seconds, **window)
     return replace(m, model=name or spec.name)
 
 

@@ -40,19 +40,32 @@ CACHE = Path("datasets/cache/local_device")
 
 
 # Runtimes the test models can be measured under. "ort-1t" is the held-out test device;
-# "torch-cuda" (PyTorch eager on this machine's GPU, batch 1) is a second unseen device for
-# checkpoints that never trained on GPU model-set measurements.
-RUNTIMES = ("ort-1t", "torch-cuda")
+# the GPU ones (PyTorch eager on this machine's GPU, batch 1 or 32) are further devices:
+# batch 1 is a training runtime on other models (the H200's zoo1), batch 32 is in no
+# training set.
+def _runtimes() -> dict:
+    from predictor.model_sets import HELD_OUT_CONFIG, TRAINING_CONFIGS, RuntimeConfig
+
+    return {"ort-1t": HELD_OUT_CONFIG, "torch-cuda": TRAINING_CONFIGS["torch-cuda"],
+            "torch-cuda-b32": RuntimeConfig("torch-cuda-b32", "torch", None, device="cuda",
+                                            batch=32)}
+
+
+RUNTIMES = ("ort-1t", "torch-cuda", "torch-cuda-b32")
 
 
 def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds: float,
-                    runtime: str = "ort-1t", measure_only: bool = False
-                    ) -> tuple[list[dict], list[str]]:
-    """(rows {model, kind, latency_ms, ...}, spec names) of the test models, measured here."""
+                    runtime: str = "ort-1t", measure_only: bool = False,
+                    energy_seconds: float | None = None,
+                    measurements: list[Path] | None = None) -> tuple[list[dict], list[str]]:
+    """(rows {model, kind, latency_ms, energy_mj, ...}, spec names) of the test models,
+    measured here; with `energy_seconds`, energy too (idle and busy windows that long);
+    with `measurements`, read from those CSVs instead (see `combined_passes`)."""
+    from predictor.energy import ENERGY_SECONDS
     from predictor.generator import sample_specs, write_models
     from predictor.measure import SpeedProbe, measure_many, measure_onnx, speed_probe_for
     from predictor.measurements import provenance, read_measurements_csv, write_measurements_csv
-    from predictor.model_sets import TRAINING_CONFIGS, measure_spec
+    from predictor.model_sets import measure_spec
 
     specs = (sample_specs(TEST_SEED, n_cnn, kinds=("cnn",))
              + sample_specs(TEST_SEED, n_transformer, kinds=("transformer",)))
@@ -62,29 +75,62 @@ def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds
              else [folder / f"{s.name}.onnx" for s in specs])
     prefix = "ort-1thread-all" if runtime == "ort-1t" else runtime
     csv = folder / f"{prefix}-{n_cnn}cnn-{n_transformer}tf.csv"
-    if csv.exists() and not remeasure:
+    energy = energy_seconds is not None
+    if measurements:
+        rows = combined_passes(measurements, paths)
+    elif csv.exists() and not remeasure:
         rows, _ = read_measurements_csv(csv)
     elif runtime == "ort-1t":
         measured, probe_ms = measure_many(
             paths, partial(measure_onnx, threads=1, graph_optimization="all",
-                           max_seconds=max_seconds),
+                           max_seconds=max_seconds, energy=energy,
+                           energy_seconds=energy_seconds or ENERGY_SECONDS),
             probe=SpeedProbe(threads=1), desc="measure (ORT, 1 thread)")
         write_measurements_csv(csv, measured, provenance("onnxruntime", "cpu", 1, None, "all",
                                                          speed_probe_ms=probe_ms))
         rows, _ = read_measurements_csv(csv)
     else:
-        config = TRAINING_CONFIGS[runtime]
+        config = _runtimes()[runtime]
         measured, _ = measure_many(
             list(zip(specs, paths, strict=True)),
-            lambda sp: measure_spec(sp[0], config, max_seconds=max_seconds, name=sp[1].name),
-            probe=speed_probe_for(config.backend, config.device), desc="measure (torch, cuda)")
-        write_measurements_csv(csv, measured, provenance("torch", "cuda", None, 1, "all",
-                                                         runtime_config=runtime))
+            lambda sp: measure_spec(sp[0], config, max_seconds=max_seconds, energy=energy,
+                                    energy_seconds=energy_seconds, name=sp[1].name),
+            probe=speed_probe_for(config.backend, config.device),
+            desc=f"measure ({config.backend}, {config.device}, batch {config.batch})")
+        write_measurements_csv(csv, measured, provenance(
+            config.backend, config.device, None, config.batch, "all", runtime_config=runtime,
+            max_seconds=max_seconds, energy_seconds=energy_seconds))
         rows, _ = read_measurements_csv(csv)
     kinds = {s.name: s.kind for s in specs}
     for row in rows:
         row["kind"] = kinds[Path(row["model"]).stem]
     return rows, [s.name for s in specs]
+
+
+def combined_passes(files: list[Path], paths: list[Path]) -> list[dict]:
+    """Rows {model, latency_ms, energy_mj} of the test models (`paths`) from measurement
+    CSVs of them, e.g. passes taken on another machine: the geometric mean over the files,
+    None where a file lacks the value. Rows name the models by file name."""
+    from predictor.measurements import read_measurements_csv
+
+    by_name = {p.name: p for p in paths}
+    values: dict[str, dict[str, list]] = {name: {"latency_ms": [], "energy_mj": []}
+                                          for name in by_name}
+    for file in files:
+        rows, _ = read_measurements_csv(file)
+        names = {Path(r["model"]).name for r in rows}
+        if names != set(by_name):
+            raise SystemExit(f"{file}: holds {len(names & set(by_name))} of the "
+                             f"{len(by_name)} test models and {len(names - set(by_name))} others")
+        for r in rows:
+            for column, seen in values[Path(r["model"]).name].items():
+                seen.append(r.get(column))
+
+    def mean(seen: list) -> float | None:
+        return None if None in seen else float(np.exp(np.mean(np.log(seen))))
+
+    return [{"model": by_name[name], **{c: mean(v) for c, v in columns.items()}}
+            for name, columns in values.items()]
 
 
 def valid_models(name: str) -> tuple[list[dict], GraphStore]:
@@ -109,9 +155,18 @@ def run(args: argparse.Namespace) -> dict:
         rows, store = valid_models(args.valid)
     else:
         rows, _ = measured_models(args.cnns, args.transformers, args.remeasure, args.max_seconds,
-                                  args.runtime)
-        store = GraphStore.from_graphs([extract_graph(r["model"]) for r in rows])
-    latency = np.array([r["latency_ms"] for r in rows])
+                                  args.runtime, measurements=args.measurements)
+        missing = [r["model"] for r in rows if r.get(args.metric) is None]
+        if len(missing) == len(rows):
+            raise SystemExit(f"No test model has {args.metric}: measure with --energy-seconds "
+                             "on a machine with an energy counter (NVML, RAPL)")
+        if missing:  # energy too close to idle to measure
+            print(f"{len(missing)} of {len(rows)} models have no {args.metric}; left out")
+            rows = [r for r in rows if r.get(args.metric) is not None]
+        batch = _runtimes()[args.runtime].batch
+        store = GraphStore.from_graphs([extract_graph(r["model"]).with_batch(batch)
+                                        for r in rows])
+    latency = np.array([r[args.metric] for r in rows])
     kind = np.array([r["kind"] for r in rows])
     cnn, tf = np.flatnonzero(kind == "cnn"), np.flatnonzero(kind == "transformer")
     known = predictor.known_devices()
@@ -161,7 +216,18 @@ def main() -> None:
                              "zoo2/epyc-torch-1t): for model selection, never the test device")
     parser.add_argument("--runtime", choices=RUNTIMES, default="ort-1t",
                         help="the held-out device: this CPU under ONNX Runtime 1 thread "
-                             "(default), or this machine's GPU under torch eager")
+                             "(default), or this machine's GPU under torch eager at batch 1 "
+                             "or 32")
+    parser.add_argument("--metric", choices=("latency_ms", "energy_mj"), default="latency_ms",
+                        help="what to calibrate and predict (energy needs --energy-seconds "
+                             "measurements)")
+    parser.add_argument("--energy-seconds", type=float, default=None,
+                        help="when measuring, also measure energy per inference with idle "
+                             "and busy windows this long (NVML on a GPU, RAPL on a CPU)")
+    parser.add_argument("--measurements", type=Path, nargs="+", default=None, metavar="CSV",
+                        help="the test models' measurements under --runtime, taken earlier "
+                             "(e.g. on a GPU machine); several passes are averaged "
+                             "(geometric mean)")
     parser.add_argument("--measure-only", action="store_true",
                         help="measure (and cache) the test models, then stop")
     parser.add_argument("--json", type=Path, default=None)
@@ -169,14 +235,16 @@ def main() -> None:
     start = time.time()
     if args.measure_only:
         measured_models(args.cnns, args.transformers, args.remeasure, args.max_seconds,
-                        args.runtime, measure_only=True)
+                        args.runtime, measure_only=True, energy_seconds=args.energy_seconds)
         print(f"measured in {time.time() - start:.1f} s")
         return
     out = run(args)
     methods = list(next(iter(out["results"].values())))
     where = (f"valid device {args.valid}" if args.valid else
              "This CPU, ONNX Runtime 1 thread" if args.runtime == "ort-1t" else
-             "This GPU, torch eager, batch 1")
+             f"This GPU, torch eager, batch {_runtimes()[args.runtime].batch}")
+    if args.metric != "latency_ms":
+        where += f", {args.metric}"
     print(f"\n## {where}: {out['cnns']} CNNs, {out['transformers']} "
           f"transformers, {args.seeds} seeds\n")
     for metric, fmt in (("spearman", ".3f"), ("mape", ".1f"), ("within10", ".1f")):
@@ -191,11 +259,12 @@ def main() -> None:
         report = {k: v for k, v in out.items() if k != "raw"}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
-        plot(out["raw"], "latpred+auto", args.json.with_suffix(".png"), where)
+        unit = "mJ" if args.metric == "energy_mj" else "ms"
+        plot(out["raw"], "latpred+auto", args.json.with_suffix(".png"), where, unit)
         print(f"wrote {args.json} and {args.json.with_suffix('.png')}")
 
 
-def plot(raw: dict, method: str, path: Path, where: str) -> None:
+def plot(raw: dict, method: str, path: Path, where: str, unit: str = "ms") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,8 +277,8 @@ def plot(raw: dict, method: str, path: Path, where: str) -> None:
         lo, hi = min(true.min(), pred.min()), max(true.max(), pred.max())
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         ax.set_title(case, fontsize=9)
-        ax.set_xlabel("measured ms")
-        ax.set_ylabel("predicted ms")
+        ax.set_xlabel(f"measured {unit}")
+        ax.set_ylabel(f"predicted {unit}")
     fig.suptitle(f"{where}, {method}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

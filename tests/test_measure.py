@@ -6,6 +6,7 @@ import csv
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from predictor.energy import RaplEnergyMeter, open_energy_meter
+from predictor.energy import EnergyMeter, RaplEnergyMeter, measure_energy, open_energy_meter
 from predictor.errors import (
     DataError,
     DynamicShapeError,
@@ -202,6 +203,34 @@ def test_rapl_meter_sums_packages_and_handles_wrap(tmp_path: Path) -> None:
     assert meter.delta_mj(start, meter.read()) == pytest.approx(0.5)
 
 
+class _ClockMeter(EnergyMeter):
+    """A counter that gains 50 mW at rest and 2 mJ per call of `run`."""
+
+    name = "clock"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def run(self) -> None:
+        self.calls += 1
+        time.sleep(0.002)
+
+    def read(self) -> tuple[float, ...]:
+        return (50.0 * time.perf_counter() + 2.0 * self.calls,)
+
+    def delta_mj(self, start: tuple[float, ...], end: tuple[float, ...]) -> float:
+        return end[0] - start[0]
+
+
+def test_energy_subtracts_idle_power_over_the_given_windows() -> None:
+    meter = _ClockMeter()
+    start = time.perf_counter()
+    energy_mj, note = measure_energy(meter, meter.run, seconds=0.1)
+    took = time.perf_counter() - start
+    assert energy_mj == pytest.approx(2.0, rel=0.05)
+    assert 0.2 <= took < 0.6 and note.startswith("clock: ")
+
+
 def test_speed_probe_is_a_valid_model_and_times_it() -> None:
     model = onnx.load_from_string(probe_model())
     onnx.checker.check_model(model, full_check=True)
@@ -332,6 +361,18 @@ def test_measure_torch_restores_threads(tiny_module: torch.nn.Module) -> None:
     assert torch.get_num_threads() == before
     with pytest.raises(InvalidModelError):
         measure_torch("model.onnx", None)  # type: ignore[arg-type]
+
+
+def test_measure_torch_batch_repeats_the_batch_one_example(tiny_module: torch.nn.Module) -> None:
+    shapes: set[tuple[int, ...]] = set()
+    tiny_module.register_forward_hook(lambda _m, args, _o: shapes.add(tuple(args[0].shape)))
+    m = measure_torch(tiny_module, torch.randn(1, 3, 16, 16), batch=4, max_seconds=0.1,
+                      warmup=1)
+    assert m.latency_ms > 0 and shapes == {(4, 3, 16, 16)}
+    with pytest.raises(MeasurementError, match="batch-1 example"):
+        measure_torch(tiny_module, torch.randn(2, 3, 16, 16), batch=4)
+    with pytest.raises(MeasurementError, match="Bad batch"):
+        measure_torch(tiny_module, torch.randn(1, 3, 16, 16), batch=0)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -202,6 +202,42 @@ def test_op_scale_fits_a_device_with_cheap_depthwise_kernels(store) -> None:
     assert used == "opscale" and state.op_scale is not None
 
 
+# Node costs per op class, log overheads and measured log-latencies of a real support set
+# (5 CNNs + 5 transformers, 8 kept, timed at batch 32 on an H200) on which the strong-Wolfe
+# line search tried log scales in the hundreds: exp() overflowed and adaptation crashed.
+_DIVERGING_COSTS = [
+    [22.61, 0.0, 0.0, 1.046, 4.051, 6.149], [38.503, 0.0, 0.0, 1.862, 4.93, 0.0],
+    [64.042, 5.529, 0.0, 1.124, 32.816, 0.0], [2.292, 90.543, 70.745, 1.932, 11.593, 0.0],
+    [3.71, 0.0, 0.0, 48.474, 39.729, 0.0], [2.697, 0.0, 0.0, 42.49, 40.415, 0.0],
+    [2.343, 0.0, 0.0, 20.393, 33.836, 0.0], [0.0, 0.0, 0.0, 83.593, 60.246, 0.0]]
+_DIVERGING_OVERHEAD = [2.2833, 3.1002, 1.9788, 0.1465, 0.9192, 0.6075, 2.3079, 0.5749]
+_DIVERGING_Y = [-0.7322, 0.188, 1.7361, 1.9289, 0.765, 0.628, -0.4467, 1.199]
+
+
+def test_op_scales_stay_finite_where_the_line_search_overshoots() -> None:
+    from predictor.adaptation import fit_log_scales, log_scaled_cost
+
+    costs, overhead = torch.tensor(_DIVERGING_COSTS), torch.tensor(_DIVERGING_OVERHEAD)
+    y = torch.tensor(_DIVERGING_Y)
+    scale = fit_log_scales(costs, overhead, y, calibration_ridge=1.0, ridge=0.03)
+    assert scale is not None and torch.isfinite(scale).all()
+
+    def loss(s: torch.Tensor) -> float:
+        raw = log_scaled_cost(costs, s) + overhead
+        a, b = affine_calibration(raw, y, 1.0)
+        return float(((a * raw + b - y) ** 2).mean() + 0.03 * (s ** 2).sum())
+
+    assert loss(scale) < loss(torch.zeros(6))
+    # the stable form equals the direct one where that does not overflow ...
+    s = torch.tensor([0.3, -1.0, 0.7, 0.0, 2.0, -0.5])
+    torch.testing.assert_close(log_scaled_cost(costs, s), torch.log(costs @ torch.exp(s) + 1e-6))
+    torch.testing.assert_close(log_scaled_cost(costs, None), torch.log(costs.sum(1) + 1e-6))
+    # ... and stays finite where it does
+    huge = log_scaled_cost(costs, torch.tensor([300.0, 0, 0, 0, 0, -300.0]))
+    assert torch.isfinite(huge).all()
+    assert float(huge[0]) == pytest.approx(300 + np.log(22.61), abs=1e-3)
+
+
 def test_a_blend_shares_one_network_pass_between_plain_and_op_scaled_members(store) -> None:
     """A blend of the amortised member and an op-scaled one computes the node costs once
     per embedding and scales them per class: its prediction equals the weighted sum of the

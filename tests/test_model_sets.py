@@ -81,6 +81,19 @@ def test_torch_config_measures_modules_and_records_the_runtime(small_set) -> Non
     assert np.isfinite(task.latency_ms).all()
 
 
+def test_a_batch_config_times_the_module_at_that_batch(small_set) -> None:
+    from predictor.errors import MeasurementError
+
+    spec = model_sets.model_set_specs("tiny", small_set)[0]
+    one = model_sets.measure_spec(spec, model_sets.RuntimeConfig("t", "torch", 1),
+                                  max_seconds=0.2)
+    many = model_sets.measure_spec(spec, model_sets.RuntimeConfig("t64", "torch", 1, batch=64),
+                                   max_seconds=0.2)
+    assert many.latency_ms > 2 * one.latency_ms
+    with pytest.raises(MeasurementError, match="batch 64 needs the torch backend"):
+        model_sets.measure_spec(spec, model_sets.RuntimeConfig("o64", "onnxruntime", 1, batch=64))
+
+
 def test_gpu_config_and_tags(monkeypatch) -> None:
     gpu = model_sets.TRAINING_CONFIGS["torch-cuda"]
     assert (gpu.backend, gpu.device) == ("torch", "cuda")
