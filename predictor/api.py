@@ -38,6 +38,8 @@ from predictor.onnx_io import InputShapes
 MIN_SHOTS = 5
 DEFAULT_FINETUNE_STEPS = 20  # when the checkpoint's config sets none
 SPACE_CHUNK = 1024  # search-space graphs per network call in `predict_batch`
+_STORE_BATCH_ERROR = ("batch applies to models or OpGraphs, not to a GraphStore: re-batch "
+                      "the graphs first (OpGraph.with_batch)")
 
 
 # Per-inference costs the latency network serves: positive quantities regressed in log
@@ -91,9 +93,14 @@ class Predictor:
         """Load a checkpoint (default: the shipped one in `checkpoints/`)."""
         return cls(Checkpoint.load(path))
 
-    def graphs(self, models: Sequence[Any], input_shape: InputShapes = None) -> GraphStore:
+    def graphs(self, models: Sequence[Any], input_shape: InputShapes = None,
+               batch: int | None = None) -> GraphStore:
         """Operator graphs of models: ONNX paths/bytes/ModelProtos, `OpGraph`s, or
-        (torch module, example input) pairs."""
+        (torch module, example input) pairs; with `batch`, re-batched to that batch size
+        (`OpGraph.with_batch`: exact for models whose activations lead with the batch)."""
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
+                                  or batch < 1):
+            raise PredictorError(f"Bad batch {batch!r}: expected a positive integer")
         graphs = []
         for m in models:
             if isinstance(m, OpGraph):
@@ -102,14 +109,20 @@ class Predictor:
                 graphs.append(extract_graph(m[0], example_input=m[1]))
             else:
                 graphs.append(extract_graph(m, input_shape=input_shape))
+        if batch is not None:
+            graphs = [g.with_batch(batch) for g in graphs]
         return GraphStore.from_graphs(graphs)
 
     def adapt(self, device_name: str, models: Sequence[Any], latencies_ms: Sequence[float], *,
               metric: str = "latency_ms",
               input_shape: InputShapes = None, strategy: str = "auto",
               finetune_steps: int | None = None, save: bool = False,
-              info: dict[str, Any] | None = None) -> DeviceState:
+              info: dict[str, Any] | None = None, batch: int | None = None) -> DeviceState:
         """Adapt to a device from measured models; with `save`, store it for later sessions.
+
+        `batch`: the batch size the models were measured at, when their graphs hold
+        another (e.g. batch-1 ONNX exports timed at batch 32 on a GPU). The device
+        records it, and `predict` then runs models at that batch by default.
 
         `strategy`: "auto" (default) blends the candidate adaptations (the amortised
         embedding, fine-tuning, the nearest-known-device ensemble, op-class scales, kernel
@@ -123,7 +136,10 @@ class Predictor:
             raise PredictorError(f"Unknown adaptation strategy '{strategy}'; "
                                  f"use 'auto' or one of {names}")
         y = check_latencies(latencies_ms, len(models), check_metric(metric))
-        store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
+        if isinstance(models, GraphStore) and batch is not None:
+            raise PredictorError(_STORE_BATCH_ERROR)
+        store = (models if isinstance(models, GraphStore)
+                 else self.graphs(models, input_shape, batch))
         steps = (finetune_steps if finetune_steps is not None
                  else self.checkpoint.config.finetune_steps or DEFAULT_FINETUNE_STEPS)
         support = store.batch(range(len(store)))
@@ -136,7 +152,8 @@ class Predictor:
             known=self.known_devices())
         self.devices[device_name] = state
         self._infos[device_name] = {**(info or {}), "strategy": strategy, "metric": metric,
-                                    "cv_log_residuals": [round(float(r), 5) for r in residuals]}
+                                    "cv_log_residuals": [round(float(r), 5) for r in residuals],
+                                    **({"batch": batch} if batch is not None else {})}
         if state.labels:
             self._infos[device_name]["blend"] = {
                 name: round(float(w), 4) for name, w in zip(state.labels, state.weights,
@@ -262,24 +279,27 @@ class Predictor:
 
     def predict(self, models: Sequence[Any] | GraphStore, device: str, *,
                 input_shape: InputShapes = None, metric: str | None = None,
-                chunk: int = 256) -> np.ndarray:
+                chunk: int = 256, batch: int | None = None) -> np.ndarray:
         """Predicted latency in ms (or the device's metric, e.g. energy in mJ for a device
         calibrated on energy), one per model, (n,) float64.
 
         With `metric`, the device must have been calibrated on that metric (clear error
-        otherwise).
+        otherwise). `batch` runs the models at that batch size (see `graphs`); by default
+        at the batch the device was calibrated at with `adapt(..., batch=B)`, else at
+        each model's own (a `GraphStore` is always taken as it is).
         """
-        state, store = self._prepare(models, device, input_shape, metric)
+        state, store = self._prepare(models, device, input_shape, metric, batch)
         return self._run_store(store, state, chunk, with_spread=False)
 
     def predict_with_spread(self, models: Sequence[Any] | GraphStore, device: str, *,
                             input_shape: InputShapes = None, metric: str | None = None,
-                            chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                            chunk: int = 256, batch: int | None = None
+                            ) -> tuple[np.ndarray, np.ndarray]:
         """(`predict`, the spread (n,)): the standard deviation of log-latency over the
         candidate adaptations of the device's measurements, an uncertainty to keep a
         budget with (`predict * exp(k * spread)`). Zeros for a device adapted with a
         named strategy or shipped as a training device."""
-        state, store = self._prepare(models, device, input_shape, metric)
+        state, store = self._prepare(models, device, input_shape, metric, batch)
         return self._run_store(store, state, chunk, with_spread=True)
 
     def _run_store(self, store: GraphStore, state: DeviceState, chunk: int,
@@ -297,11 +317,18 @@ class Predictor:
         return state
 
     def _prepare(self, models: Sequence[Any] | GraphStore, device: str,
-                 input_shape: InputShapes, metric: str | None) -> tuple[DeviceState, GraphStore]:
-        """The device's state (checked against `metric` when given) and the models' graphs."""
+                 input_shape: InputShapes, metric: str | None, batch: int | None = None
+                 ) -> tuple[DeviceState, GraphStore]:
+        """The device's state (checked against `metric` when given) and the models' graphs
+        at `batch`, else at the device's calibration batch, else as they are."""
         state = self._state(device, metric)
-        store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
-        return state, store
+        if isinstance(models, GraphStore):
+            if batch is not None:
+                raise PredictorError(_STORE_BATCH_ERROR)
+            return state, models
+        if batch is None:  # `_state` loaded the device and its info
+            batch = self._infos.get(device, {}).get("batch")
+        return state, self.graphs(models, input_shape, batch)
 
 
 def _run_batch(model: torch.nn.Module, batch, state: DeviceState,

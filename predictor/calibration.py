@@ -52,12 +52,13 @@ def reference_models(folder: Path | None = None, progress: bool = True) -> list[
 
 def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
                           threads: int | None = None, graph_optimization: str = "all",
-                          max_seconds: float = 3.0, progress: bool = True
+                          max_seconds: float = 3.0, progress: bool = True, batch: int = 1
                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Time the reference set on this machine: (rows {model, latency_ms, ...}, provenance).
 
     `backend="onnxruntime"` times the ONNX files; `"torch"` times the same networks as torch
-    modules (e.g. on a GPU where ONNX Runtime has no CUDA provider). Times get
+    modules (e.g. on a GPU where ONNX Runtime has no CUDA provider), at `batch` (the rows
+    still name the batch-1 ONNX files: calibrate with the same batch). Times get
     `measure_many`'s speed-drift correction (`predictor.measure.speed_probe_for`)."""
     from functools import partial
 
@@ -66,13 +67,16 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
     from predictor.measurements import provenance
     from predictor.model_sets import RuntimeConfig, measure_spec
 
+    if batch != 1 and backend != "torch":
+        raise PredictorError(f"Batch {batch} needs --backend torch: the reference ONNX files "
+                             "are exported at batch 1")
     paths = reference_models(progress=progress)
     if backend == "onnxruntime":
         sources: list[Any] = paths
         measure = partial(measure_onnx, backend=backend, device=device, threads=threads,
                           graph_optimization=graph_optimization, max_seconds=max_seconds)
     elif backend == "torch":
-        config = RuntimeConfig(f"torch-{device}", "torch", threads, device=device)
+        config = RuntimeConfig(f"torch-{device}", "torch", threads, device=device, batch=batch)
         sources = list(zip(reference_specs(), paths, strict=True))
         def measure(source: tuple) -> Any:
             return measure_spec(source[0], config, max_seconds=max_seconds, name=str(source[1]))
@@ -85,14 +89,15 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
                                       progress=progress)
     rows = [{"model": m.model, "latency_ms": m.latency_ms, "p10_ms": m.p10_ms,
              "p90_ms": m.p90_ms, "cv": m.cv, "noisy": m.noisy} for m in measured]
-    info = provenance(backend, device, threads, None, graph_optimization,
+    info = provenance(backend, device, threads, batch if batch != 1 else None, graph_optimization,
                       reference_set_version=REFERENCE_SET_VERSION, speed_probe_ms=probe_ms)
     return rows, info
 
 
 def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: dict[str, Any],
               *, strategy: str = "auto", input_shape=None, space: str | None = None,
-              num_classes: int | None = None, metric: str = "latency_ms") -> dict[str, Any]:
+              num_classes: int | None = None, metric: str = "latency_ms",
+              batch: int | None = None) -> dict[str, Any]:
     """Adapt `predictor` to device `name` from measured rows and store it.
 
     Args:
@@ -104,6 +109,8 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
         space, num_classes, input_shape: the search space of `arch` rows and its setting
             (defaults: the space's benchmark setting); stored, so that
             `Predictor.predict_batch` on this device uses the same setting by default.
+        batch: the batch the models were timed at, where their files hold another (see
+            `Predictor.adapt`); not with `space` (give it in `input_shape`).
 
     The device goes to the user device folder (`$LATPRED_DEVICE_DIR`) when set, else
     to the shipped `device_embeddings/`.
@@ -122,6 +129,9 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
     info: dict[str, Any] = {"kind": "calibrated device",
                             "date": datetime.now(timezone.utc).isoformat(),
                             "provenance": dict(provenance), "measurements": [dict(r) for r in rows]}
+    if space is not None and batch is not None:
+        raise PredictorError("With a search space, give the batch in the input shape "
+                             "(--input-shape B,3,H,W), not as --batch")
     if space is None:
         models = [row["model"] for row in rows]
     else:
@@ -137,5 +147,5 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
         input_shape = None
     with device_lock(name, folder):
         predictor.adapt(name, models, values, input_shape=input_shape, strategy=strategy,
-                        metric=metric, save=True, info=info)
+                        metric=metric, save=True, info=info, batch=batch)
     return load_device(name, predictor.fingerprint)[1]

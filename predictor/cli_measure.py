@@ -21,7 +21,7 @@ _TORCH_BACKEND_HELP = (
     "predictor.measure.measure_torch(module, example_input)")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -31,7 +31,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -114,9 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
                    help=_TORCH_BACKEND_HELP)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="intra-op threads (inter-op 1); default: the runtime's choice")
-    p.add_argument("--batch", type=_positive_int, default=None, metavar="B",
+    p.add_argument("--batch", type=positive_int, default=None, metavar="B",
                    help="batch size: overrides dim 0 of every input (must be dynamic)")
     p.add_argument("--input-shape", metavar="SHAPE",
                    help="fixed shape of the first input for models with dynamic dims, "
@@ -126,7 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--energy", action="store_true",
                    help="also measure energy per inference (RAPL on cpu, NVML on cuda; "
                         "about 2 s more per model)")
-    p.add_argument("--max-seconds", type=_positive_float, default=5.0, metavar="S",
+    p.add_argument("--max-seconds", type=positive_float, default=5.0, metavar="S",
                    help="time budget of the timed runs per model (default: 5)")
     p.add_argument("--no-drift-correction", dest="drift_correction", action="store_false",
                    help="with several models, do not rescale each by a speed probe timed "

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from predictor.cli_measure import positive_int
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from predictor.config import load_config
@@ -55,6 +57,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if bool(args.models) == bool(args.space):
         raise PredictorError("Give either ONNX models, or --space with --archs FILE")
+    if args.space and args.batch is not None:
+        raise PredictorError("With --space, give the batch in --input-shape B,3,H,W, not --batch")
     predictor = Predictor.load(args.checkpoint)
     if args.space:
         if args.archs is None:
@@ -73,7 +77,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictor.device(args.device)  # an unknown device fails before any extraction
         graphs = [extract_graph(m, input_shape=shape) for m in args.models]
         values, spread = predictor.predict_with_spread(graphs, device=args.device,
-                                                       metric=args.metric)
+                                                       metric=args.metric, batch=args.batch)
         key, items = "model", [str(m) for m in args.models]
         unfamiliar = [predictor.unfamiliar_ops(g) for g in graphs]
     upper = upper_estimate(predictor, args.device, values, spread)
@@ -110,6 +114,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if args.measure:
             raise PredictorError("--space calibrates from --measurements FILE.csv "
                                  "(header arch,latency_ms), not --measure")
+        if args.batch is not None:
+            raise PredictorError("With --space, give the batch in --input-shape B,3,H,W, "
+                                 "not --batch")
         rows, info = read_measurements_csv(args.measurements, key="arch", value=args.metric)
         shape, classes = _space_setting(args)
         predictor = Predictor.load(args.checkpoint)
@@ -125,14 +132,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.measure:
         rows, info = measure_reference_set(backend=args.backend, device=args.device_kind,
                                            threads=args.threads,
-                                           graph_optimization=args.graph_optimization)
+                                           graph_optimization=args.graph_optimization,
+                                           batch=args.batch or 1)
     else:
         rows, info = read_measurements_csv(args.measurements, value=args.metric)
         info = {**info, "source": str(args.measurements)}
     predictor = Predictor.load(args.checkpoint)
     shape = parse_shape(args.input_shape) if args.input_shape else None
     stored = calibrate(predictor, args.name, rows, info, strategy=args.strategy,
-                       input_shape=shape, metric=args.metric)
+                       input_shape=shape, metric=args.metric, batch=args.batch)
     return _report_calibration(args, stored, len(rows),
                                f"latpred predict MODEL.onnx --device {args.name}")
 
@@ -194,6 +202,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --space: one architecture per line")
     _add_metric_argument(p, "what to predict; the device must be calibrated on it "
                             "(default latency_ms)")
+    p.add_argument("--batch", type=positive_int, default=None, metavar="B",
+                   help="predict the models run at batch B (their graphs re-batched); "
+                        "default: the batch the device was calibrated at, else the models' own")
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--json", action="store_true",
                    help="a JSON list: model (or arch), device, the metric and <metric>_upper, "
@@ -217,6 +228,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--graph-optimization", choices=("all", "extended", "basic", "disabled"),
                    default="all")
+    p.add_argument("--batch", type=positive_int, default=None, metavar="B",
+                   help="the batch the models are timed at: --measure runs the reference set "
+                        "at B (--backend torch); with --measurements, the batch your batch-1 "
+                        "files were timed at. Predictions on the device then default to B")
     p.add_argument("--strategy", default="auto",
                    help="auto (a blend weighted by cross-validated error), amortised, nearest, "
                         "finetune, finetune+nearest, opscale (per-op-class cost scales), "

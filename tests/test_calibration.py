@@ -210,5 +210,56 @@ def test_reference_set_measured_as_torch_modules(tmp_path, monkeypatch) -> None:
     assert [Path(r["model"]).name for r in rows] == [f"{s.name}.onnx" for s in small]
     assert all(Path(r["model"]).is_file() and r["latency_ms"] > 0 for r in rows)
     assert info["backend"] == "torch" and info["speed_probe_ms"] > 0
+    _, at_two = calibration.measure_reference_set(backend="torch", max_seconds=0.1,
+                                                  progress=False, batch=2)
+    assert info["batch"] == "as in model" and at_two["batch"] == 2
     with pytest.raises(PredictorError, match="backends 'onnxruntime' and 'torch'"):
         calibration.measure_reference_set(backend="tvm", progress=False)
+
+
+def test_a_device_timed_at_batch_32_predicts_at_batch_32(tmp_path, monkeypatch,
+                                                         shared_data_dir) -> None:
+    """HELP's titanx_32 (meta-valid) timed NB201 networks at batch 32. Calibrated from
+    batch-1 ONNX files with batch=32, the device records the batch, predicts other networks
+    at batch 32 by default (as with batch=32 given), and within 25 % of the measured
+    times; the same files read at batch 1 predict something else."""
+    from predictor.api import Predictor
+    from predictor.calibration import calibrate
+
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path / "devices"))
+    task = load_device_task("nb201", "titanx_32", shared_data_dir)
+    ids = np.random.default_rng(1).choice(task.pool, 14, replace=False)
+    archs = SPACES["nb201"].archs(shared_data_dir)
+    paths = []
+    for i in ids:
+        paths.append(tmp_path / f"arch{i}.onnx")
+        paths[-1].write_bytes(SPACES["nb201"].build_onnx(archs[i]).SerializeToString())
+    rows = [{"model": str(p), "latency_ms": float(task.latency_ms[i])}
+            for p, i in zip(paths[:10], ids[:10], strict=True)]
+    predictor = Predictor.load()
+    stored = calibrate(predictor, "titan-b32", rows, {"source": "HELP"}, batch=32)
+    assert stored["batch"] == 32
+    fresh = Predictor.load()  # reads the stored device
+    ms = fresh.predict(paths[10:], "titan-b32")
+    np.testing.assert_allclose(ms, fresh.predict(paths[10:], "titan-b32", batch=32))
+    assert np.all(np.abs(ms / task.latency_ms[ids[10:]] - 1) < 0.25), (ms, task.latency_ms[ids[10:]])
+    assert not np.allclose(ms, fresh.predict(paths[10:], "titan-b32", batch=1), rtol=0.02)
+    with pytest.raises(PredictorError, match="not to a GraphStore"):
+        fresh.predict(fresh.graphs(paths[10:]), "titan-b32", batch=32)
+    with pytest.raises(PredictorError, match="Bad batch 0"):
+        fresh.predict(paths[10:], "titan-b32", batch=0)
+
+
+def test_batch_needs_the_torch_backend_or_a_model_path(tmp_path) -> None:
+    from predictor import calibration
+
+    with pytest.raises(PredictorError, match="Batch 4 needs --backend torch"):
+        calibration.measure_reference_set(batch=4, progress=False)
+    env = {"LATPRED_DEVICE_DIR": str(tmp_path / "devices")}
+    result = _cli("calibrate", "b", "--measure", "--batch", "4", env=env)
+    assert result.returncode != 0 and "needs --backend torch" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = _cli("predict", "--space", "nb201", "--archs", "x", "--device", "d", "--batch", "2",
+                  env=env)
+    assert result.returncode != 0 and "--input-shape" in result.stderr
+    assert not (tmp_path / "devices" / "b.json").exists()
