@@ -10,6 +10,7 @@ wrapper only adds steps, logging and optimisers; the network is
 from __future__ import annotations
 
 import math
+import time
 
 import lightning as L
 import torch
@@ -50,6 +51,18 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(value) if value == value else 0.0
 
 
+WARMUP_FRACTION = 0.05  # of the run: linear warm-up of the learning rate
+
+
+def lr_factor(fraction: float) -> float:
+    """Learning-rate factor at `fraction` (0..1] of the run: linear warm-up over the first
+    5 %, then cosine decay to 5 % of the base rate at the end."""
+    if fraction < WARMUP_FRACTION:
+        return fraction / WARMUP_FRACTION
+    progress = min(1.0, (fraction - WARMUP_FRACTION) / (1 - WARMUP_FRACTION))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class MetaLearner(L.LightningModule):
     """Lightning wrapper: training and validation steps over lists of episodes."""
 
@@ -57,6 +70,20 @@ class MetaLearner(L.LightningModule):
         super().__init__()
         self.config = config
         self.model = LatencyModel(config.model)
+        self._started: float | None = None
+
+    def on_train_start(self) -> None:
+        self._started = time.monotonic()
+
+    def run_fraction(self, step: int, steps: int) -> float:
+        """How far the run is: by steps of `max_epochs`, or by `max_minutes` of wall
+        clock when that runs out first, so that a time-capped run still anneals. The
+        clock is used on one process only (DDP ranks must step their rates alike)."""
+        fraction = (step + 1) / steps
+        c = self.config
+        if c.max_minutes and self._started is not None and self.trainer.world_size == 1:
+            fraction = max(fraction, (time.monotonic() - self._started) / (60 * c.max_minutes))
+        return min(1.0, fraction)
 
     def training_step(self, episodes: list[Episode], batch_idx: int) -> torch.Tensor:
         c = self.config
@@ -86,15 +113,8 @@ class MetaLearner(L.LightningModule):
             raise ValueError(f"trainable {list(c.trainable)} matches no parameter of the model")
         optimiser = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         steps = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, steps // 20)
-
-        def factor(step: int) -> float:  # linear warm-up, then cosine decay to 5%
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: lr_factor(self.run_fraction(step, steps)))
         return {"optimizer": optimiser, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):

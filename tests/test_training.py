@@ -262,3 +262,27 @@ def test_api_adapt_predict_and_stored_device(tiny_run, tmp_path, monkeypatch) ->
         predictor.adapt("nan", paths[:6], [1, 2, float("nan"), 4, 5, 6])
     with pytest.raises(PredictorError, match="strategy"):
         predictor.adapt("odd", paths[:6], table[:6], strategy="magic")
+
+
+def test_a_time_capped_run_anneals_its_learning_rate() -> None:
+    """The cosine schedule follows whichever budget runs out first: half of max_minutes
+    gone counts as half the run even after few of max_epochs' steps."""
+    import dataclasses
+    import time
+
+    import lightning as L
+
+    from predictor.metalearner import MetaLearner, lr_factor
+
+    assert lr_factor(0.025) == pytest.approx(0.5)  # warm-up
+    assert lr_factor(0.05) == pytest.approx(1.0)
+    assert lr_factor(1.0) == pytest.approx(0.05) and lr_factor(0.525) == pytest.approx(0.525)
+    config = load_config("configs/tiny.yaml")
+    learner = MetaLearner(dataclasses.replace(config, max_minutes=2.0))
+    learner.trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False)
+    assert learner.run_fraction(99, 1000) == pytest.approx(0.1)  # not started: steps only
+    learner._started = time.monotonic() - 60
+    assert learner.run_fraction(99, 1000) == pytest.approx(0.5, abs=0.01)
+    assert learner.run_fraction(899, 1000) == pytest.approx(0.9)
+    learner._started = time.monotonic() - 600
+    assert learner.run_fraction(0, 1000) == 1.0
