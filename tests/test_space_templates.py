@@ -76,10 +76,13 @@ def test_predict_batch_matches_predict_on_onnx_models():
     fast = p.predict_batch("nb201", archs, "pixel3@nb201")
     slow = p.predict([nb201.build_onnx(a) for a in archs], "pixel3@nb201")
     np.testing.assert_allclose(fast, slow, rtol=1e-5)
-    # a different input and class count is a different network
+    # a different input and class count is a different network: with convolutions in its
+    # cells, faster at 16x16 (pixel3 folds a cell of none-edges away: 0.004 ms measured)
     small = p.predict_batch("nb201", archs, "pixel3@nb201", input_shape=(1, 3, 16, 16),
                             num_classes=120)
-    assert np.all(small < fast)
+    with_conv = np.array(["conv" in a for a in archs])
+    assert with_conv.sum() >= 8 and np.all(small[with_conv] < fast[with_conv])
+    assert not np.allclose(small, fast, rtol=0.05)
     blocks = _fbnet_archs(3, 6)
     np.testing.assert_allclose(p.predict_batch("fbnet", blocks, "pixel3@fbnet"),
                                p.predict([fbnet.build_onnx(b) for b in blocks], "pixel3@fbnet"),
