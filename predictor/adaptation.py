@@ -398,9 +398,14 @@ def _member_log_latency(model: LatencyModel, batch: GraphBatch, m: DeviceState,
         weights = (torch.ones(len(parts)) if m.weights is None else m.weights.float())
         weights = weights[:, None] * covered
         total = weights.sum(dim=0)
-        # A graph no member covers falls back to the plain blend.
-        weights = torch.where(total > 0, weights / total.clamp_min(1e-12),
-                              torch.full_like(weights, 1.0 / len(parts)))
+        # A graph no weighted member covers falls back to the members that cover it (a
+        # blend of kernel sums carries a zero-weight network member for this), else to
+        # the plain blend.
+        cover = covered.float()
+        count = cover.sum(dim=0)
+        fallback = torch.where(count > 0, cover / count.clamp_min(1.0),
+                               torch.full_like(cover, 1.0 / len(parts)))
+        weights = torch.where(total > 0, weights / total.clamp_min(1e-12), fallback)
         return (weights * preds).sum(dim=0), covered.any(dim=0)
     everything = torch.ones(batch.num_graphs, dtype=torch.bool)
     if m.linear is not None:
@@ -657,6 +662,14 @@ def adapt_with_residuals(model: LatencyModel, support: GraphBatch, log_latency: 
                                   known, AUTO_CANDIDATES)
         choice = names[int(weights.argmax())]
         top = states[choice]
+        if all(states[n].kernel_reach is not None for n in names):
+            # Kernel sums only predict graphs within their support set's kernel counts
+            # (e.g. not a transformer's matmuls after CNN measurements): keep the best
+            # candidate that predicts every graph, at weight 0, for the others.
+            everywhere = [n for n in residuals if states[n].kernel_reach is None]
+            if everywhere:
+                names.append(min(everywhere, key=lambda n: float((residuals[n] ** 2).mean())))
+                weights = torch.cat([weights, torch.zeros(1)])
         state = DeviceState(top.z, top.a, top.b, members=[states[n] for n in names],
                             weights=weights, labels=names,
                             alternatives=[states[n] for n in SPREAD_CANDIDATES

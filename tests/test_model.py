@@ -329,3 +329,12 @@ def test_kernel_sum_leaves_graphs_beyond_its_measurements_to_the_network(sized_s
     res = sized_store.batch(small)
     torch.testing.assert_close(predict(model, res, blend),
                                0.7 * predict(model, res, kernel) + 0.3 * predict(model, res, network))
+    # A blend of kernel sums alone keeps a zero-weight network member (as `auto` does):
+    # it predicts what no kernel sum reaches, and nothing else.
+    only = DeviceState(network.z, network.a, network.b, members=[kernel, kernel, network],
+                       weights=torch.tensor([0.6, 0.4, 0.0]),
+                       labels=["kernelsum", "kernelsum+net", "amortised"])
+    for ids in (mobilenets, large):
+        beyond = sized_store.batch(ids)
+        torch.testing.assert_close(predict(model, beyond, only), predict(model, beyond, network))
+    torch.testing.assert_close(predict(model, res, only), predict(model, res, kernel))
