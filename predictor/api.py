@@ -215,7 +215,7 @@ class Predictor:
 
         `input_shape` and `num_classes` default to the setting the device was calibrated
         with on this space, else to the space's benchmark setting at the device's batch
-        size (e.g. 256 for HELP's `1080ti_256`).
+        size (e.g. 256 for HELP's `1080ti_256`, or the batch given to `adapt`).
         """
         info = self.device_info(device)
         if info.get("space") == space:  # calibrated on this space: its setting by default
@@ -224,7 +224,7 @@ class Predictor:
         if input_shape is None:
             from predictor.corpus import get_space
 
-            batch = info.get("batch_size") or 1
+            batch = info.get("batch") or info.get("batch_size") or 1
             input_shape = (int(batch), *get_space(space).input_shape[1:])
         archs = list(archs)
         state = self._state(device, metric)

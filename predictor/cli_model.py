@@ -9,6 +9,8 @@ from pathlib import Path
 
 from predictor.cli_measure import positive_int
 
+_SPACE_BATCH_ERROR = "With --space, give the batch in --input-shape B,3,H,W, not --batch"
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from predictor.config import load_config
@@ -58,7 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if bool(args.models) == bool(args.space):
         raise PredictorError("Give either ONNX models, or --space with --archs FILE")
     if args.space and args.batch is not None:
-        raise PredictorError("With --space, give the batch in --input-shape B,3,H,W, not --batch")
+        raise PredictorError(_SPACE_BATCH_ERROR)
     predictor = Predictor.load(args.checkpoint)
     if args.space:
         if args.archs is None:
@@ -115,8 +117,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             raise PredictorError("--space calibrates from --measurements FILE.csv "
                                  "(header arch,latency_ms), not --measure")
         if args.batch is not None:
-            raise PredictorError("With --space, give the batch in --input-shape B,3,H,W, "
-                                 "not --batch")
+            raise PredictorError(_SPACE_BATCH_ERROR)
         rows, info = read_measurements_csv(args.measurements, key="arch", value=args.metric)
         shape, classes = _space_setting(args)
         predictor = Predictor.load(args.checkpoint)

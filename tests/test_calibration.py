@@ -244,6 +244,9 @@ def test_a_device_timed_at_batch_32_predicts_at_batch_32(tmp_path, monkeypatch,
     np.testing.assert_allclose(ms, fresh.predict(paths[10:], "titan-b32", batch=32))
     assert np.all(np.abs(ms / task.latency_ms[ids[10:]] - 1) < 0.25), (ms, task.latency_ms[ids[10:]])
     assert not np.allclose(ms, fresh.predict(paths[10:], "titan-b32", batch=1), rtol=0.02)
+    # search-space architectures run at the device's batch too
+    np.testing.assert_allclose(fresh.predict_batch("nb201", [archs[i] for i in ids[10:]],
+                                                   "titan-b32"), ms, rtol=1e-5)
     with pytest.raises(PredictorError, match="not to a GraphStore"):
         fresh.predict(fresh.graphs(paths[10:]), "titan-b32", batch=32)
     with pytest.raises(PredictorError, match="Bad batch 0"):
