@@ -98,8 +98,7 @@ class Predictor:
         """Operator graphs of models: ONNX paths/bytes/ModelProtos, `OpGraph`s, or
         (torch module, example input) pairs; with `batch`, re-batched to that batch size
         (`OpGraph.with_batch`: exact for models whose activations lead with the batch)."""
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
-                                  or batch < 1):
+        if batch is not None and (type(batch) is not int or batch < 1):
             raise PredictorError(f"Bad batch {batch!r}: expected a positive integer")
         graphs = []
         for m in models:

@@ -34,6 +34,7 @@ from predictor.evaluation import (
 )
 from predictor.graph import extract_graph
 from predictor.graph_store import GraphStore
+from predictor.model_sets import HELD_OUT_CONFIG, TRAINING_CONFIGS, RuntimeConfig
 
 TEST_SEED = 20_261_126  # never used for training data
 CACHE = Path("datasets/cache/local_device")
@@ -43,15 +44,9 @@ CACHE = Path("datasets/cache/local_device")
 # the GPU ones (PyTorch eager on this machine's GPU, batch 1 or 32) are further devices:
 # batch 1 is a training runtime on other models (the H200's zoo1), batch 32 is in no
 # training set.
-def _runtimes() -> dict:
-    from predictor.model_sets import HELD_OUT_CONFIG, TRAINING_CONFIGS, RuntimeConfig
-
-    return {"ort-1t": HELD_OUT_CONFIG, "torch-cuda": TRAINING_CONFIGS["torch-cuda"],
+RUNTIMES = {"ort-1t": HELD_OUT_CONFIG, "torch-cuda": TRAINING_CONFIGS["torch-cuda"],
             "torch-cuda-b32": RuntimeConfig("torch-cuda-b32", "torch", None, device="cuda",
                                             batch=32)}
-
-
-RUNTIMES = ("ort-1t", "torch-cuda", "torch-cuda-b32")
 
 
 def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds: float,
@@ -90,7 +85,7 @@ def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds
                                                          speed_probe_ms=probe_ms))
         rows, _ = read_measurements_csv(csv)
     else:
-        config = _runtimes()[runtime]
+        config = RUNTIMES[runtime]
         measured, _ = measure_many(
             list(zip(specs, paths, strict=True)),
             lambda sp: measure_spec(sp[0], config, max_seconds=max_seconds, energy=energy,
@@ -163,7 +158,7 @@ def run(args: argparse.Namespace) -> dict:
         if missing:  # energy too close to idle to measure
             print(f"{len(missing)} of {len(rows)} models have no {args.metric}; left out")
             rows = [r for r in rows if r.get(args.metric) is not None]
-        batch = _runtimes()[args.runtime].batch
+        batch = RUNTIMES[args.runtime].batch
         store = GraphStore.from_graphs([extract_graph(r["model"]).with_batch(batch)
                                         for r in rows])
     latency = np.array([r[args.metric] for r in rows])
@@ -214,7 +209,7 @@ def main() -> None:
     parser.add_argument("--valid", metavar="SET/DEVICE",
                         help="run the cases on a meta-valid model-set device instead (e.g. "
                              "zoo2/epyc-torch-1t): for model selection, never the test device")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="ort-1t",
+    parser.add_argument("--runtime", choices=list(RUNTIMES), default="ort-1t",
                         help="the held-out device: this CPU under ONNX Runtime 1 thread "
                              "(default), or this machine's GPU under torch eager at batch 1 "
                              "or 32")
@@ -242,7 +237,7 @@ def main() -> None:
     methods = list(next(iter(out["results"].values())))
     where = (f"valid device {args.valid}" if args.valid else
              "This CPU, ONNX Runtime 1 thread" if args.runtime == "ort-1t" else
-             f"This GPU, torch eager, batch {_runtimes()[args.runtime].batch}")
+             f"This GPU, torch eager, batch {RUNTIMES[args.runtime].batch}")
     if args.metric != "latency_ms":
         where += f", {args.metric}"
     print(f"\n## {where}: {out['cnns']} CNNs, {out['transformers']} "
