@@ -1,0 +1,172 @@
+"""Well-known networks at full size, predicted from the shipped reference set: the day-one
+question of a deployment engineer ("how fast are ResNet-50 and BERT-base on this board?").
+
+    python scripts/benchmark_known_models.py --json results/known_models.json
+    python scripts/benchmark_known_models.py --runtime torch-1t   # a meta-valid runtime
+
+This machine under a runtime configuration is the device. The reference calibration set
+(`generator.reference_specs`, the models `latpred calibrate NAME --measure` times, 3 M to
+3 G MACs) and the well-known networks (`generator.known_specs`: ResNet-18..101,
+MobileNetV2/V3, EfficientNet-B0, ViT-Ti/S/B, BERT-mini..base, Mixer-S/B, up to 17.6 G MACs)
+are measured here (cached in a CSV with provenance; --remeasure to redo, --measurements to
+read passes taken elsewhere). The predictor is calibrated on the reference models with
+each adaptation strategy (`--references 10`: on version 1's ten only) and predicts the
+known networks; MACs (log ms = a log MACs + b) and the per-device linear fit on
+MACs/params/memory/depth, fitted on the same models, are the baselines. The default
+runtime, ONNX Runtime 1 thread, is the local benchmark's held-out device (never trained
+on); choose settings on other runtimes (`--runtime torch-1t`, a meta-valid configuration
+of the model sets, or a training one), never on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from predictor.api import Predictor
+from predictor.evaluation import linear_fit_baseline, macs_baseline, metrics, predictor_fn
+from predictor.generator import (
+    REFERENCE_SET_VERSION,
+    known_specs,
+    reference_specs,
+    write_models,
+)
+from predictor.graph import extract_graph
+from predictor.graph_store import GraphStore
+from predictor.model_sets import HELD_OUT_CONFIG, TRAINING_CONFIGS
+
+CACHE = Path("datasets/cache/known_models")
+RUNTIMES = {HELD_OUT_CONFIG.name: HELD_OUT_CONFIG, **TRAINING_CONFIGS}
+STRATEGIES = ("auto", "amortised", "nearest", "finetune", "opscale", "kernelsum+net", "linear")
+
+
+def measured(runtime: str, remeasure: bool, max_seconds: float,
+             files: list[Path] | None) -> dict[str, float]:
+    """{model name: latency ms} of the reference and known models under `runtime`."""
+    from predictor.measure import measure_many, speed_probe_for
+    from predictor.measurements import provenance, read_measurements_csv, write_measurements_csv
+    from predictor.model_sets import measure_spec
+
+    def by_name(rows: list[dict]) -> dict[str, float]:
+        return {Path(str(r["model"])).stem: float(r["latency_ms"]) for r in rows}
+
+    if files:
+        passes = [by_name(read_measurements_csv(f)[0]) for f in files]
+        return {k: float(np.exp(np.mean([np.log(p[k]) for p in passes]))) for k in passes[0]}
+    csv = CACHE / f"{runtime}-ref{REFERENCE_SET_VERSION}.csv"
+    if csv.exists() and not remeasure:
+        return by_name(read_measurements_csv(csv)[0])
+    config = RUNTIMES[runtime]
+    rows, probe_ms = measure_many(
+        reference_specs() + known_specs(), partial(measure_spec, config=config,
+                                                   max_seconds=max_seconds),
+        probe=speed_probe_for(config.backend, config.device, config.threads),
+        desc=f"measure ({runtime})")
+    write_measurements_csv(csv, rows, provenance(
+        config.backend, config.device, config.threads, config.batch, config.graph_optimization,
+        runtime_config=runtime, speed_probe_ms=probe_ms, max_seconds=max_seconds))
+    return by_name(read_measurements_csv(csv)[0])
+
+
+def run(args: argparse.Namespace) -> dict:
+    latency = measured(args.runtime, args.remeasure, args.max_seconds, args.measurements)
+    refs, known = reference_specs()[:args.references], known_specs()
+    paths = write_models(refs + known, CACHE / "onnx", progress=False)
+    store = GraphStore.from_graphs([extract_graph(p) for p in paths])
+    y = np.array([latency[s.name] for s in refs + known])
+    support, test = np.arange(len(refs)), np.arange(len(refs), len(refs) + len(known))
+    predictor = Predictor.load(args.checkpoint)
+    known_devices = predictor.known_devices()
+    methods = {f"latpred+{s}" if s != "amortised" else "latpred":
+               predictor_fn(predictor.model, s, known=known_devices) for s in STRATEGIES}
+    methods.update({"macs": macs_baseline, "linear-baseline": linear_fit_baseline})
+    predictions = {name: fn(store, support, y[support], test) for name, fn in methods.items()}
+    return {"runtime": args.runtime, "references": len(refs), "models": [s.name for s in known],
+            "kinds": [s.kind for s in known], "measured_ms": y[test].tolist(),
+            "predicted_ms": {m: p.tolist() for m, p in predictions.items()},
+            "summary": {m: {"all": metrics(p, y[test]),
+                            **{kind: metrics(p[mask], y[test][mask]) for kind, mask in (
+                                ("cnn", np.array([s.kind == "cnn" for s in known])),
+                                ("transformer", np.array([s.kind != "cnn" for s in known])))}}
+                        for m, p in predictions.items()}}
+
+
+def report(out: dict) -> None:
+    methods = list(out["predicted_ms"])
+    print(f"\n## Known networks on this machine ({out['runtime']}), calibrated on "
+          f"{out['references']} reference models\n\n"
+          "error of the prediction, % of the measured latency\n")
+    print("| model | measured ms | " + " | ".join(methods) + " |")
+    print("|---|---|" + "---|" * len(methods))
+    for i, name in enumerate(out["models"]):
+        true = out["measured_ms"][i]
+        print(f"| {name} | {true:.2f} | " + " | ".join(
+            f"{100 * (out['predicted_ms'][m][i] / true - 1):+.0f}" for m in methods) + " |")
+    for part in ("all", "cnn", "transformer"):
+        print(f"\n{part}: Spearman / MAPE % / within ±10 %\n")
+        print("| | " + " | ".join(methods) + " |")
+        print("|---|" + "---|" * len(methods))
+        for metric, fmt in (("spearman", ".3f"), ("mape", ".1f"), ("within10", ".1f")):
+            print(f"| {metric} | " + " | ".join(
+                f"{out['summary'][m][part][metric]:{fmt}}" for m in methods) + " |")
+
+
+def plot(out: dict, path: Path, method: str = "latpred+auto") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    true, pred = np.array(out["measured_ms"]), np.array(out["predicted_ms"][method])
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for kind, marker in (("cnn", "o"), ("transformer", "s")):
+        mask = np.array(out["kinds"]) == kind
+        ax.loglog(true[mask], pred[mask], marker, ls="", label=kind)
+    for name, t, p in zip(out["models"], true, pred, strict=True):
+        ax.annotate(name, (t, p), fontsize=6)
+    lo, hi = min(true.min(), pred.min()), max(true.max(), pred.max())
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel("measured ms")
+    ax.set_ylabel("predicted ms")
+    ax.set_title(f"known networks, {out['runtime']}, {method}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runtime", choices=list(RUNTIMES), default=HELD_OUT_CONFIG.name,
+                        help="how this machine runs the models (default: the held-out "
+                             "ONNX Runtime 1 thread)")
+    parser.add_argument("--measurements", type=Path, nargs="+", default=None, metavar="CSV",
+                        help="measurements of the reference and known models taken earlier "
+                             "(several passes: geometric mean)")
+    parser.add_argument("--remeasure", action="store_true")
+    parser.add_argument("--max-seconds", type=float, default=3.0,
+                        help="timing budget per model")
+    parser.add_argument("--references", type=int, default=None, metavar="N",
+                        help="calibrate on the first N reference models only (10: the "
+                             "models of reference set version 1)")
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    start = time.time()
+    out = run(args)
+    report(out)
+    print(f"\nseconds: {time.time() - start:.1f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+        plot(out, args.json.with_suffix(".png"))
+        print(f"wrote {args.json} and {args.json.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
