@@ -73,7 +73,9 @@ def _state_to_json(state: DeviceState) -> dict[str, Any]:
             "kernel_base": None if state.kernel_base is None else _state_to_json(state.kernel_base),
             "kernel_reach": None if state.kernel_reach is None else state.kernel_reach.tolist(),
             "weights": None if state.weights is None else state.weights.tolist(),
-            "labels": list(state.labels)}
+            "labels": list(state.labels),
+            "local_errors": None if state.local_errors is None else state.local_errors.tolist(),
+            "local_x": None if state.local_x is None else state.local_x.tolist()}
 
 
 def _state_from_json(d: dict[str, Any]) -> DeviceState:
@@ -93,7 +95,11 @@ def _state_from_json(d: dict[str, Any]) -> DeviceState:
                        else torch.tensor(d["kernel_reach"], dtype=torch.float64),
                        None if d.get("weights") is None
                        else torch.tensor(d["weights"], dtype=torch.float32),
-                       list(d.get("labels", [])))
+                       list(d.get("labels", [])),
+                       None if d.get("local_errors") is None
+                       else torch.tensor(d["local_errors"], dtype=torch.float32),
+                       None if d.get("local_x") is None
+                       else torch.tensor(d["local_x"], dtype=torch.float64))
 
 
 def save_device(name: str, state: DeviceState, fingerprint: str, info: dict[str, Any],

@@ -90,6 +90,20 @@ def test_chunks_and_concurrent_callers_give_the_one_call_predictions(shipped, mo
     y = one[:12] * np.exp(0.3 * np.sin(np.arange(12)))
     shipped.adapt("tuned-k12", shipped.space_graphs("nb201", archs[:12]), y, strategy="auto")
     assert any(m.params for m in shipped.device("tuned-k12").alternatives)
+    # its blend judges graphs beyond the archs' sizes (a ResNet-50) on the largest archs,
+    # and a device file keeps that
+    import torch
+
+    from predictor import model_zoo
+    from predictor.adaptation import predict
+    from predictor.device_store import _state_from_json, _state_to_json
+
+    state = shipped.device("tuned-k12")
+    assert state.local_errors.shape == (len(state.members), 12)
+    big = shipped.graphs([model_zoo.export("resnet50", (1, 3, 64, 64))])
+    again = _state_from_json(json.loads(json.dumps(_state_to_json(state))))
+    torch.testing.assert_close(predict(shipped.model, big.batch([0]), again),
+                               predict(shipped.model, big.batch([0]), state))
     tuned = shipped.predict_batch("nb201", archs, "tuned-k12", with_spread=True)
     with ThreadPoolExecutor(2) as pool:
         calls = [pool.submit(shipped.predict_batch, "nb201", archs, device, with_spread=True)
