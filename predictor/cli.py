@@ -80,11 +80,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from predictor import model_zoo
+    from predictor.errors import PredictorError
+    from predictor.generator import export_spec, known_specs
     from predictor.onnx_io import parse_shape
     from predictor.storage import atomic_write_bytes
 
-    shape = parse_shape(args.input_shape) if args.input_shape else model_zoo.DEFAULT_INPUT_SHAPE
-    atomic_write_bytes(Path(args.out), model_zoo.export(args.name, shape))
+    known = {s.name: s for s in known_specs()}
+    if args.name in model_zoo.BUILDERS:
+        shape = (parse_shape(args.input_shape) if args.input_shape
+                 else model_zoo.DEFAULT_INPUT_SHAPE)
+        data = model_zoo.export(args.name, shape)
+    elif args.name in known:
+        if args.input_shape:
+            raise PredictorError(
+                f"'{args.name}' is exported at its published input "
+                f"{list(known[args.name].input_shape)}; --input-shape applies to "
+                f"{', '.join(model_zoo.BUILDERS)}")
+        data = export_spec(known[args.name]).SerializeToString()
+    else:
+        raise PredictorError(f"Unknown network '{args.name}'; known: "
+                             f"{', '.join([*model_zoo.BUILDERS, *sorted(set(known) - set(model_zoo.BUILDERS))])}")
+    atomic_write_bytes(Path(args.out), data)
     print(f"wrote {args.out}")
     return 0
 
@@ -103,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_inspect)
 
     p = sub.add_parser("export", help="export a built-in network to ONNX")
-    p.add_argument("name", help="resnet18, resnet50 or mobilenet_v2")
+    p.add_argument("name", help="resnet18, resnet50 or mobilenet_v2 (any input shape), or a "
+                                "well-known network at its published size: resnet34, "
+                                "resnet101, mobilenet_v3_large, efficientnet_b0, vit_tiny16, "
+                                "vit_small16, vit_base16, bert_mini, bert_small, bert_medium, "
+                                "distilbert, bert_base, mixer_s16, mixer_b16")
     p.add_argument("out", metavar="OUT.onnx")
     _add_input_shape(p)
     p.set_defaults(handler=cmd_export)

@@ -50,6 +50,20 @@ def test_export_then_inspect(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*tmp"))  # atomic write left no temp file
 
 
+def test_export_a_well_known_network_at_its_published_size(tmp_path: Path) -> None:
+    out = tmp_path / "vit.onnx"
+    result = run_cli("export", "vit_tiny16", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(run_cli("inspect", str(out), "--json").stdout)
+    assert list(report["input_shapes"].values()) == [[1, 3, 224, 224]]
+    assert abs(report["macs"] / 1.25e9 - 1) < 0.05  # ViT-Ti/16: 1.25 G MACs
+    _assert_one_line_error(run_cli("export", "vit_tiny16", str(out), "--input-shape", "1,3,32,32"),
+                           "published input")
+    _assert_one_line_error(run_cli("export", "resnet1000", str(tmp_path / "x.onnx")),
+                           "Unknown network 'resnet1000'")
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_missing_file(tmp_path: Path) -> None:
     _assert_one_line_error(run_cli("inspect", str(tmp_path / "nope.onnx")), "not found")
 
