@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_inspect)
 
     p = sub.add_parser("export", help="export a built-in network to ONNX")
-    p.add_argument("name", help="resnet18, resnet50 or mobilenet_v2 (any input shape), or a "
+    p.add_argument("name", help="resnet18, resnet50, mobilenet_v2, convnext_tiny, unet or "
+                                "gpt2_small (any input shape; gpt2_small: 1,TOKENS), or a "
                                 "well-known network at its published size: resnet34, "
                                 "resnet101, mobilenet_v3_large, efficientnet_b0, vit_tiny16, "
                                 "vit_small16, vit_base16, bert_mini, bert_small, bert_medium, "

@@ -1,8 +1,9 @@
 """Plain-torch builders of well-known networks (no torchvision on CPU machines here).
 
 Each builder returns an `nn.Module` in eval mode whose layer structure follows the
-reference definition (torchvision's ResNet and MobileNetV2), so MACs and parameter
-counts match the published figures.
+reference definition (torchvision's ResNet, MobileNetV2 and ConvNeXt, the U-Net paper,
+GPT-2), so MACs and parameter counts match the published figures. ConvNeXt, U-Net and
+GPT-2 belong to no generator family: no training set holds networks like them.
 """
 
 from __future__ import annotations
@@ -116,6 +117,114 @@ class MobileNetV2(nn.Module):
         return self.head(self.features(x))
 
 
+class _ConvNeXtBlock(nn.Module):
+    """7x7 depthwise conv, LayerNorm over channels (channels-last), MLP 4x with GELU,
+    layer scale, residual."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(self.norm(self.dwconv(x).permute(0, 2, 3, 1))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class _ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor (ConvNeXt's downsampling layers)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    """ConvNeXt (Liu et al. 2022) as in torchvision: patchify stem 4x4/4, four stages of
+    `_ConvNeXtBlock`s, LayerNorm + 2x2/2 conv between them."""
+
+    def __init__(self, depths: tuple[int, ...] = (3, 3, 9, 3),
+                 dims: tuple[int, ...] = (96, 192, 384, 768), num_classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, dims[0], 4, 4), _ChannelNorm(dims[0], eps=1e-6)]
+        for i, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
+            if i:
+                layers += [_ChannelNorm(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dim, 2, 2)]
+            layers += [_ConvNeXtBlock(dim) for _ in range(depth)]
+        self.features = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.features(x).mean((2, 3))))
+
+
+class UNet(nn.Module):
+    """U-Net (Ronneberger et al. 2015) for segmentation, narrower (width 32, four levels;
+    the paper's: 64, five): double-conv levels down (max pooling), transposed convs up with
+    skip concatenations, 1x1 conv to the classes."""
+
+    def __init__(self, width: int = 32, levels: int = 4, num_classes: int = 2):
+        super().__init__()
+
+        def double(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(_conv_bn(c_in, c_out, 3), _conv_bn(c_out, c_out, 3))
+
+        widths = [width * 2**i for i in range(levels)]
+        self.down = nn.ModuleList(double(c_in, c) for c_in, c in zip([3, *widths[:-1]], widths, strict=True))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(c, c // 2, 2, 2) for c in widths[:0:-1])
+        self.merge = nn.ModuleList(double(c, c // 2) for c in widths[:0:-1])
+        self.out = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        for up, merge, skip in zip(self.up, self.merge, skips[-2::-1], strict=True):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return self.out(x)
+
+
+class _GPTBlock(nn.Module):
+    """Pre-norm decoder block: causal self-attention (fused QKV), MLP 4x with tanh-GELU."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc, self.out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+                   for z in self.qkv(self.ln1(x)).split(d, dim=2))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.out(nn.functional.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
+class GPT2(nn.Module):
+    """GPT-2 (Radford et al. 2019): token and learned position embeddings, pre-norm causal
+    decoder blocks, final LayerNorm, language-model head over the vocabulary (logits for
+    every position: one forward pass over a prompt). The head is not tied to the token
+    embedding: 163 M parameters (124 M tied), the same MACs."""
+
+    def __init__(self, vocab: int = 50257, dim: int = 768, depth: int = 12, heads: int = 12,
+                 context: int = 1024):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(vocab, dim), nn.Embedding(context, dim)
+        self.blocks = nn.Sequential(*(_GPTBlock(dim, heads) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
+        return self.head(self.norm(self.blocks(x)))
+
+
 def resnet18(num_classes: int = 1000) -> ResNet:
     return ResNet(_BasicBlock, (2, 2, 2, 2), num_classes).eval()
 
@@ -128,16 +237,34 @@ def mobilenet_v2(num_classes: int = 1000) -> MobileNetV2:
     return MobileNetV2(num_classes).eval()
 
 
+def convnext_tiny(num_classes: int = 1000) -> ConvNeXt:
+    return ConvNeXt(num_classes=num_classes).eval()
+
+
+def unet() -> UNet:
+    return UNet().eval()
+
+
+def gpt2_small() -> GPT2:
+    return GPT2().eval()
+
+
 BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "resnet18": resnet18,
     "resnet50": resnet50,
     "mobilenet_v2": mobilenet_v2,
+    "convnext_tiny": convnext_tiny,
+    "unet": unet,
+    "gpt2_small": gpt2_small,
 }
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
+# Inputs other than a 224 x 224 image: U-Net on 256 x 256 tiles, GPT-2 on a 128-token prompt.
+INPUT_SHAPES = {"unet": (1, 3, 256, 256), "gpt2_small": (1, 128)}
+VOCABULARIES = {"gpt2_small": 50257}  # networks whose input is token ids
 
 
 def build(name: str) -> nn.Module:
-    """Build a zoo network by name (ImageNet head, eval mode)."""
+    """Build a zoo network by name (eval mode, random weights)."""
     from predictor.errors import PredictorError
 
     if name not in BUILDERS:
@@ -145,10 +272,20 @@ def build(name: str) -> nn.Module:
     return BUILDERS[name]()
 
 
-def export(name: str, input_shape: tuple[int, ...] = DEFAULT_INPUT_SHAPE) -> bytes:
-    """ONNX bytes of a zoo network exported at `input_shape` (weights random)."""
+def example_input(name: str, input_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """An input for zoo network `name`: token ids for a language model, else N(0, 1)."""
+    shape = input_shape or INPUT_SHAPES.get(name, DEFAULT_INPUT_SHAPE)
+    if name in VOCABULARIES:
+        return torch.randint(0, VOCABULARIES[name], shape)
+    return torch.randn(*shape)
+
+
+def export(name: str, input_shape: tuple[int, ...] | None = None) -> bytes:
+    """ONNX bytes of a zoo network exported at `input_shape` (default: its usual input;
+    weights random)."""
     from predictor.onnx_io import export_torch
 
     torch.manual_seed(0)
-    model = export_torch(build(name), torch.randn(*input_shape))
+    module = build(name)
+    model = export_torch(module, example_input(name, input_shape))
     return model.SerializeToString()

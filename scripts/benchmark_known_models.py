@@ -7,9 +7,10 @@ question of a deployment engineer ("how fast are ResNet-50 and BERT-base on this
 This machine under a runtime configuration is the device. The reference calibration set
 (`generator.reference_specs`, the models `latpred calibrate NAME --measure` times, 3 M to
 3 G MACs) and the well-known networks (`generator.known_specs`: ResNet-18..101,
-MobileNetV2/V3, EfficientNet-B0, ViT-Ti/S/B, BERT-mini..base, Mixer-S/B, up to 17.6 G MACs)
-are measured here (cached in a CSV with provenance; --remeasure to redo, --measurements to
-read passes taken elsewhere). The predictor is calibrated on the reference models with
+MobileNetV2/V3, EfficientNet-B0, ViT-Ti/S/B, BERT-mini..base, Mixer-S/B, up to 17.6 G MACs;
+and ConvNeXt-T, a U-Net and GPT-2 small from `model_zoo`, of no generator family, so
+unlike any training model) are measured here (cached in a CSV with provenance;
+--remeasure to redo, --measurements to read passes taken elsewhere). The predictor is calibrated on the reference models with
 each adaptation strategy (`--references 10`: on version 1's ten only) and predicts the
 known networks; MACs (log ms = a log MACs + b) and the per-device linear fit on
 MACs/params/memory/depth, fitted on the same models, are the baselines. The default
@@ -25,8 +26,10 @@ import json
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from predictor.api import Predictor
 from predictor.evaluation import linear_fit_baseline, macs_baseline, metrics, predictor_fn
@@ -38,19 +41,59 @@ from predictor.generator import (
 )
 from predictor.graph import extract_graph
 from predictor.graph_store import GraphStore
-from predictor.model_sets import HELD_OUT_CONFIG, TRAINING_CONFIGS
+from predictor.model_sets import HELD_OUT_CONFIG, TRAINING_CONFIGS, RuntimeConfig
 
 CACHE = Path("datasets/cache/known_models")
 RUNTIMES = {HELD_OUT_CONFIG.name: HELD_OUT_CONFIG, **TRAINING_CONFIGS}
 STRATEGIES = ("auto", "amortised", "nearest", "finetune", "opscale", "kernelsum+net", "linear")
 
 
+# Networks of no generator family (`model_zoo`): nothing like them is in any training set.
+ZOO_NETWORKS = {"convnext_tiny": "cnn", "unet": "cnn", "gpt2_small": "transformer"}
+
+
+def measure_network(source: Any, config: RuntimeConfig, max_seconds: float) -> Any:
+    """Time a generator spec or a zoo network's name under `config`."""
+    from dataclasses import replace
+
+    from predictor import model_zoo
+    from predictor.measure import measure_onnx, measure_torch
+    from predictor.model_sets import measure_spec
+
+    if not isinstance(source, str):
+        return measure_spec(source, config, max_seconds=max_seconds)
+    if config.backend == "torch":
+        torch.manual_seed(0)
+        m = measure_torch(model_zoo.build(source), model_zoo.example_input(source),
+                          device=config.device, threads=config.threads,
+                          max_seconds=max_seconds)
+    else:
+        m = measure_onnx(model_zoo.export(source), device=config.device,
+                         threads=config.threads, graph_optimization=config.graph_optimization,
+                         max_seconds=max_seconds)
+    return replace(m, model=source)
+
+
+def network_files(folder: Path) -> tuple[list[Any], list[Path]]:
+    """(the reference specs, known specs and zoo names; their ONNX files in `folder`)."""
+    from predictor import model_zoo
+    from predictor.storage import atomic_write_bytes
+
+    specs = reference_specs() + known_specs()
+    paths = write_models(specs, folder, progress=False)
+    for name in ZOO_NETWORKS:
+        path = folder / f"{name}.onnx"
+        if not path.exists():
+            atomic_write_bytes(path, model_zoo.export(name))
+        paths.append(path)
+    return specs + list(ZOO_NETWORKS), paths
+
+
 def measured(runtime: str, remeasure: bool, max_seconds: float,
              files: list[Path] | None) -> dict[str, float]:
-    """{model name: latency ms} of the reference and known models under `runtime`."""
+    """{model name: latency ms} of the reference, known and zoo networks under `runtime`."""
     from predictor.measure import measure_many, speed_probe_for
     from predictor.measurements import provenance, read_measurements_csv, write_measurements_csv
-    from predictor.model_sets import measure_spec
 
     def by_name(rows: list[dict]) -> dict[str, float]:
         return {Path(str(r["model"])).stem: float(r["latency_ms"]) for r in rows}
@@ -59,12 +102,15 @@ def measured(runtime: str, remeasure: bool, max_seconds: float,
         passes = [by_name(read_measurements_csv(f)[0]) for f in files]
         return {k: float(np.exp(np.mean([np.log(p[k]) for p in passes]))) for k in passes[0]}
     csv = CACHE / f"{runtime}-ref{REFERENCE_SET_VERSION}.csv"
+    wanted = {s.name for s in reference_specs() + known_specs()} | set(ZOO_NETWORKS)
     if csv.exists() and not remeasure:
-        return by_name(read_measurements_csv(csv)[0])
+        cached = by_name(read_measurements_csv(csv)[0])
+        if wanted <= set(cached):  # else a network was added since: measure all again
+            return cached
     config = RUNTIMES[runtime]
     rows, probe_ms = measure_many(
-        reference_specs() + known_specs(), partial(measure_spec, config=config,
-                                                   max_seconds=max_seconds),
+        reference_specs() + known_specs() + list(ZOO_NETWORKS),
+        partial(measure_network, config=config, max_seconds=max_seconds),
         probe=speed_probe_for(config.backend, config.device, config.threads),
         desc=f"measure ({runtime})")
     write_measurements_csv(csv, rows, provenance(
@@ -75,24 +121,31 @@ def measured(runtime: str, remeasure: bool, max_seconds: float,
 
 def run(args: argparse.Namespace) -> dict:
     latency = measured(args.runtime, args.remeasure, args.max_seconds, args.measurements)
-    refs, known = reference_specs()[:args.references], known_specs()
-    paths = write_models(refs + known, CACHE / "onnx", progress=False)
-    store = GraphStore.from_graphs([extract_graph(p) for p in paths])
-    y = np.array([latency[s.name] for s in refs + known])
-    support, test = np.arange(len(refs)), np.arange(len(refs), len(refs) + len(known))
+    sources, paths = network_files(CACHE / "onnx")
+    names = [p.stem for p in paths]
+    n_refs = len(reference_specs())
+    refs = names[:n_refs][:args.references]
+    known = names[n_refs:]
+    kinds = [s.kind for s in known_specs()] + list(ZOO_NETWORKS.values())
+    keep = [i for i, name in enumerate(names) if name in refs or i >= n_refs]
+    store = GraphStore.from_graphs([extract_graph(paths[i]) for i in keep])
+    y = np.array([latency[names[i]] for i in keep])
+    support, test = np.arange(len(refs)), np.arange(len(refs), len(keep))
     predictor = Predictor.load(args.checkpoint)
     known_devices = predictor.known_devices()
     methods = {f"latpred+{s}" if s != "amortised" else "latpred":
                predictor_fn(predictor.model, s, known=known_devices) for s in STRATEGIES}
     methods.update({"macs": macs_baseline, "linear-baseline": linear_fit_baseline})
     predictions = {name: fn(store, support, y[support], test) for name, fn in methods.items()}
-    return {"runtime": args.runtime, "references": len(refs), "models": [s.name for s in known],
-            "kinds": [s.kind for s in known], "measured_ms": y[test].tolist(),
+    families = {"zoo": np.array([n in ZOO_NETWORKS for n in known]),
+                "cnn": np.array([k == "cnn" for k in kinds]),
+                "transformer": np.array([k != "cnn" for k in kinds])}
+    return {"runtime": args.runtime, "references": len(refs), "models": known,
+            "kinds": kinds, "measured_ms": y[test].tolist(),
             "predicted_ms": {m: p.tolist() for m, p in predictions.items()},
             "summary": {m: {"all": metrics(p, y[test]),
-                            **{kind: metrics(p[mask], y[test][mask]) for kind, mask in (
-                                ("cnn", np.array([s.kind == "cnn" for s in known])),
-                                ("transformer", np.array([s.kind != "cnn" for s in known])))}}
+                            **{part: metrics(p[mask], y[test][mask])
+                               for part, mask in families.items()}}
                         for m, p in predictions.items()}}
 
 
@@ -107,8 +160,9 @@ def report(out: dict) -> None:
         true = out["measured_ms"][i]
         print(f"| {name} | {true:.2f} | " + " | ".join(
             f"{100 * (out['predicted_ms'][m][i] / true - 1):+.0f}" for m in methods) + " |")
-    for part in ("all", "cnn", "transformer"):
-        print(f"\n{part}: Spearman / MAPE % / within ±10 %\n")
+    for part in ("all", "cnn", "transformer", "zoo"):
+        label = {"zoo": "of no generator family (" + ", ".join(ZOO_NETWORKS) + ")"}
+        print(f"\n{label.get(part, part)}: Spearman / MAPE % / within ±10 %\n")
         print("| | " + " | ".join(methods) + " |")
         print("|---|" + "---|" * len(methods))
         for metric, fmt in (("spearman", ".3f"), ("mape", ".1f"), ("within10", ".1f")):
