@@ -52,15 +52,18 @@ def reference_models(folder: Path | None = None, progress: bool = True) -> list[
 
 def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
                           threads: int | None = None, graph_optimization: str = "all",
-                          max_seconds: float = 3.0, progress: bool = True, batch: int = 1
+                          max_seconds: float = 3.0, progress: bool = True, batch: int = 1,
+                          include: Sequence[Path] = (), input_shape: Sequence[int] | None = None
                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Time the reference set on this machine: (rows {model, latency_ms, ...}, provenance).
 
     `backend="onnxruntime"` times the ONNX files; `"torch"` times the same networks as torch
     modules (e.g. on a GPU where ONNX Runtime has no CUDA provider), at `batch` (the rows
-    still name the batch-1 ONNX files: calibrate with the same batch). Times get
-    `measure_many`'s speed-drift correction (`predictor.measure.speed_probe_for`)."""
-    from functools import partial
+    still name the batch-1 ONNX files: calibrate with the same batch). `include`: the
+    user's own ONNX files, timed the same way after the reference set (ONNX Runtime only;
+    `input_shape` fixes their dynamic dims), so the device is calibrated on models like
+    those it will predict too. Times get `measure_many`'s speed-drift correction
+    (`predictor.measure.speed_probe_for`)."""
 
     from predictor.generator import REFERENCE_SET_VERSION, reference_specs
     from predictor.measure import measure_many, measure_onnx, speed_probe_for
@@ -70,11 +73,23 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
     if batch != 1 and backend != "torch":
         raise PredictorError(f"Batch {batch} needs --backend torch: the reference ONNX files "
                              "are exported at batch 1")
+    if include and backend != "onnxruntime":
+        raise PredictorError("--include times your ONNX files with ONNX Runtime; with "
+                             f"--backend {backend}, time them yourself and calibrate with "
+                             "--measurements FILE.csv (the reference set's rows included)")
+    missing = [str(p) for p in include if not Path(p).is_file()]
+    if missing:
+        raise PredictorError(f"--include: no such file: {', '.join(missing)}")
     paths = reference_models(progress=progress)
     if backend == "onnxruntime":
-        sources: list[Any] = paths
-        measure = partial(measure_onnx, backend=backend, device=device, threads=threads,
-                          graph_optimization=graph_optimization, max_seconds=max_seconds)
+        own = {Path(p) for p in include}
+        sources: list[Any] = paths + [Path(p) for p in include]
+        settings = dict(backend=backend, device=device, threads=threads,
+                        graph_optimization=graph_optimization, max_seconds=max_seconds)
+
+        def measure(source: Path) -> Any:
+            shape = input_shape if source in own else None
+            return measure_onnx(source, input_shape=shape, **settings)
     elif backend == "torch":
         config = RuntimeConfig(f"torch-{device}", "torch", threads, device=device, batch=batch)
         sources = list(zip(reference_specs(), paths, strict=True))
@@ -90,7 +105,8 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
     rows = [{"model": m.model, "latency_ms": m.latency_ms, "p10_ms": m.p10_ms,
              "p90_ms": m.p90_ms, "cv": m.cv, "noisy": m.noisy} for m in measured]
     info = provenance(backend, device, threads, batch if batch != 1 else None, graph_optimization,
-                      reference_set_version=REFERENCE_SET_VERSION, speed_probe_ms=probe_ms)
+                      reference_set_version=REFERENCE_SET_VERSION, speed_probe_ms=probe_ms,
+                      **({"included": [str(p) for p in include]} if include else {}))
     return rows, info
 
 

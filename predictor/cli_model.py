@@ -130,16 +130,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.measure and args.metric != "latency_ms":
         raise PredictorError(f"--measure times latency only; for {args.metric}, measure the "
                              "models (e.g. latpred measure --energy) and pass --measurements")
+    if args.include and not args.measure:
+        raise PredictorError("--include adds your ONNX files to --measure's reference set; "
+                             "with --measurements, list them in the CSV")
+    shape = parse_shape(args.input_shape) if args.input_shape else None
     if args.measure:
         rows, info = measure_reference_set(backend=args.backend, device=args.device_kind,
                                            threads=args.threads,
                                            graph_optimization=args.graph_optimization,
-                                           batch=args.batch or 1)
+                                           batch=args.batch or 1, include=args.include,
+                                           input_shape=shape)
     else:
         rows, info = read_measurements_csv(args.measurements, value=args.metric)
         info = {**info, "source": str(args.measurements)}
     predictor = Predictor.load(args.checkpoint)
-    shape = parse_shape(args.input_shape) if args.input_shape else None
     stored = calibrate(predictor, args.name, rows, info, strategy=args.strategy,
                        input_shape=shape, metric=args.metric, batch=args.batch)
     return _report_calibration(args, stored, len(rows),
@@ -221,6 +225,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="your own measurements: CSV with header model,latency_ms (model = "
                         "ONNX path, relative to the CSV's folder), or with --space "
                         "arch,latency_ms")
+    p.add_argument("--include", type=Path, nargs="+", default=[], metavar="MODEL.onnx",
+                   help="with --measure: also time these models of yours (ONNX Runtime) and "
+                        "calibrate on them: models like those you will predict (a size or "
+                        "kind the reference set lacks) make predictions interpolate")
     p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
                    help="how --measure runs the reference set: ONNX Runtime, or the same "
                         "networks as torch modules (a GPU without ONNX Runtime's CUDA provider)")

@@ -217,6 +217,41 @@ def test_reference_set_measured_as_torch_modules(tmp_path, monkeypatch) -> None:
         calibration.measure_reference_set(backend="tvm", progress=False)
 
 
+def test_reference_set_plus_included_models(tmp_path, monkeypatch) -> None:
+    """`--measure --include MODEL.onnx` times the user's model after the reference set, with
+    the same settings (its dynamic dims fixed by --input-shape), and the device calibrates
+    on all of them; bad uses are one-line errors."""
+    import torch
+    from torch import nn
+
+    from predictor import calibration, generator
+    from predictor.api import Predictor
+    from predictor.calibration import calibrate
+
+    small = generator.sample_specs(6, 4, kinds=("cnn",), small=True)
+    monkeypatch.setattr(generator, "reference_specs", lambda: small)
+    monkeypatch.setattr(calibration, "REFERENCE_CACHE", tmp_path / "ref")
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path / "devices"))
+    own = tmp_path / "own.onnx"
+    torch.onnx.export(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval(),
+                      (torch.randn(1, 3, 16, 16),), own, dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {2: "h", 3: "w"}})
+    rows, info = calibration.measure_reference_set(max_seconds=0.1, progress=False,
+                                                   include=[own], input_shape=(1, 3, 24, 24))
+    assert [Path(r["model"]).name for r in rows] == [f"{s.name}.onnx" for s in small] + [own.name]
+    assert all(r["latency_ms"] > 0 for r in rows) and info["included"] == [str(own)]
+    stored = calibrate(Predictor.load(), "with-own", rows, info, input_shape=(1, 3, 24, 24))
+    assert len(stored["measurements"]) == 5 and stored["provenance"]["included"] == [str(own)]
+    with pytest.raises(PredictorError, match="no such file"):
+        calibration.measure_reference_set(include=[tmp_path / "nope.onnx"], progress=False)
+    with pytest.raises(PredictorError, match="with --backend torch"):
+        calibration.measure_reference_set(include=[own], backend="torch", progress=False)
+    result = _cli("calibrate", "x", "--measurements", str(tmp_path / "m.csv"), "--include",
+                  str(own), env={"LATPRED_DEVICE_DIR": str(tmp_path / "devices")})
+    assert result.returncode != 0 and "--include adds your ONNX files" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_device_timed_at_batch_32_predicts_at_batch_32(tmp_path, monkeypatch,
                                                          shared_data_dir) -> None:
     """HELP's titanx_32 (meta-valid) timed NB201 networks at batch 32. Calibrated from
