@@ -121,16 +121,23 @@ def measured(runtime: str, remeasure: bool, max_seconds: float,
 
 def run(args: argparse.Namespace) -> dict:
     latency = measured(args.runtime, args.remeasure, args.max_seconds, args.measurements)
-    sources, paths = network_files(CACHE / "onnx")
+    _, paths = network_files(CACHE / "onnx")
     names = [p.stem for p in paths]
     n_refs = len(reference_specs())
     refs = names[:n_refs][:args.references]
-    known = names[n_refs:]
-    kinds = [s.kind for s in known_specs()] + list(ZOO_NETWORKS.values())
+    kind_of = dict(zip(names[n_refs:], [s.kind for s in known_specs()]
+                       + list(ZOO_NETWORKS.values()), strict=True))
+    unknown = sorted(set(args.include) - set(kind_of))
+    if unknown:
+        raise SystemExit(f"--include: not a known network: {', '.join(unknown)}")
+    known = [n for n in names[n_refs:] if n not in args.include]
+    kinds = [kind_of[n] for n in known]
     keep = [i for i, name in enumerate(names) if name in refs or i >= n_refs]
     store = GraphStore.from_graphs([extract_graph(paths[i]) for i in keep])
     y = np.array([latency[names[i]] for i in keep])
-    support, test = np.arange(len(refs)), np.arange(len(refs), len(keep))
+    position = {names[i]: j for j, i in enumerate(keep)}
+    support = np.array([position[n] for n in refs + list(args.include)])
+    test = np.array([position[n] for n in known])
     predictor = Predictor.load(args.checkpoint)
     known_devices = predictor.known_devices()
     methods = {f"latpred+{s}" if s != "amortised" else "latpred":
@@ -140,7 +147,8 @@ def run(args: argparse.Namespace) -> dict:
     families = {"zoo": np.array([n in ZOO_NETWORKS for n in known]),
                 "cnn": np.array([k == "cnn" for k in kinds]),
                 "transformer": np.array([k != "cnn" for k in kinds])}
-    return {"runtime": args.runtime, "references": len(refs), "models": known,
+    return {"runtime": args.runtime, "references": len(refs), "included": list(args.include),
+            "models": known,
             "kinds": kinds, "measured_ms": y[test].tolist(),
             "predicted_ms": {m: p.tolist() for m, p in predictions.items()},
             "summary": {m: {"all": metrics(p, y[test]),
@@ -151,8 +159,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def report(out: dict) -> None:
     methods = list(out["predicted_ms"])
+    also = f" and {', '.join(out['included'])}" if out["included"] else ""
     print(f"\n## Known networks on this machine ({out['runtime']}), calibrated on "
-          f"{out['references']} reference models\n\n"
+          f"{out['references']} reference models{also}\n\n"
           "error of the prediction, % of the measured latency\n")
     print("| model | measured ms | " + " | ".join(methods) + " |")
     print("|---|---|" + "---|" * len(methods))
@@ -208,6 +217,9 @@ def main() -> None:
     parser.add_argument("--references", type=int, default=None, metavar="N",
                         help="calibrate on the first N reference models only (10: the "
                              "models of reference set version 1)")
+    parser.add_argument("--include", nargs="+", default=[], metavar="NETWORK",
+                        help="also calibrate on these known networks (as `latpred calibrate "
+                             "--measure --include` would) and predict the others")
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
