@@ -54,6 +54,12 @@ TRAINING_CONFIGS: dict[str, RuntimeConfig] = {c.name: c for c in (
     # batch-1 GPU latency follows the number of kernel launches far more than MACs
     RuntimeConfig("torch-cuda", "torch", None, device="cuda"),
 )}
+# Every configuration a benchmark can time its test models under: the held-out one, the
+# training ones (other models), and PyTorch eager on a GPU at batch 32 (in no training set).
+BENCHMARK_CONFIGS: dict[str, RuntimeConfig] = {
+    HELD_OUT_CONFIG.name: HELD_OUT_CONFIG, **TRAINING_CONFIGS,
+    "torch-cuda-b32": RuntimeConfig("torch-cuda-b32", "torch", None, device="cuda", batch=32),
+}
 
 
 def machine_tag(device: str = "cpu") -> str:

@@ -41,10 +41,10 @@ from predictor.generator import (
 )
 from predictor.graph import extract_graph
 from predictor.graph_store import GraphStore
-from predictor.model_sets import HELD_OUT_CONFIG, TRAINING_CONFIGS, RuntimeConfig
+from predictor.model_sets import BENCHMARK_CONFIGS, HELD_OUT_CONFIG, RuntimeConfig
 
 CACHE = Path("datasets/cache/known_models")
-RUNTIMES = {HELD_OUT_CONFIG.name: HELD_OUT_CONFIG, **TRAINING_CONFIGS}
+RUNTIMES = BENCHMARK_CONFIGS
 STRATEGIES = ("auto", "amortised", "nearest", "finetune", "opscale", "kernelsum+net", "linear")
 
 
@@ -66,6 +66,7 @@ def measure_network(source: Any, config: RuntimeConfig, max_seconds: float) -> A
         torch.manual_seed(0)
         m = measure_torch(model_zoo.build(source), model_zoo.example_input(source),
                           device=config.device, threads=config.threads,
+                          batch=config.batch if config.batch != 1 else None,
                           max_seconds=max_seconds)
     else:
         m = measure_onnx(model_zoo.export(source), device=config.device,
@@ -133,7 +134,8 @@ def run(args: argparse.Namespace) -> dict:
     known = [n for n in names[n_refs:] if n not in args.include]
     kinds = [kind_of[n] for n in known]
     keep = [i for i, name in enumerate(names) if name in refs or i >= n_refs]
-    store = GraphStore.from_graphs([extract_graph(paths[i]) for i in keep])
+    batch = RUNTIMES[args.runtime].batch
+    store = GraphStore.from_graphs([extract_graph(paths[i]).with_batch(batch) for i in keep])
     y = np.array([latency[names[i]] for i in keep])
     position = {names[i]: j for j, i in enumerate(keep)}
     support = np.array([position[n] for n in refs + list(args.include)])

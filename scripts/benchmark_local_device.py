@@ -34,19 +34,16 @@ from predictor.evaluation import (
 )
 from predictor.graph import extract_graph
 from predictor.graph_store import GraphStore
-from predictor.model_sets import HELD_OUT_CONFIG, TRAINING_CONFIGS, RuntimeConfig
+from predictor.model_sets import BENCHMARK_CONFIGS
 
 TEST_SEED = 20_261_126  # never used for training data
 CACHE = Path("datasets/cache/local_device")
 
 
-# Runtimes the test models can be measured under. "ort-1t" is the held-out test device;
-# the GPU ones (PyTorch eager on this machine's GPU, batch 1 or 32) are further devices:
-# batch 1 is a training runtime on other models (the H200's zoo1), batch 32 is in no
-# training set.
-RUNTIMES = {"ort-1t": HELD_OUT_CONFIG, "torch-cuda": TRAINING_CONFIGS["torch-cuda"],
-            "torch-cuda-b32": RuntimeConfig("torch-cuda-b32", "torch", None, device="cuda",
-                                            batch=32)}
+# Runtimes the test models can be measured under (`model_sets.BENCHMARK_CONFIGS`):
+# "ort-1t" is the held-out test device; the others are further devices for these test
+# models (their training data are other models), batch 32 on a GPU in no training set.
+RUNTIMES = BENCHMARK_CONFIGS
 
 
 def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds: float,
@@ -211,8 +208,9 @@ def main() -> None:
                              "zoo2/epyc-torch-1t): for model selection, never the test device")
     parser.add_argument("--runtime", choices=list(RUNTIMES), default="ort-1t",
                         help="the held-out device: this CPU under ONNX Runtime 1 thread "
-                             "(default), or this machine's GPU under torch eager at batch 1 "
-                             "or 32")
+                             "(default), or another configuration of this machine, e.g. its "
+                             "GPU under torch eager at batch 1 or 32 (torch-cuda, "
+                             "torch-cuda-b32)")
     parser.add_argument("--metric", choices=("latency_ms", "energy_mj"), default="latency_ms",
                         help="what to calibrate and predict (energy needs --energy-seconds "
                              "measurements)")
@@ -235,9 +233,11 @@ def main() -> None:
         return
     out = run(args)
     methods = list(next(iter(out["results"].values())))
+    config = RUNTIMES[args.runtime]
     where = (f"valid device {args.valid}" if args.valid else
              "This CPU, ONNX Runtime 1 thread" if args.runtime == "ort-1t" else
-             f"This GPU, torch eager, batch {RUNTIMES[args.runtime].batch}")
+             f"This machine, {config.backend} on {config.device} ({args.runtime}), "
+             f"batch {config.batch}")
     if args.metric != "latency_ms":
         where += f", {args.metric}"
     print(f"\n## {where}: {out['cnns']} CNNs, {out['transformers']} "
