@@ -52,10 +52,12 @@ def _space_setting(args: argparse.Namespace) -> tuple[tuple[int, ...] | None, in
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from predictor.api import METRICS, Predictor
     from predictor.errors import PredictorError
     from predictor.onnx_io import parse_shape
-    from predictor.search import upper_estimate
+    from predictor.search import SPREAD_K, uncertain, upper_estimate
 
     if bool(args.models) == bool(args.space):
         raise PredictorError("Give either ONNX models, or --space with --archs FILE")
@@ -83,9 +85,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         key, items = "model", [str(m) for m in args.models]
         unfamiliar = [predictor.unfamiliar_ops(g) for g in graphs]
     upper = upper_estimate(predictor, args.device, values, spread)
+    unsure = uncertain(spread)
     rows = [{key: item, "device": args.device, args.metric: float(v),
-             f"{args.metric}_upper": float(u), **({"unfamiliar_ops": ops} if ops else {})}
-            for item, v, u, ops in zip(items, values, upper, unfamiliar, strict=True)]
+             f"{args.metric}_upper": float(u), **({"unfamiliar_ops": ops} if ops else {}),
+             **({"uncertain": True} if flag else {})}
+            for item, v, u, ops, flag in zip(items, values, upper, unfamiliar, unsure,
+                                             strict=True)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -93,6 +98,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for row in rows:
             print(f"{row[args.metric]:10.3f} {unit:<3s} (upper {row[f'{args.metric}_upper']:.3f}) "
                   f"{row[key]}  ({args.device})")
+    flagged = [(row[key], float(np.exp(SPREAD_K * s)))
+               for row, s in zip(rows, spread, strict=True) if "uncertain" in row]
+    for item, ratio in flagged[:5]:
+        print(f"note: {item}: the calibration's candidate adaptations disagree by "
+              f"{ratio:.1f}x, an uncertain prediction (see its upper estimate); calibrate "
+              "with a model like it too (latpred calibrate --measure --include)",
+              file=sys.stderr)
+    if len(flagged) > 5:
+        print(f"note: {len(flagged) - 5} more of the {len(rows)} predictions are uncertain "
+              "(\"uncertain\": true in --json)", file=sys.stderr)
     for row in rows:
         if "unfamiliar_ops" in row:
             ops = ", ".join(f"{op} x{n}" for op, n in row["unfamiliar_ops"].items())

@@ -513,6 +513,20 @@ def device_margin(residuals: Sequence[float] | None, quantile: float = MARGIN_QU
     return float(max(0.0, np.quantile(under, quantile)))
 
 
+# A prediction whose candidate adaptations disagree by more than this factor
+# (exp(SPREAD_K x spread)) is flagged as uncertain (`latpred predict`). On the 20 known
+# networks predicted from the reference set (`scripts/benchmark_known_models.py`, the
+# meta-valid and two training runtimes of this CPU), the flagged ones (ConvNeXt-T,
+# EfficientNet-B0, U-Net; 5 of 60) were 1.7 to 4x further off (mean |log error| 0.15 to
+# 0.56 against 0.09 to 0.13), and the factor ranks the errors at Spearman 0.58.
+UNSURE_RATIO = 1.5
+
+
+def uncertain(spread: np.ndarray, spread_k: float = SPREAD_K) -> np.ndarray:
+    """Which predictions' candidate adaptations disagree by more than `UNSURE_RATIO`."""
+    return np.exp(spread_k * np.asarray(spread)) > UNSURE_RATIO
+
+
 def upper_estimate(predictor, device: str, values: np.ndarray, spread: np.ndarray,
                    spread_k: float = SPREAD_K) -> np.ndarray:
     """The bound `latpred search` keeps budgets with, as one number per prediction:

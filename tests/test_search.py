@@ -244,3 +244,33 @@ def test_auto_calibration_bounds_by_the_spread_of_its_candidates(predictor, tmp_
     again = fresh.predict_batch("nb201", others, "odd-board", with_spread=True)
     np.testing.assert_allclose(again[0], point, rtol=1e-5)
     np.testing.assert_allclose(again[1], spread, rtol=1e-4, atol=1e-6)
+
+
+def test_predictions_whose_candidates_disagree_are_flagged(predictor, tmp_path, monkeypatch,
+                                                           capsys) -> None:
+    """`latpred predict` flags a prediction as uncertain when the device's candidate
+    adaptations disagree by more than UNSURE_RATIO: "uncertain": true in the JSON and a
+    note on stderr; a device whose candidates agree gets neither."""
+    from predictor.adaptation import DeviceState
+    from predictor.device_store import save_device
+    from predictor.search import UNSURE_RATIO, uncertain
+
+    assert UNSURE_RATIO == pytest.approx(1.5)
+    np.testing.assert_array_equal(uncertain(np.array([0.0, 0.2, 0.25])), [False, False, True])
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path))
+    base = predictor.device(DEVICE)
+    for name, shift in (("calm", 0.05), ("torn", 1.0)):  # an alternative e^shift slower
+        state = DeviceState(base.z, base.a, base.b,
+                            alternatives=[DeviceState(base.z, base.a, base.b + shift)])
+        save_device(name, state, predictor.fingerprint, {"kind": "calibrated device"})
+    archs = tmp_path / "archs.txt"
+    space = get_search_space("nb201")
+    rng = np.random.default_rng(0)
+    archs.write_text("\n".join(space.key(space.random(rng)) for _ in range(3)) + "\n")
+    for name, flagged in (("calm", False), ("torn", True)):
+        assert _cli(["predict", "--space", "nb201", "--archs", str(archs), "--device", name,
+                     "--json"]) == 0
+        out = capsys.readouterr()
+        rows = json.loads(out.out)
+        assert [r.get("uncertain", False) for r in rows] == [flagged] * 3
+        assert ("disagree by 2.6x" in out.err) == flagged
