@@ -54,7 +54,7 @@ from predictor.device_store import describe_devices, device_dirs, list_device_fi
 from predictor.errors import PredictorError, UnknownDeviceError
 from predictor.graph import OpGraph, extract_graph
 from predictor.graph_store import GraphStore
-from predictor.search import upper_estimate
+from predictor.search import uncertain, upper_estimate
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,9 @@ class Prediction(BaseModel):
     unfamiliar_ops: dict[str, int] | None = Field(
         None, description="op types of an uploaded model that no training graph held, with "
         "their counts: its prediction extrapolates (absent when there are none)")
+    uncertain: bool | None = Field(
+        None, description="with upper: true where the device's candidate adaptations "
+        "disagree by more than 1.5x (absent otherwise)")
 
 
 class PredictResponse(BaseModel):
@@ -336,15 +339,16 @@ class PredictionService:
             ms, spread = out if req.upper else (out, None)
             upper = (upper_estimate(self.predictor, req.device, ms, spread) if req.upper
                      else [None] * len(ms))
+            unsure = uncertain(spread) if req.upper else np.zeros(len(ms), dtype=bool)
         bad = [i for i, v in enumerate(ms) if not np.isfinite(v)]
         if bad:
             raise PredictorError(f"Predicted {metric} is not finite for items {bad[:10]}; "
                                  "the inputs are far outside what the predictor knows")
         return PredictResponse(device=req.device, metric=metric, predictions=[
             Prediction(**{kind: label, metric: float(v), "upper": u if u is None else float(u),
-                          "unfamiliar_ops": ops})
-            for (kind, label), v, u, ops in zip(req.labels(), ms, upper, unfamiliar,
-                                                strict=True)])
+                          "unfamiliar_ops": ops, "uncertain": True if flag else None})
+            for (kind, label), v, u, ops, flag in zip(req.labels(), ms, upper, unfamiliar,
+                                                      unsure, strict=True)])
 
     def calibrate(self, req: CalibrateRequest) -> dict[str, Any]:
         if _stored_kind(req.name) == "training device":

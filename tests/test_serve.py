@@ -91,6 +91,7 @@ def test_predict_archs_in_input_order(client, predictor) -> None:
                                       "archs": [HEAVY, LIGHT], "upper": True})
     assert [row["upper"] for row in r.json()["predictions"]] == \
         pytest.approx([v * (1 + DEFAULT_MARGIN) for v in ms[:2]], rel=1e-4)
+    assert not any("uncertain" in row for row in r.json()["predictions"])  # no disagreement
 
 
 def test_predict_uploaded_onnx(client) -> None:
