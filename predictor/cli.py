@@ -86,10 +86,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from predictor.storage import atomic_write_bytes
 
     known = {s.name: s for s in known_specs()}
-    if args.name in model_zoo.BUILDERS:
-        shape = (parse_shape(args.input_shape) if args.input_shape
-                 else model_zoo.DEFAULT_INPUT_SHAPE)
-        data = model_zoo.export(args.name, shape)
+    if args.name in model_zoo.BUILDERS:  # at the given shape, else the network's usual one
+        data = model_zoo.export(args.name, parse_shape(args.input_shape) if args.input_shape
+                                else None)
     elif args.name in known:
         if args.input_shape:
             raise PredictorError(

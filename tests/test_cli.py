@@ -62,6 +62,10 @@ def test_export_a_well_known_network_at_its_published_size(tmp_path: Path) -> No
     _assert_one_line_error(run_cli("export", "resnet1000", str(tmp_path / "x.onnx")),
                            "Unknown network 'resnet1000'")
     assert not (tmp_path / "x.onnx").exists()
+    unet = tmp_path / "unet.onnx"  # a zoo network exports at its own usual input
+    assert run_cli("export", "unet", str(unet)).returncode == 0
+    report = json.loads(run_cli("inspect", str(unet), "--json").stdout)
+    assert list(report["input_shapes"].values()) == [[1, 3, 256, 256]]
 
 
 def test_missing_file(tmp_path: Path) -> None:
