@@ -75,8 +75,9 @@ def measure_network(source: Any, config: RuntimeConfig, max_seconds: float) -> A
     return replace(m, model=source)
 
 
-def network_files(folder: Path) -> tuple[list[Any], list[Path]]:
-    """(the reference specs, known specs and zoo names; their ONNX files in `folder`)."""
+def network_files(folder: Path) -> list[Path]:
+    """ONNX files in `folder` of the reference specs, the known specs and the zoo networks,
+    in that order."""
     from predictor import model_zoo
     from predictor.storage import atomic_write_bytes
 
@@ -87,7 +88,7 @@ def network_files(folder: Path) -> tuple[list[Any], list[Path]]:
         if not path.exists():
             atomic_write_bytes(path, model_zoo.export(name))
         paths.append(path)
-    return specs + list(ZOO_NETWORKS), paths
+    return paths
 
 
 def measured(runtime: str, remeasure: bool, max_seconds: float,
@@ -122,7 +123,7 @@ def measured(runtime: str, remeasure: bool, max_seconds: float,
 
 def run(args: argparse.Namespace) -> dict:
     latency = measured(args.runtime, args.remeasure, args.max_seconds, args.measurements)
-    _, paths = network_files(CACHE / "onnx")
+    paths = network_files(CACHE / "onnx")
     names = [p.stem for p in paths]
     n_refs = len(reference_specs())
     refs = names[:n_refs][:args.references]
