@@ -52,37 +52,17 @@ STRATEGIES = ("auto", "amortised", "nearest", "finetune", "opscale", "kernelsum+
 ZOO_NETWORKS = {"convnext_tiny": "cnn", "unet": "cnn", "gpt2_small": "transformer"}
 
 
-def measure_network(source: Any, config: RuntimeConfig, max_seconds: float) -> Any:
-    """Time a generator spec or a zoo network's name under `config`."""
-    from dataclasses import replace
-
-    from predictor import model_zoo
-    from predictor.measure import measure_onnx, measure_torch
-    from predictor.model_sets import measure_spec
-
-    if not isinstance(source, str):
-        return measure_spec(source, config, max_seconds=max_seconds)
-    if config.backend == "torch":
-        torch.manual_seed(0)
-        m = measure_torch(model_zoo.build(source), model_zoo.example_input(source),
-                          device=config.device, threads=config.threads,
-                          batch=config.batch if config.batch != 1 else None,
-                          max_seconds=max_seconds)
-    else:
-        m = measure_onnx(model_zoo.export(source), device=config.device,
-                         threads=config.threads, graph_optimization=config.graph_optimization,
-                         max_seconds=max_seconds)
-    return replace(m, model=source)
+def networks() -> list[Any]:
+    """The reference specs, the known specs and the zoo networks' names, in that order."""
+    return reference_specs() + known_specs() + list(ZOO_NETWORKS)
 
 
 def network_files(folder: Path) -> list[Path]:
-    """ONNX files in `folder` of the reference specs, the known specs and the zoo networks,
-    in that order."""
+    """ONNX files in `folder` of `networks()`, in that order (written once)."""
     from predictor import model_zoo
     from predictor.storage import atomic_write_bytes
 
-    specs = reference_specs() + known_specs()
-    paths = write_models(specs, folder, progress=False)
+    paths = write_models(reference_specs() + known_specs(), folder, progress=False)
     for name in ZOO_NETWORKS:
         path = folder / f"{name}.onnx"
         if not path.exists():
@@ -91,9 +71,33 @@ def network_files(folder: Path) -> list[Path]:
     return paths
 
 
+def measure_network(item: tuple[Any, Path], config: RuntimeConfig, max_seconds: float) -> Any:
+    """Time a network, (generator spec or zoo name, its ONNX file), under `config`: torch
+    runs the module, ONNX Runtime the file."""
+    from dataclasses import replace
+
+    from predictor import model_zoo
+    from predictor.measure import measure_onnx, measure_torch
+    from predictor.model_sets import measure_spec
+
+    source, path = item
+    if config.backend != "torch":
+        m = measure_onnx(path, device=config.device, threads=config.threads,
+                         graph_optimization=config.graph_optimization, max_seconds=max_seconds)
+    elif not isinstance(source, str):
+        m = measure_spec(source, config, max_seconds=max_seconds)
+    else:
+        torch.manual_seed(0)
+        m = measure_torch(model_zoo.build(source), model_zoo.example_input(source),
+                          device=config.device, threads=config.threads,
+                          batch=config.batch if config.batch != 1 else None,
+                          max_seconds=max_seconds)
+    return replace(m, model=path.stem)
+
+
 def measured(runtime: str, remeasure: bool, max_seconds: float,
              files: list[Path] | None) -> dict[str, float]:
-    """{model name: latency ms} of the reference, known and zoo networks under `runtime`."""
+    """{model name: latency ms} of `networks()` under `runtime`."""
     from predictor.measure import measure_many, speed_probe_for
     from predictor.measurements import provenance, read_measurements_csv, write_measurements_csv
 
@@ -104,14 +108,14 @@ def measured(runtime: str, remeasure: bool, max_seconds: float,
         passes = [by_name(read_measurements_csv(f)[0]) for f in files]
         return {k: float(np.exp(np.mean([np.log(p[k]) for p in passes]))) for k in passes[0]}
     csv = CACHE / f"{runtime}-ref{REFERENCE_SET_VERSION}.csv"
-    wanted = {s.name for s in reference_specs() + known_specs()} | set(ZOO_NETWORKS)
+    paths = network_files(CACHE / "onnx")
     if csv.exists() and not remeasure:
         cached = by_name(read_measurements_csv(csv)[0])
-        if wanted <= set(cached):  # else a network was added since: measure all again
+        if {p.stem for p in paths} <= set(cached):  # else a network was added: measure again
             return cached
     config = RUNTIMES[runtime]
     rows, probe_ms = measure_many(
-        reference_specs() + known_specs() + list(ZOO_NETWORKS),
+        list(zip(networks(), paths, strict=True)),
         partial(measure_network, config=config, max_seconds=max_seconds),
         probe=speed_probe_for(config.backend, config.device, config.threads),
         desc=f"measure ({runtime})")
