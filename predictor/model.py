@@ -2,12 +2,13 @@
 
 Prediction for a graph G on a device embedded as z (both in log-milliseconds):
 
-    raw(G, z)   = log( sum_i softplus(cost(h_i(G, z), z)) ) + overhead(G, z)
+    raw(G, z)   = log( sum_i m(cost(h_i(G, z), z)) ) + overhead(G, z)
     pred(G, z)  = a * raw(G, z) + b
 
 where h_i are node states (last encoder layer FiLM-conditioned on z), cost is a
-FiLM-conditioned MLP, and (a, b) is a per-device affine calibration fitted in closed
-form on the support set, so absolute milliseconds are right, not only the ranking.
+FiLM-conditioned MLP, m maps its score to a positive node cost (softplus or exp, `ModelConfig.node_cost`),
+and (a, b) is a per-device affine calibration fitted in closed form on the support set,
+so absolute milliseconds are right, not only the ranking.
 The sum over nodes mirrors how runtimes execute graphs op after op. A device may also
 scale the costs of whole op classes (`OP_CLASSES`, e.g. depthwise convolutions) by
 exp(s_c): few parameters that few samples can fit, where a runtime's kernels for one
@@ -25,9 +26,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from predictor.encoder import EncoderConfig, GraphEncoder, UniquePlan, scatter_sum
+from predictor.errors import PredictorError
 from predictor.features import FEATURE_SCHEMA
 from predictor.graph_store import GraphBatch
 from predictor.hardware import HardwareConfig, HardwareEmbedding
+
+NODE_COSTS: tuple[str, ...] = ("softplus", "exp")  # `ModelConfig.node_cost`
 
 # Op classes whose costs a device may scale as a whole: kernels of one class share code
 # (and its efficiency) within a runtime. "conv": dense convolutions with a spatial kernel.
@@ -70,6 +74,15 @@ class ModelConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     graph_dim: int = 96  # device-independent graph embedding (input of the set encoder)
     calibration_ridge: float = 1.0  # pulls the calibration slope towards 1 (few samples)
+    # Map from a node's score to its cost: "softplus" (the shipped checkpoint) or "exp" (a
+    # log-cost per node, as costs of one graph span 1e4 from an elementwise op to a large
+    # convolution; it lost on the model sets' valid devices, see configs/latpred.yaml).
+    node_cost: str = "softplus"
+
+    def __post_init__(self) -> None:
+        if self.node_cost not in NODE_COSTS:
+            raise PredictorError(f"model.node_cost must be one of {list(NODE_COSTS)}, "
+                                 f"got {self.node_cost!r}")
 
 
 class Standardiser(nn.Module):
@@ -186,7 +199,9 @@ class LatencyModel(nn.Module):
             h = self.encoder.layers[-1].forward_unique(h, plan.levels[-1],
                                                        (gamma[None], beta[None]))
         g2, b2 = self.film_head(z).chunk(2)
-        cost = F.softplus(self.cost_out(self.cost_in(h) * (1 + g2) + b2)).squeeze(1)
+        score = self.cost_out(self.cost_in(h) * (1 + g2) + b2).squeeze(1)
+        cost = (torch.exp(score.clamp(-30.0, 30.0)) if self.config.node_cost == "exp"
+                else F.softplus(score))
         if plan is not None:
             cost = cost[plan.classes[-1]]
         graph_in = torch.cat([self.graph_norm(batch.graph_attr),

@@ -60,6 +60,40 @@ def test_forward_shapes_and_film_starts_as_identity(store) -> None:
                           torch.zeros(len(store), z.numel())], 1)).squeeze(1), atol=1e-5)
 
 
+@pytest.mark.parametrize("node_cost", ["softplus", "exp"])
+def test_node_costs_sum_to_the_prediction_and_survive_a_checkpoint(store, tmp_path,
+                                                                   node_cost) -> None:
+    """Either node-cost map gives positive per-class costs whose sum is the prediction,
+    and a checkpoint restores the map it was trained with."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = LatencyModel(replace(ModelConfig(), node_cost=node_cost)).eval()
+    model.node_norm.fit(store.node_rows)
+    model.graph_norm.fit(store.graph_attr)
+    batch = store.batch(range(len(store)))
+    z = torch.randn(model.config.hardware.dim)
+    with torch.no_grad():
+        h, _ = model.encode(batch)
+        raw = model.raw_log_latency(batch, h, z)
+        costs, overhead = model.raw_log_latency(batch, h, z, by_class=True)
+    assert (costs >= 0).all() and costs.sum() > 0
+    torch.testing.assert_close(raw, torch.log(costs.sum(1) + 1e-6) + overhead)
+    path = tmp_path / "m.ckpt"
+    Checkpoint(model, TrainConfig(model=model.config), devices=("nb201/a",)).save(path)
+    loaded = Checkpoint.load(path).model
+    assert loaded.config.node_cost == node_cost
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.raw_log_latency(batch, loaded.encode(batch)[0], z), raw)
+
+
+def test_unknown_node_cost_is_a_clear_error() -> None:
+    from predictor.errors import PredictorError
+
+    with pytest.raises(PredictorError, match="node_cost"):
+        ModelConfig(node_cost="relu")
+
+
 def test_rank_loss_prefers_correct_order() -> None:
     y = torch.tensor([1.0, 2.0, 3.0])
     assert rank_loss(y, y) < rank_loss(-y, y)
