@@ -34,6 +34,7 @@ from predictor.errors import PredictorError
 from predictor.graph import OpGraph, extract_graph
 from predictor.graph_store import GraphStore
 from predictor.onnx_io import InputShapes
+from predictor.stand_ins import stand_in_graph
 
 MIN_SHOTS = 5
 DEFAULT_FINETUNE_STEPS = 20  # when the checkpoint's config sets none
@@ -97,7 +98,9 @@ class Predictor:
                batch: int | None = None) -> GraphStore:
         """Operator graphs of models: ONNX paths/bytes/ModelProtos, `OpGraph`s, or
         (torch module, example input) pairs; with `batch`, re-batched to that batch size
-        (`OpGraph.with_batch`: exact for models whose activations lead with the batch)."""
+        (`OpGraph.with_batch`: exact for models whose activations lead with the batch).
+        Op types the checkpoint never trained on become their stand-ins
+        (`predictor.stand_ins`)."""
         if batch is not None and (type(batch) is not int or batch < 1):
             raise PredictorError(f"Bad batch {batch!r}: expected a positive integer")
         graphs = []
@@ -110,6 +113,9 @@ class Predictor:
                 graphs.append(extract_graph(m, input_shape=input_shape))
         if batch is not None:
             graphs = [g.with_batch(batch) for g in graphs]
+        trained = self.checkpoint.info.get("op_types")
+        if trained is not None:  # ops it never trained on run as their stand-ins
+            graphs = [stand_in_graph(g, trained) for g in graphs]
         return GraphStore.from_graphs(graphs)
 
     def adapt(self, device_name: str, models: Sequence[Any], latencies_ms: Sequence[float], *,

@@ -65,7 +65,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for s in results:
         print(f"{s['model']}")
         print(f"  inputs         {s['input_shapes']}")
-        print(f"  MACs           {_human(s['macs'])}  (Conv, ConvTranspose, Gemm, MatMul)")
+        print(f"  MACs           {_human(s['macs'])}  (Conv, ConvTranspose, Gemm, MatMul, Einsum, LSTM, GRU, RNN)")
         print(f"  other FLOPs    {_human(s['other_flops'])}")
         print(f"  parameters     {_human(s['params'])}")
         print(f"  memory traffic {_human(s['memory_bytes'])}B "

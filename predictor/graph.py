@@ -44,7 +44,7 @@ ACTIVATION_OPS = frozenset({
 })
 _FUSE_BN_INTO = frozenset({"Conv", "ConvTranspose", "Gemm"})
 _FUSE_ACT_INTO = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN"})
 _FLOAT_TYPES = frozenset({
     onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
     onnx.TensorProto.BFLOAT16,
@@ -81,7 +81,7 @@ class OpNode:
     dilation: Shape = ()
     groups: int = 1
     depthwise: bool = False
-    macs: int = 0  # multiply-accumulates (Conv, ConvTranspose, Gemm, MatMul only)
+    macs: int = 0  # multiply-accumulates (MAC_OPS only)
     other_flops: int = 0  # rough arithmetic of every other op
     params: int = 0  # float weight elements (initializers) this node reads
     weight_bytes: int = 0
@@ -601,6 +601,21 @@ def _spatial(attrs: dict[str, Any], key: str, rank: int, default: int) -> Shape:
     return tuple(int(v) for v in value) if value else (default,) * rank
 
 
+def _einsum_macs(equation: bytes | str, shapes: list[Shape]) -> int:
+    """Multiply-accumulates of a two-operand einsum: the product of the sizes of all its
+    indices (each output element sums over the contracted ones); 0 when unparsable."""
+    text = equation.decode() if isinstance(equation, bytes) else equation
+    operands = text.replace(" ", "").split("->")[0].split(",")
+    if len(operands) != 2 or "..." in text:
+        return 0
+    sizes: dict[str, int] = {}
+    for letters, shape in zip(operands, shapes, strict=False):
+        if len(letters) != len(shape):
+            return 0
+        sizes.update(zip(letters, shape, strict=True))
+    return math.prod(sizes.values())
+
+
 def _describe(
     node: onnx.NodeProto,
     chain: list[onnx.NodeProto],
@@ -658,6 +673,9 @@ def _describe(
     elif node.op_type == "MatMul" and len(inputs) > 1:
         a_shape = tensors.shape.get(inputs[0]) or (1,)
         macs = out_numel * a_shape[-1]
+    elif node.op_type == "Einsum" and len(inputs) > 1:
+        macs = _einsum_macs(attrs.get("equation", b""), [tensors.shape.get(i) or ()
+                                                         for i in inputs])
     elif node.op_type in ("MaxPool", "AveragePool", "LpPool"):
         rank = max(len(in_shape) - 2, 0)
         kernel = _spatial(attrs, "kernel_shape", rank, 1)

@@ -39,8 +39,6 @@ from predictor.generator import (
     reference_specs,
     write_models,
 )
-from predictor.graph import extract_graph
-from predictor.graph_store import GraphStore
 from predictor.model_sets import BENCHMARK_CONFIGS, HELD_OUT_CONFIG, RuntimeConfig
 
 CACHE = Path("datasets/cache/known_models")
@@ -140,12 +138,12 @@ def run(args: argparse.Namespace) -> dict:
     kinds = [kind_of[n] for n in known]
     keep = [i for i, name in enumerate(names) if name in refs or i >= n_refs]
     batch = RUNTIMES[args.runtime].batch
-    store = GraphStore.from_graphs([extract_graph(paths[i]).with_batch(batch) for i in keep])
     y = np.array([latency[names[i]] for i in keep])
     position = {names[i]: j for j, i in enumerate(keep)}
     support = np.array([position[n] for n in refs + list(args.include)])
     test = np.array([position[n] for n in known])
     predictor = Predictor.load(args.checkpoint)
+    store = predictor.graphs([paths[i] for i in keep], batch=batch)  # as `latpred predict`
     known_devices = predictor.known_devices()
     methods = {f"latpred+{s}" if s != "amortised" else "latpred":
                predictor_fn(predictor.model, s, known=known_devices) for s in STRATEGIES}

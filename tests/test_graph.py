@@ -136,6 +136,18 @@ def test_transformer_block_macs() -> None:
     assert graph.input_resolution == 10
 
 
+@pytest.mark.parametrize(("equation", "a", "b", "macs"), [
+    ("bij,bjk->bik", [2, 5, 8], [2, 8, 3], 2 * 5 * 8 * 3),   # batched matmul
+    ("bhqd,bhkd->bhqk", [1, 4, 6, 8], [1, 4, 6, 8], 4 * 6 * 6 * 8),  # attention scores
+    ("i,i->", [7], [7], 7),                                  # dot product
+    ("...ij,...jk->...ik", [2, 5, 8], [2, 8, 3], 0),         # ellipsis: not counted
+])
+def test_einsum_macs_are_the_product_of_its_index_sizes(equation, a, b, macs) -> None:
+    nodes = [helper.make_node("Einsum", ["a", "b"], ["y"], equation=equation)]
+    model = _model(nodes, [_value("a", a), _value("b", b)], [_value("y", None)])
+    assert extract_graph(model).macs == macs
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_recurrent_layers_count_their_matmuls_as_macs(bidirectional) -> None:
     class Recurrent(nn.Module):

@@ -1,0 +1,145 @@
+"""Stand-ins for op types a checkpoint never trained on, so that it predicts them as the
+nearest kind of kernel it knows rather than through untrained weights.
+
+The op one-hot of an op type that no training graph held feeds weights that never
+received a gradient: its node cost is arbitrary (an LSTM came out 30x too fast, a
+ConvTranspose decoder 4x). `stand_in_graph` rewrites such nodes before featurisation,
+keeping their work (MACs, other FLOPs, bytes, shapes) and changing only the op type (or
+fused activation) to a trained one that runs a similar kernel:
+
+* ConvTranspose -> Conv, Einsum -> MatMul, the other normalisations -> LayerNorm,
+  reductions -> ReduceMean, elementwise math -> Add / Relu / Sigmoid, data movement ->
+  Transpose / Gather / Reshape (`STAND_INS`);
+* recurrent ops (LSTM, GRU, RNN) are unrolled as runtimes execute them: one MatMul
+  projecting the whole input sequence onto the gates, then per time step a MatMul of the
+  hidden state by the recurrent weights and an elementwise gate update, in sequence (a
+  recurrent op's cost grows with its sequence length through per-step overheads, not
+  only its MACs).
+
+Pure: graphs in, graphs out. `Predictor.graphs` applies it with the checkpoint's recorded
+training op types; predictions of such models still extrapolate and stay flagged
+(`Predictor.unfamiliar_ops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import replace
+
+from predictor.graph import OpGraph, OpNode
+
+_BINARY = ("Add", "Mul")
+_CHEAP_UNARY = ("Relu", "Clip")
+_TRANSCENDENTAL = ("Sigmoid", "Tanh", "Gelu")
+_COPY = ("Transpose", "Concat", "Gather")
+_NORM = ("LayerNormalization", "BatchNormalization")
+# Op type -> trained op types to stand in for it, in order of preference.
+STAND_INS: dict[str, tuple[str, ...]] = {
+    "ConvTranspose": ("Conv",),
+    "Einsum": ("MatMul", "Gemm"),
+    "InstanceNormalization": _NORM, "GroupNormalization": _NORM,
+    **dict.fromkeys(("LeakyRelu", "PRelu", "Elu", "Selu"), _CHEAP_UNARY),
+    **dict.fromkeys(("Softplus", "Mish", "Erf", "Exp", "Log"), _TRANSCENDENTAL),
+    "LogSoftmax": ("Softmax",),
+    **dict.fromkeys(("Sub", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater",
+                     "And"), _BINARY),
+    **dict.fromkeys(("Sqrt", "Reciprocal", "Neg", "Abs", "Not", "Cast"), _CHEAP_UNARY),
+    **dict.fromkeys(("ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ArgMax", "TopK"),
+                    ("ReduceMean",)),
+    "GlobalMaxPool": ("GlobalAveragePool",),
+    **dict.fromkeys(("Pad", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Resize",
+                     "Upsample", "Slice", "CumSum", "Split", "GatherElements", "ScatterND"),
+                    _COPY),
+    **dict.fromkeys(("Squeeze", "Unsqueeze", "Range", "ConstantOfShape"), ("Reshape",)),
+}
+RECURRENT_GATES: dict[str, int] = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_STEP_OPS = (("MatMul", "Gemm"), _BINARY)  # recurrent MatMul, gate update
+
+
+def _pick(candidates: tuple[str, ...], trained: Collection[str]) -> str | None:
+    return next((op for op in candidates if op in trained), None)
+
+
+def stand_in_node(node: OpNode, trained: Collection[str]) -> OpNode:
+    """`node` with an untrained op type / fused activation replaced by a trained stand-in
+    (unchanged where it is trained or has none)."""
+    changes = {}
+    if node.op_type not in trained and node.op_type in STAND_INS:
+        op = _pick(STAND_INS[node.op_type], trained)
+        if op is not None:
+            changes["op_type"] = op
+    if node.activation and node.activation not in trained and node.activation in STAND_INS:
+        act = _pick(STAND_INS[node.activation], trained)
+        if act is not None:
+            changes["activation"] = act
+    return replace(node, **changes) if changes else node
+
+
+def _unroll(node: OpNode, trained: Collection[str]) -> list[list[OpNode]] | None:
+    """The chains of nodes a recurrent op runs as, one per direction in execution order,
+    or None when no MatMul-like or elementwise op is trained."""
+    matmul, update = (_pick(ops, trained) for ops in _STEP_OPS)
+    if matmul is None or update is None or len(node.input_shape) < 3:
+        return None
+    gates = RECURRENT_GATES[node.op_type]
+    seq, batch, feat = node.input_shape[:3]
+    hidden = node.output_shape[-1] if node.output_shape else 1
+    width = gates * hidden
+    # `graph.py` counts directions x seq x batch x width x (feat + hidden) MACs
+    directions = max(round(node.macs / max(seq * batch * width * (feat + hidden), 1)), 1)
+    weight_elem = node.weight_bytes // node.params if node.params else 4
+    step_flops = node.other_flops // (directions * seq)
+    chains = []
+    for d in range(directions):
+        chain = [OpNode(
+            name=f"{node.name}/d{d}/input", op_type=matmul,
+            input_shape=(seq * batch, feat), output_shape=(seq * batch, width),
+            macs=seq * batch * width * feat, params=width * feat,
+            weight_bytes=width * feat * weight_elem,
+            read_bytes=node.read_bytes // directions, write_bytes=seq * batch * width * 4)]
+        for t in range(seq):
+            chain.append(OpNode(
+                name=f"{node.name}/d{d}/t{t}/recurrent", op_type=matmul,
+                input_shape=(batch, hidden), output_shape=(batch, width),
+                macs=batch * width * hidden, params=width * hidden,
+                weight_bytes=width * hidden * weight_elem,
+                read_bytes=batch * hidden * 4, write_bytes=batch * width * 4))
+            chain.append(OpNode(
+                name=f"{node.name}/d{d}/t{t}/gates", op_type=update,
+                input_shape=(batch, width), output_shape=(batch, hidden),
+                other_flops=step_flops, read_bytes=2 * batch * width * 4,
+                write_bytes=batch * hidden * 4))
+        chains.append(chain)
+    return chains
+
+
+def stand_in_graph(graph: OpGraph, trained: Collection[str]) -> OpGraph:
+    """`graph` with every node whose op type `trained` lacks replaced by its stand-in
+    (recurrent ops unrolled); the graph itself when nothing changes."""
+    trained = frozenset(trained)
+    nodes: list[OpNode] = []
+    heads: list[list[int]] = []  # per old node: new nodes reading its inputs
+    tails: list[list[int]] = []  # per old node: new nodes producing its outputs
+    edges: set[tuple[int, int]] = set()
+    for node in graph.nodes:
+        chains = (_unroll(node, trained) if node.op_type in RECURRENT_GATES
+                  and node.op_type not in trained else None)
+        if chains is None:
+            nodes.append(stand_in_node(node, trained))
+            heads.append([len(nodes) - 1])
+            tails.append([len(nodes) - 1])
+            continue
+        heads.append([])
+        tails.append([])
+        for chain in chains:
+            start = len(nodes)
+            nodes.extend(chain)
+            edges.update((i, i + 1) for i in range(start, len(nodes) - 1))
+            heads[-1].append(start)
+            tails[-1].append(len(nodes) - 1)
+    if len(nodes) == len(graph.nodes) and all(
+            new is old for new, old in zip(nodes, graph.nodes, strict=True)):
+        return graph
+    edges.update((out, head) for src, dst in graph.edges
+                 for out in tails[src] for head in heads[dst])
+    return replace(graph, nodes=nodes, edges=sorted(edges))

@@ -1,0 +1,95 @@
+"""Stand-ins for op types a checkpoint never trained on, on real exported models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from predictor.api import Predictor
+from predictor.graph import extract_graph
+from predictor.stand_ins import STAND_INS, stand_in_graph
+
+# the op types of the shipped checkpoint's training graphs (CNNs and transformers)
+TRAINED = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Gather",
+           "Gelu", "Gemm", "GlobalAveragePool", "LayerNormalization", "MatMul", "MaxPool",
+           "Mul", "ReduceMean", "Relu", "Reshape", "Sigmoid", "Softmax", "Tanh", "Transpose")
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell: type[nn.Module], bidirectional: bool) -> None:
+        super().__init__()
+        self.rnn = cell(32, 48, batch_first=True, bidirectional=bidirectional)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize(("cell", "gates"), [(nn.LSTM, 4), (nn.GRU, 3)])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_ops_unroll_into_one_chain_of_steps_per_direction(cell, gates,
+                                                                    bidirectional) -> None:
+    seq, directions = 12, 2 if bidirectional else 1
+    graph = extract_graph(Recurrent(cell, bidirectional).eval(),
+                          example_input=torch.randn(1, seq, 32))
+    out = stand_in_graph(graph, TRAINED)
+    assert {n.op_type for n in out.nodes} <= set(TRAINED)
+    unrolled = [n for n in out.nodes if "/d" in n.name]
+    # per direction: the input projection, then a recurrent MatMul and a gate update per step
+    assert len(unrolled) == directions * (1 + 2 * seq)
+    assert out.macs == graph.macs and out.other_flops == graph.other_flops
+    step = next(n for n in unrolled if n.name.endswith("/t0/recurrent"))
+    assert step.macs == gates * 48 * 48 and step.op_type == "MatMul"
+    # each direction is one chain: input -> t0 recurrent -> t0 gates -> t1 recurrent ...
+    index = {n.name: i for i, n in enumerate(out.nodes)}
+    prefix = unrolled[0].name.rsplit("/d", 1)[0]
+    for d in range(directions):
+        names = [f"{prefix}/d{d}/input"] + [f"{prefix}/d{d}/t{t}/{part}" for t in range(seq)
+                                            for part in ("recurrent", "gates")]
+        assert all((index[a], index[b]) in out.edges for a, b in zip(names[:-1], names[1:], strict=True))
+    # the graph stays connected: something feeds every chain and reads its last step
+    heads = {index[f"{prefix}/d{d}/input"] for d in range(directions)}
+    tails = {index[f"{prefix}/d{d}/t{seq - 1}/gates"] for d in range(directions)}
+    assert heads <= {b for _, b in out.edges} and tails <= {a for a, _ in out.edges}
+
+
+def test_untrained_ops_and_activations_take_trained_stand_ins() -> None:
+    decoder = nn.Sequential(nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.LeakyReLU(),
+                            nn.Upsample(scale_factor=2), nn.Conv2d(8, 3, 3, padding=1))
+    graph = extract_graph(decoder.eval(), example_input=torch.randn(1, 16, 8, 8))
+    out = stand_in_graph(graph, TRAINED)
+    before = {n.op_type for n in graph.nodes} | {n.activation for n in graph.nodes}
+    assert {"ConvTranspose", "LeakyRelu", "Resize"} <= before
+    for old, new in zip(graph.nodes, out.nodes, strict=True):
+        assert new.op_type in TRAINED and new.activation in ("", *TRAINED)
+        if old.op_type in TRAINED:
+            assert new == old
+        else:
+            assert new.op_type == next(op for op in STAND_INS[old.op_type] if op in TRAINED)
+            # the work stays the node's own
+            assert (new.macs, new.input_shape, new.output_shape, new.kernel) == \
+                (old.macs, old.input_shape, old.output_shape, old.kernel)
+    assert out.edges == graph.edges
+
+
+def test_graphs_of_trained_ops_or_without_stand_ins_are_left_alone() -> None:
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    graph = extract_graph(cnn.eval(), example_input=torch.randn(1, 3, 16, 16))
+    assert stand_in_graph(graph, TRAINED) is graph
+    lstm = extract_graph(Recurrent(nn.LSTM, False).eval(), example_input=torch.randn(1, 5, 32))
+    # nothing MatMul-like was trained: the LSTM node stays as it is
+    kept = stand_in_graph(lstm, ("Conv", "Relu", "Add", "Transpose"))
+    assert "LSTM" in {n.op_type for n in kept.nodes}
+
+
+def test_predictor_predicts_unfamiliar_ops_through_their_stand_ins() -> None:
+    """The shipped checkpoint's graphs of an LSTM are the unrolled ones, its latency grows
+    with the sequence it steps through, and the op still counts as unfamiliar."""
+    predictor = Predictor.load()
+    model = Recurrent(nn.LSTM, False).eval()
+    graphs = [extract_graph(model, example_input=torch.randn(1, seq, 32)) for seq in (8, 32)]
+    store = predictor.graphs(graphs)
+    assert int(store.num_nodes[0]) > len(graphs[0].nodes)
+    ms = predictor.predict(store, device="silver_4114@nb201")
+    assert ms[1] > 2 * ms[0]
+    assert predictor.unfamiliar_ops(graphs[0]) == {"LSTM": 1}
