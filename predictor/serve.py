@@ -305,7 +305,7 @@ class PredictionService:
             return self.predictor.space_graphs(req.space, req.archs,
                                                input_shape=req.input_shape,
                                                num_classes=req.num_classes)
-        return GraphStore.from_graphs(self._uploaded_graphs(req))
+        return self.predictor.graphs(self._uploaded_graphs(req))  # stand-ins as `predict`
 
     def _uploaded_graphs(self, req: _Models) -> list[OpGraph]:
         graphs = []
@@ -319,7 +319,7 @@ class PredictionService:
 
     def predict(self, req: PredictRequest) -> PredictResponse:
         graphs = self._uploaded_graphs(req) if req.models is not None else None
-        store = GraphStore.from_graphs(graphs) if graphs is not None else None
+        store = self.predictor.graphs(graphs) if graphs is not None else None
         unfamiliar = ([self.predictor.unfamiliar_ops(g) or None for g in graphs]
                       if graphs is not None else [None] * len(req.archs))
         with self.lock:

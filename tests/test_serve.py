@@ -111,7 +111,7 @@ def test_predict_uploaded_onnx(client) -> None:
     assert "unfamiliar_ops" not in row  # NB201's ops are all in the training graphs
 
 
-def test_predict_names_op_types_no_training_graph_held(client, tmp_path) -> None:
+def test_predict_names_op_types_no_training_graph_held(client, predictor, tmp_path) -> None:
     import torch
     from torch import nn
 
@@ -129,6 +129,9 @@ def test_predict_names_op_types_no_training_graph_held(client, tmp_path) -> None
         {"name": "gru.onnx", "onnx_b64": b64(path.read_bytes())}]})
     assert r.status_code == 200, r.text
     assert r.json()["predictions"][0]["unfamiliar_ops"] == {"GRU": 1}
+    # predicted through the same stand-ins (the GRU unrolled) as the Python API
+    assert r.json()["predictions"][0]["latency_ms"] == pytest.approx(
+        float(predictor.predict([path], device=SHIPPED)[0]), rel=1e-5)
 
 
 def test_calibrate_then_predict(client, predictor, device_dir) -> None:
