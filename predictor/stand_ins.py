@@ -23,6 +23,7 @@ training op types; predictions of such models still extrapolate and stay flagged
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import replace
 
@@ -88,6 +89,8 @@ def _unroll(node: OpNode, trained: Collection[str]) -> list[list[OpNode]] | None
     # `graph.py` counts directions x seq x batch x width x (feat + hidden) MACs
     directions = max(round(node.macs / max(seq * batch * width * (feat + hidden), 1)), 1)
     weight_elem = node.weight_bytes // node.params if node.params else 4
+    out_numel = math.prod(node.output_shape) if node.output_shape else 0
+    elem = node.write_bytes // out_numel if out_numel else 4  # bytes per activation value
     step_flops = node.other_flops // (directions * seq)
     chains = []
     for d in range(directions):
@@ -96,19 +99,19 @@ def _unroll(node: OpNode, trained: Collection[str]) -> list[list[OpNode]] | None
             input_shape=(seq * batch, feat), output_shape=(seq * batch, width),
             macs=seq * batch * width * feat, params=width * feat,
             weight_bytes=width * feat * weight_elem,
-            read_bytes=node.read_bytes // directions, write_bytes=seq * batch * width * 4)]
+            read_bytes=node.read_bytes // directions, write_bytes=seq * batch * width * elem)]
         for t in range(seq):
             chain.append(OpNode(
                 name=f"{node.name}/d{d}/t{t}/recurrent", op_type=matmul,
                 input_shape=(batch, hidden), output_shape=(batch, width),
                 macs=batch * width * hidden, params=width * hidden,
                 weight_bytes=width * hidden * weight_elem,
-                read_bytes=batch * hidden * 4, write_bytes=batch * width * 4))
+                read_bytes=batch * hidden * elem, write_bytes=batch * width * elem))
             chain.append(OpNode(
                 name=f"{node.name}/d{d}/t{t}/gates", op_type=update,
                 input_shape=(batch, width), output_shape=(batch, hidden),
-                other_flops=step_flops, read_bytes=2 * batch * width * 4,
-                write_bytes=batch * hidden * 4))
+                other_flops=step_flops, read_bytes=2 * batch * width * elem,
+                write_bytes=batch * hidden * elem))
         chains.append(chain)
     return chains
 
