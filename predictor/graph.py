@@ -44,11 +44,19 @@ ACTIVATION_OPS = frozenset({
 })
 _FUSE_BN_INTO = frozenset({"Conv", "ConvTranspose", "Gemm"})
 _FUSE_ACT_INTO = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN"})
+# Quantized convolutions and matmuls (ONNX Runtime's dynamic / QOperator int8 formats):
+# the index of their weight input (the MACs and parameters are a Conv's / MatMul's).
+QUANTIZED_CONV = {"ConvInteger": 1, "QLinearConv": 3}
+QUANTIZED_MATMUL = {"MatMulInteger": 1, "QLinearMatMul": 3}
+MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN",
+                     *QUANTIZED_CONV, *QUANTIZED_MATMUL})
 _FLOAT_TYPES = frozenset({
     onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
     onnx.TensorProto.BFLOAT16,
 })
+# Weights of the quantized ops are 8-bit integers (their scales and zero points count too).
+_INT8_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
+_WEIGHT_TYPES = _FLOAT_TYPES | _INT8_TYPES
 # Arithmetic per output element for ops outside MAC_OPS (rough, for `other_flops`).
 _FLOPS_PER_ELEMENT = {
     "Softmax": 5, "LogSoftmax": 5, "LayerNormalization": 8, "GroupNormalization": 8,
@@ -383,8 +391,13 @@ def graph_from_inferred(
                 name = resolve(name)
                 if name in producer and producer[name] != index_of[i]:
                     edges.add((producer[name], index_of[i]))
-                elif name in tensors.weights and tensors.elem_type.get(name) in _FLOAT_TYPES:
+                elif name in tensors.weights and tensors.elem_type.get(name) in _weight_types(
+                        member.op_type):
                     used_weights[name] = tensors.numel(name)
+    # 8-bit weights of a quantized model, also those its DequantizeLinear nodes (folded as
+    # constant work) turn into a float convolution's weights (QDQ format)
+    used_weights.update((name, tensors.numel(name)) for name in tensors.weights
+                        if tensors.elem_type.get(name) in _INT8_TYPES)
     return OpGraph(
         nodes=out_nodes,
         edges=sorted(edges),
@@ -601,6 +614,12 @@ def _spatial(attrs: dict[str, Any], key: str, rank: int, default: int) -> Shape:
     return tuple(int(v) for v in value) if value else (default,) * rank
 
 
+def _weight_types(op_type: str) -> frozenset[int]:
+    """Element types of the initializers an op of this type reads as weights."""
+    return _WEIGHT_TYPES if op_type in QUANTIZED_CONV or op_type in QUANTIZED_MATMUL \
+        else _FLOAT_TYPES
+
+
 def _einsum_macs(equation: bytes | str, shapes: list[Shape]) -> int:
     """Multiply-accumulates of a two-operand einsum: the product of the sizes of all its
     indices (each output element sums over the contracted ones); 0 when unparsable."""
@@ -629,7 +648,7 @@ def _describe(
     inputs = [resolve(i) for i in node.input if i]
     act_inputs = [i for i in inputs if i not in static]
     weight_inputs = [i for i in inputs if i in static and
-                     tensors.elem_type.get(i) in _FLOAT_TYPES]
+                     tensors.elem_type.get(i) in _weight_types(node.op_type)]
     for member in chain:  # BN scale/bias, bias of MatMul+Add
         weight_inputs += [resolve(i) for i in member.input[1:] if i and resolve(i) in static
                           and tensors.elem_type.get(resolve(i)) in _FLOAT_TYPES]
@@ -650,8 +669,9 @@ def _describe(
     depthwise = False
     macs = 0
     other = 0
-    if node.op_type in ("Conv", "ConvTranspose") and len(inputs) > 1:
-        w_shape = tensors.shape.get(inputs[1]) or ()
+    weight_at = QUANTIZED_CONV.get(node.op_type, 1)
+    if node.op_type in ("Conv", "ConvTranspose", *QUANTIZED_CONV) and len(inputs) > weight_at:
+        w_shape = tensors.shape.get(inputs[weight_at]) or ()
         rank = max(len(w_shape) - 2, 0)
         kernel = tuple(w_shape[2:]) or _spatial(attrs, "kernel_shape", rank, 1)
         stride = _spatial(attrs, "strides", rank, 1)
@@ -659,7 +679,7 @@ def _describe(
         groups = int(attrs.get("group", 1))
         in_channels = in_shape[1] if len(in_shape) > 1 else 1
         depthwise = groups > 1 and groups == in_channels
-        if node.op_type == "Conv":
+        if node.op_type != "ConvTranspose":
             # N * C_out * spatial_out * (C_in / groups) * prod(kernel)
             macs = out_numel * (w_shape[1] if len(w_shape) > 1 else 1) * math.prod(kernel)
         else:
@@ -670,7 +690,7 @@ def _describe(
         a_shape = tensors.shape.get(inputs[0]) or (1, 1)
         k = a_shape[0] if attrs.get("transA", 0) else a_shape[-1]
         macs = out_numel * k
-    elif node.op_type == "MatMul" and len(inputs) > 1:
+    elif node.op_type in ("MatMul", *QUANTIZED_MATMUL) and len(inputs) > 1:
         a_shape = tensors.shape.get(inputs[0]) or (1,)
         macs = out_numel * a_shape[-1]
     elif node.op_type == "Einsum" and len(inputs) > 1:

@@ -7,7 +7,8 @@ ConvTranspose decoder 4x). `stand_in_graph` rewrites such nodes before featurisa
 keeping their work (MACs, other FLOPs, bytes, shapes) and changing only the op type (or
 fused activation) to a trained one that runs a similar kernel:
 
-* ConvTranspose -> Conv, Einsum -> MatMul, the other normalisations -> LayerNorm,
+* ConvTranspose and int8 convolutions -> Conv, Einsum and int8 matmuls -> MatMul,
+  (de)quantisation -> elementwise, the other normalisations -> LayerNorm,
   reductions -> ReduceMean, elementwise math -> Add / Relu / Sigmoid, data movement ->
   Transpose / Gather / Reshape (`STAND_INS`);
 * recurrent ops (LSTM, GRU, RNN) are unrolled as runtimes execute them: one MatMul
@@ -27,7 +28,7 @@ import math
 from collections.abc import Collection
 from dataclasses import replace
 
-from predictor.graph import OpGraph, OpNode
+from predictor.graph import QUANTIZED_CONV, QUANTIZED_MATMUL, OpGraph, OpNode
 
 _BINARY = ("Add", "Mul")
 _CHEAP_UNARY = ("Relu", "Clip")
@@ -38,6 +39,10 @@ _NORM = ("LayerNormalization", "BatchNormalization")
 STAND_INS: dict[str, tuple[str, ...]] = {
     "ConvTranspose": ("Conv",),
     "Einsum": ("MatMul", "Gemm"),
+    # int8 models (ONNX Runtime's quantisation): the kernels are convolutions and matmuls
+    **dict.fromkeys(QUANTIZED_CONV, ("Conv",)),
+    **dict.fromkeys(QUANTIZED_MATMUL, ("MatMul", "Gemm")),
+    **dict.fromkeys(("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"), _BINARY),
     "InstanceNormalization": _NORM, "GroupNormalization": _NORM,
     **dict.fromkeys(("LeakyRelu", "PRelu", "Elu", "Selu"), _CHEAP_UNARY),
     **dict.fromkeys(("Softplus", "Mish", "Erf", "Exp", "Log"), _TRANSCENDENTAL),

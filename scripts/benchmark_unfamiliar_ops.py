@@ -1,5 +1,5 @@
 """Models with op types no training graph held (LSTM, GRU, Einsum, ConvTranspose, Conv1d,
-GroupNorm, ...): measured on this CPU, predicted after calibrating on the reference set,
+GroupNorm, int8 quantisation, ...): measured on this CPU, predicted after calibrating on the reference set,
 with and without stand-ins (`predictor.stand_ins`).
 
     python scripts/benchmark_unfamiliar_ops.py --json results/unfamiliar_ops.json
@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -74,6 +75,43 @@ def networks() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     }
 
 
+def quantized_resnets(folder: Path) -> list[Path]:
+    """ResNet-18 at 112 x 112 quantised to int8 by ONNX Runtime: dynamic (ConvInteger,
+    MatMulInteger) and static in the QDQ format (QuantizeLinear / DequantizeLinear)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    from predictor import model_zoo
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self, name: str) -> None:
+            rng = np.random.default_rng(0)
+            self.batches = iter([{name: rng.normal(size=(1, 3, 112, 112)).astype("float32")}
+                                 for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    float_path = folder / "resnet18-112.onnx"
+    paths = [folder / "resnet18-int8-dynamic.onnx", folder / "resnet18-int8-qdq.onnx"]
+    if all(p.exists() for p in paths):
+        return paths
+    float_path.write_bytes(model_zoo.export("resnet18", (1, 3, 112, 112)))
+    input_name = onnx.load(float_path).graph.input[0].name
+    for path, quantize in zip(paths, (
+            lambda src, dst: quantize_dynamic(src, dst),
+            lambda src, dst: quantize_static(src, dst, Calibration(input_name),
+                                             quant_format=QuantFormat.QDQ)), strict=True):
+        tmp = path.with_suffix(".tmp.onnx")
+        quantize(float_path, tmp)
+        tmp.replace(path)
+    return paths
+
+
 def export_all(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -84,7 +122,7 @@ def export_all(folder: Path) -> list[Path]:
             torch.onnx.export(module.eval(), (x,), str(tmp), dynamo=False, opset_version=17)
             tmp.replace(path)
         paths.append(path)
-    return paths
+    return paths + quantized_resnets(folder)
 
 
 def main() -> None:

@@ -148,6 +148,41 @@ def test_einsum_macs_are_the_product_of_its_index_sizes(equation, a, b, macs) ->
     assert extract_graph(model).macs == macs
 
 
+@pytest.mark.parametrize("quantization", ["dynamic", "qdq"])
+def test_int8_models_keep_the_float_models_macs_and_parameters(quantization, tmp_path) -> None:
+    """ONNX Runtime's int8 quantisation (ConvInteger / MatMulInteger, or QDQ around float
+    convolutions) keeps the work and the weights of the float model it came from."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3, groups=4),
+                        nn.Flatten(), nn.Linear(16 * 12 * 12, 10))
+    float_path, int8_path = tmp_path / "f.onnx", tmp_path / "q.onnx"
+    torch.onnx.export(net.eval(), (torch.randn(1, 3, 16, 16),), str(float_path),
+                      input_names=["x"], dynamo=False)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": torch.randn(1, 3, 16, 16).numpy()} for _ in range(2)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    if quantization == "dynamic":
+        quantize_dynamic(float_path, int8_path)
+    else:
+        quantize_static(float_path, int8_path, Reader(), quant_format=QuantFormat.QDQ)
+    fp32, int8 = extract_graph(float_path), extract_graph(int8_path)
+    assert int8.macs == fp32.macs
+    assert int8.params == pytest.approx(fp32.params, rel=0.02)  # + scales and zero points
+    if quantization == "dynamic":
+        assert {"ConvInteger", "MatMulInteger"} <= set(int8.op_counts())
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_recurrent_layers_count_their_matmuls_as_macs(bidirectional) -> None:
     class Recurrent(nn.Module):

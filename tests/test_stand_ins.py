@@ -11,9 +11,10 @@ from predictor.graph import extract_graph
 from predictor.stand_ins import STAND_INS, stand_in_graph
 
 # the op types of the shipped checkpoint's training graphs (CNNs and transformers)
-TRAINED = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Gather",
-           "Gelu", "Gemm", "GlobalAveragePool", "LayerNormalization", "MatMul", "MaxPool",
-           "Mul", "ReduceMean", "Relu", "Reshape", "Sigmoid", "Softmax", "Tanh", "Transpose")
+TRAINED = ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Flatten",
+           "Gather", "Gelu", "Gemm", "GlobalAveragePool", "HardSigmoid", "HardSwish",
+           "LayerNormalization", "MatMul", "MaxPool", "Mul", "ReduceMean", "Relu", "Reshape",
+           "Sigmoid", "Softmax", "Tanh", "Transpose")
 
 
 class Recurrent(nn.Module):
@@ -93,3 +94,18 @@ def test_predictor_predicts_unfamiliar_ops_through_their_stand_ins() -> None:
     ms = predictor.predict(store, device="silver_4114@nb201")
     assert ms[1] > 2 * ms[0]
     assert predictor.unfamiliar_ops(graphs[0]) == {"LSTM": 1}
+
+
+def test_int8_models_run_as_the_float_kernels_they_quantise(tmp_path) -> None:
+    from onnxruntime.quantization import quantize_dynamic
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14 * 14, 10))
+    torch.onnx.export(net.eval(), (torch.randn(1, 3, 16, 16),), str(tmp_path / "f.onnx"),
+                      dynamo=False)
+    quantize_dynamic(tmp_path / "f.onnx", tmp_path / "q.onnx")
+    graph = extract_graph(tmp_path / "q.onnx")
+    out = stand_in_graph(graph, TRAINED)
+    assert {n.op_type for n in out.nodes} <= set(TRAINED)
+    convs = [(a, b) for a, b in zip(graph.nodes, out.nodes, strict=True)
+             if a.op_type == "ConvInteger"]
+    assert convs and all(b.op_type == "Conv" and b.macs == a.macs > 0 for a, b in convs)
