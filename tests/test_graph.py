@@ -183,6 +183,29 @@ def test_int8_models_keep_the_float_models_macs_and_parameters(quantization, tmp
         assert {"ConvInteger", "MatMulInteger"} <= set(int8.op_counts())
 
 
+def test_qlinear_conv_counts_its_int8_weights_and_macs() -> None:
+    import numpy as np
+
+    def const(name, dtype, values, shape=()):
+        return helper.make_tensor(name, dtype, shape, np.asarray(values).ravel().tolist())
+
+    inits = [const("xs", TensorProto.FLOAT, [0.1]), const("xz", TensorProto.UINT8, [128]),
+             const("w", TensorProto.INT8, np.ones(8 * 3 * 3 * 3, "int8"), [8, 3, 3, 3]),
+             const("ws", TensorProto.FLOAT, [0.02]), const("wz", TensorProto.INT8, [0]),
+             const("ys", TensorProto.FLOAT, [0.2]), const("yz", TensorProto.UINT8, [128])]
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"],
+                            ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.UINT8,
+                                                             [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out = extract_graph(model)
+    assert out.macs == 8 * 16 * 16 * 3 * 3 * 3
+    assert out.nodes[0].params >= 8 * 3 * 3 * 3 and out.nodes[0].kernel == (3, 3)
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_recurrent_layers_count_their_matmuls_as_macs(bidirectional) -> None:
     class Recurrent(nn.Module):
