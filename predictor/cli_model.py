@@ -112,7 +112,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if "unfamiliar_ops" in row:
             ops = ", ".join(f"{op} x{n}" for op, n in row["unfamiliar_ops"].items())
             print(f"note: {row[key]} has op types no training graph held ({ops}): its "
-                  "prediction extrapolates; calibrate on models that contain them",
+                  "prediction extrapolates (they run as similar trained ops, "
+                  "predictor.stand_ins); calibrate on models that contain them",
                   file=sys.stderr)
     return 0
 
