@@ -48,7 +48,8 @@ _FUSE_ACT_INTO = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # the index of their weight input (the MACs and parameters are a Conv's / MatMul's).
 QUANTIZED_CONV = {"ConvInteger": 1, "QLinearConv": 3}
 QUANTIZED_MATMUL = {"MatMulInteger": 1, "QLinearMatMul": 3}
-MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN",
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}  # gate matmuls per step
+MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", *RECURRENT_GATES,
                      *QUANTIZED_CONV, *QUANTIZED_MATMUL})
 _FLOAT_TYPES = frozenset({
     onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
@@ -706,8 +707,8 @@ def _describe(
         "Reduce"
     ):
         other = math.prod(in_shape) if in_shape else out_numel
-    elif node.op_type in ("LSTM", "GRU", "RNN"):
-        gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[node.op_type]
+    elif node.op_type in RECURRENT_GATES:
+        gates = RECURRENT_GATES[node.op_type]
         hidden = int(attrs.get("hidden_size", 1))
         directions = 2 if attrs.get("direction") == b"bidirectional" else 1
         seq, batch, feat = (tuple(in_shape) + (1, 1, 1))[:3]

@@ -28,7 +28,13 @@ import math
 from collections.abc import Collection
 from dataclasses import replace
 
-from predictor.graph import QUANTIZED_CONV, QUANTIZED_MATMUL, OpGraph, OpNode
+from predictor.graph import (
+    QUANTIZED_CONV,
+    QUANTIZED_MATMUL,
+    RECURRENT_GATES,
+    OpGraph,
+    OpNode,
+)
 
 _BINARY = ("Add", "Mul")
 _CHEAP_UNARY = ("Relu", "Clip")
@@ -58,7 +64,6 @@ STAND_INS: dict[str, tuple[str, ...]] = {
                     _COPY),
     **dict.fromkeys(("Squeeze", "Unsqueeze", "Range", "ConstantOfShape"), ("Reshape",)),
 }
-RECURRENT_GATES: dict[str, int] = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _STEP_OPS = (("MatMul", "Gemm"), _BINARY)  # recurrent MatMul, gate update
 
 
