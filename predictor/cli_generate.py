@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kinds", default="cnn,transformer",
                    help="comma-separated model kinds: cnn, transformer (default both)")
     p.add_argument("--families", default=None,
-                   help="comma-separated families, e.g. resnet,vit (default all of --kinds)")
+                   help="comma-separated families, e.g. resnet,vit (default: all of --kinds but the "
+                        "opt-in unet)")
     p.add_argument("--small", action="store_true", help="tiny models (for tests)")
     p.add_argument("--reference", action="store_true",
                    help="write the versioned reference calibration set instead of a sample")

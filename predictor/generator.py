@@ -111,7 +111,7 @@ def _family_plan(count: int, kinds: Sequence[str] | str, families: Sequence[str]
     if bad or not kinds:
         raise InvalidArchError(f"Unknown model kinds {bad}; choose from {list(KINDS)}")
     if families is None:
-        chosen = [f for f in FAMILIES.values() if f.kind in kinds]
+        chosen = [f for f in FAMILIES.values() if f.kind in kinds and f.default]
     else:
         chosen = [_family(name) for name in dict.fromkeys(families)]
         outside = [f.name for f in chosen if f.kind not in kinds]
@@ -150,7 +150,8 @@ def sample_specs(
         seed: any int; different seeds give different models.
         count: number of specs.
         kinds: ``"cnn"`` and/or ``"transformer"`` (a sequence or ``"cnn,transformer"``).
-        families: restrict to these families (of the given kinds).
+        families: restrict to these families (of the given kinds); default: every family
+            of the kinds except the opt-in ones (`Family.default`, e.g. "unet").
         small: tiny models (`SMALL_MACS_RANGE`, at most `SMALL_MAX_PARAMS` weights) for
             tests; their names end in ``-small``.
 

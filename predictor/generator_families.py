@@ -31,7 +31,7 @@ SMALL_RESOLUTIONS = (32, 64)
 SEQ_LENS = (16, 32, 64, 96, 128, 192, 256)
 _ACTS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "relu6": nn.ReLU6, "gelu": nn.GELU, "silu": nn.SiLU,
-    "hardswish": nn.Hardswish,
+    "hardswish": nn.Hardswish, "leakyrelu": lambda: nn.LeakyReLU(0.1), "prelu": nn.PReLU,
 }
 CNN_ACTS = ("relu", "relu", "relu6", "silu", "hardswish", "gelu")
 TRANSFORMER_ACTS = ("gelu", "gelu", "relu", "silu")
@@ -533,6 +533,61 @@ class Hybrid(nn.Module):
         return self.head(self.norm(self.blocks(x)).mean(dim=1))
 
 
+# ----------------------------------------------------------------------------- unet
+
+
+def sample_unet(rng: random.Random, small: bool) -> Params:
+    """Image-to-image encoder-decoders (segmentation, restoration): transposed
+    convolutions or resizes, skip concatenations, few output channels."""
+    return {
+        "resolution": rng.choice(SMALL_RESOLUTIONS if small else (64, 96, 128, 160, 224, 256)),
+        "base_width": rng.choice((8, 16) if small else (8, 16, 24, 32, 48)),
+        "levels": rng.randint(2, 3) if small else rng.randint(2, 4),
+        "upsample": rng.choice(("transpose", "bilinear", "nearest")),
+        "act": rng.choice(("relu", "relu", "leakyrelu", "prelu", "silu")),
+        "batchnorm": rng.random() < 0.75,
+        "out_channels": rng.choice((1, 2, 3, 21)),
+    }
+
+
+class UNet(nn.Module):
+    """Per level: two 3x3 convs then a 2x2 max pool down; back up by a 2x2 transposed
+    convolution or a resize + 1x1 conv, concatenating the level's features."""
+
+    def __init__(self, p: Params):
+        super().__init__()
+        widths = [min(p["base_width"] * 2**i, 512) for i in range(p["levels"] + 1)]
+
+        def double(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(conv_bn_act(c_in, c_out, 3, act=p["act"], bn=p["batchnorm"]),
+                                 conv_bn_act(c_out, c_out, 3, act=p["act"], bn=p["batchnorm"]))
+
+        self.down = nn.ModuleList([double(3 if i == 0 else widths[i - 1], widths[i])
+                                   for i in range(p["levels"])])
+        self.bottom = double(widths[-2], widths[-1])
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for i in reversed(range(p["levels"])):
+            if p["upsample"] == "transpose":
+                self.up.append(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
+            else:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode=p["upsample"]),
+                                             nn.Conv2d(widths[i + 1], widths[i], 1)))
+            self.merge.append(double(2 * widths[i], widths[i]))
+        self.out = nn.Conv2d(widths[0], p["out_channels"], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = nn.functional.max_pool2d(x, 2)
+        x = self.bottom(x)
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips), strict=True):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return self.out(x)
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -546,6 +601,9 @@ class Family:
     build: Callable[[Params], nn.Module]
     input_shape: Callable[[Params], tuple[int, ...]] = _image_shape
     input_dtype: str = "float32"
+    # Sampled without naming it (`sample_specs(families=None)`)? Families added after model
+    # sets were measured are opt-in, so that every existing seed keeps its specs.
+    default: bool = True
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -557,6 +615,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            input_shape=lambda p: (1, p["seq_len"]), input_dtype="int64"),
     Family("mixer", "transformer", sample_mixer, Mixer),
     Family("hybrid", "transformer", sample_hybrid, Hybrid),
+    Family("unet", "cnn", sample_unet, UNet, default=False),
 )}
 KINDS: tuple[str, ...] = ("cnn", "transformer")
 

@@ -66,7 +66,7 @@ def test_different_seeds_differ(small_specs: list[ModelSpec]) -> None:
 
 def test_kinds_balanced_and_every_family_appears(small_specs: list[ModelSpec]) -> None:
     assert Counter(s.kind for s in small_specs) == {"cnn": 7, "transformer": 7}
-    assert {s.family for s in small_specs} == set(FAMILIES)
+    assert {s.family for s in small_specs} == {n for n, f in FAMILIES.items() if f.default}
     assert len({s.name for s in small_specs}) == COUNT
     for spec in small_specs:
         assert spec.kind == FAMILIES[spec.family].kind
@@ -84,6 +84,26 @@ def test_kind_and_family_filters() -> None:
         sample_specs(0, 2, kinds=("cnn",), families=["vit"])
     with pytest.raises(InvalidArchError, match="rnn"):
         sample_specs(0, 2, kinds="cnn,rnn")
+
+
+def test_opt_in_encoder_decoders_run_and_count_their_work() -> None:
+    """"unet" is sampled only when named, so the default samples (and every model set
+    measured from them) keep their specs; its models export, run in ONNX Runtime as in
+    torch, and their graphs hold the work the sampler budgeted."""
+    specs = sample_specs(5, 6, kinds="cnn", families=["unet"], small=True)
+    assert all(s.family == "unet" for s in sample_specs(5, 6, families=["unet"]))
+    ups = set()
+    for spec in specs:
+        model = export_spec(spec)
+        graph = extract_graph(model)
+        assert graph.macs == estimate_cost(spec)[0]
+        ups |= set(graph.op_counts()) & {"ConvTranspose", "Resize"}
+        module, x = build_module(spec)
+        with torch.no_grad():
+            expected = module(x).numpy()
+        np.testing.assert_allclose(_run_onnx(model, x), expected, rtol=1e-3, atol=1e-4)
+        assert expected.shape[1] == spec.params["out_channels"]
+    assert ups  # both upsampling kinds are drawn across seeds; at least one here
 
 
 def test_global_rng_untouched(small_specs: list[ModelSpec]) -> None:
@@ -113,7 +133,8 @@ def test_small_sample_goes_through_the_pipeline(small_specs: list[ModelSpec]) ->
 
 
 def test_default_sample_within_budget() -> None:
-    specs = sample_specs(0, 8)  # each family once (cnn: 4, transformer: 4)
+    specs = sample_specs(0, 8)  # each default family once (cnn: 3, transformer: 4)
+    specs += sample_specs(0, 2, families=[n for n, f in FAMILIES.items() if not f.default])
     assert {s.family for s in specs} == set(FAMILIES)
     for spec in specs:
         macs, params = estimate_cost(spec)
