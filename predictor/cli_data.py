@@ -219,7 +219,9 @@ def cmd_model_set(args: argparse.Namespace) -> int:
     from predictor.errors import PredictorError
 
     if args.action == "create":
-        path = model_sets.create_model_set(args.name, args.seed, args.cnns, args.transformers)
+        families = [f.strip() for f in args.families.split(",")] if args.families else None
+        path = model_sets.create_model_set(args.name, args.seed, args.cnns, args.transformers,
+                                           families=families)
         print(f"wrote {path}")
         return 0
     if args.config not in model_sets.TRAINING_CONFIGS:
@@ -285,6 +287,8 @@ def register_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1, help="create: generator seed")
     p.add_argument("--cnns", type=int, default=120, help="create: number of CNNs")
     p.add_argument("--transformers", type=int, default=80, help="create: number of transformers")
+    p.add_argument("--families", help="create: only these generator families, comma-separated "
+                                      "(e.g. unet, which default sets leave out)")
     p.add_argument("--config", default="ort-2t",
                    help="measure: runtime config (one of predictor.model_sets.TRAINING_CONFIGS: "
                         "ort-2t, ort-noopt-1t, torch-1t, ort-basic-2t, ort-noopt-2t, torch-2t, "

@@ -81,15 +81,25 @@ def set_dir(name: str, root: Path | None = None) -> Path:
 
 
 def create_model_set(name: str, seed: int, cnns: int, transformers: int,
-                     root: Path | None = None, small: bool = False) -> Path:
-    """Write the specs of a new model set (deterministic in seed and counts; `small`:
-    the generator's small-cost range, for tests)."""
-    from predictor.generator import sample_specs
+                     root: Path | None = None, small: bool = False,
+                     families: list[str] | None = None) -> Path:
+    """Write the specs of a new model set (deterministic in seed, counts and families;
+    `small`: the generator's small-cost range, for tests; `families`: only these, e.g.
+    the opt-in "unet", split by kind)."""
+    from predictor.generator import FAMILIES, sample_specs
 
-    specs = (sample_specs(seed, cnns, kinds=("cnn",), small=small)
-             + sample_specs(seed, transformers, kinds=("transformer",), small=small))
+    specs = []
+    for kind, count in (("cnn", cnns), ("transformer", transformers)):
+        chosen = None if families is None else [f for f in families
+                                                if f in FAMILIES and FAMILIES[f].kind == kind]
+        if not count:
+            continue
+        if chosen == []:
+            raise DataError(f"No {kind} family among {families}; set --{kind}s 0")
+        specs += sample_specs(seed, count, kinds=(kind,), small=small, families=chosen)
     path = set_dir(name, root) / "specs.json"
     atomic_write_json(path, {"seed": seed, "cnns": cnns, "transformers": transformers,
+                             **({"families": families} if families else {}),
                              "specs": [s.to_dict() for s in specs]})
     return path
 

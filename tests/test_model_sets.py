@@ -38,6 +38,16 @@ def test_measured_set_is_a_device_task(small_set, tmp_path) -> None:
     assert (again.graph_attr == store.graph_attr).all()
 
 
+def test_a_set_of_chosen_families_holds_only_them(tmp_path) -> None:
+    model_sets.create_model_set("unets", seed=4, cnns=3, transformers=0, root=tmp_path,
+                                small=True, families=["unet"])
+    specs = model_sets.model_set_specs("unets", tmp_path)
+    assert [s.family for s in specs] == ["unet"] * 3
+    with pytest.raises(DataError, match="No transformer family"):
+        model_sets.create_model_set("bad", seed=4, cnns=1, transformers=1, root=tmp_path,
+                                    small=True, families=["unet"])
+
+
 def test_held_out_config_and_unknown_names_are_refused(small_set) -> None:
     with pytest.raises(DataError, match="held-out"):
         model_sets.measure_device("tiny", "x", model_sets.HELD_OUT_CONFIG, root=small_set)
