@@ -221,7 +221,7 @@ def cmd_model_set(args: argparse.Namespace) -> int:
     if args.action == "create":
         families = [f.strip() for f in args.families.split(",")] if args.families else None
         path = model_sets.create_model_set(args.name, args.seed, args.cnns, args.transformers,
-                                           families=families)
+                                           families=families, rnns=args.rnns)
         print(f"wrote {path}")
         return 0
     if args.config not in model_sets.TRAINING_CONFIGS:
@@ -287,6 +287,8 @@ def register_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1, help="create: generator seed")
     p.add_argument("--cnns", type=int, default=120, help="create: number of CNNs")
     p.add_argument("--transformers", type=int, default=80, help="create: number of transformers")
+    p.add_argument("--rnns", type=int, default=0,
+                   help="create: number of recurrent models (LSTM / GRU; default none)")
     p.add_argument("--families", help="create: only these generator families, comma-separated "
                                       "(e.g. unet, which default sets leave out)")
     p.add_argument("--config", default="ort-2t",

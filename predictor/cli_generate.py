@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=None)
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     p.add_argument("--kinds", default="cnn,transformer",
-                   help="comma-separated model kinds: cnn, transformer (default both)")
+                   help="comma-separated model kinds: cnn, transformer, rnn (default the "
+                        "first two)")
     p.add_argument("--families", default=None,
                    help="comma-separated families, e.g. resnet,vit (default: all of --kinds but the "
                         "opt-in unet)")

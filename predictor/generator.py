@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from predictor.errors import InvalidArchError
-from predictor.generator_families import FAMILIES, KINDS, Family, example_input
+from predictor.generator_families import ALL_KINDS, FAMILIES, KINDS, Family, example_input
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,14 @@ def _family_plan(count: int, kinds: Sequence[str] | str, families: Sequence[str]
     """Family of each of `count` specs: kinds alternate, families cycle within a kind."""
     if isinstance(kinds, str):
         kinds = [k.strip() for k in kinds.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in ALL_KINDS]
     if bad or not kinds:
-        raise InvalidArchError(f"Unknown model kinds {bad}; choose from {list(KINDS)}")
+        raise InvalidArchError(f"Unknown model kinds {bad}; choose from {list(ALL_KINDS)}")
     if families is None:
-        chosen = [f for f in FAMILIES.values() if f.kind in kinds and f.default]
+        # a kind's default families; all of them for a kind that has none ("rnn")
+        defaults = {f.kind for f in FAMILIES.values() if f.default}
+        chosen = [f for f in FAMILIES.values()
+                  if f.kind in kinds and (f.default or f.kind not in defaults)]
     else:
         chosen = [_family(name) for name in dict.fromkeys(families)]
         outside = [f.name for f in chosen if f.kind not in kinds]
@@ -149,7 +152,8 @@ def sample_specs(
     Args:
         seed: any int; different seeds give different models.
         count: number of specs.
-        kinds: ``"cnn"`` and/or ``"transformer"`` (a sequence or ``"cnn,transformer"``).
+        kinds: ``"cnn"`` and/or ``"transformer"`` (a sequence or ``"cnn,transformer"``);
+            ``"rnn"`` (recurrent models) only when asked for.
         families: restrict to these families (of the given kinds); default: every family
             of the kinds except the opt-in ones (`Family.default`, e.g. "unet").
         small: tiny models (`SMALL_MACS_RANGE`, at most `SMALL_MAX_PARAMS` weights) for

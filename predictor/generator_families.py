@@ -588,6 +588,38 @@ class UNet(nn.Module):
         return self.out(x)
 
 
+# ----------------------------------------------------------------------------- rnn
+
+
+def sample_rnn(rng: random.Random, small: bool) -> Params:
+    """Recurrent sequence models (speech, time series): LSTM or GRU layers over feature
+    vectors, a linear head on every step or on the last one."""
+    return {
+        "cell": rng.choice(("lstm", "gru")),
+        "seq_len": rng.choice((8, 16, 32) if small else (16, 32, 64, 100, 128, 200, 256)),
+        "features": rng.choice((16, 32) if small else (40, 64, 80, 128, 256)),
+        "hidden": rng.choice((16, 32) if small else (64, 128, 256, 384, 512)),
+        "layers": rng.randint(1, 2) if small else rng.randint(1, 3),
+        "bidirectional": rng.random() < 0.3,
+        "head": rng.choice(("last", "every")),
+        "num_classes": rng.choice((10, 29, 128)),
+    }
+
+
+class RNN(nn.Module):
+    def __init__(self, p: Params):
+        super().__init__()
+        cell = nn.LSTM if p["cell"] == "lstm" else nn.GRU
+        self.rnn = cell(p["features"], p["hidden"], p["layers"], batch_first=True,
+                        bidirectional=p["bidirectional"])
+        self.every = p["head"] == "every"
+        self.head = nn.Linear(p["hidden"] * (2 if p["bidirectional"] else 1), p["num_classes"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.rnn(x)[0]
+        return self.head(y if self.every else y[:, -1])
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -616,8 +648,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mixer", "transformer", sample_mixer, Mixer),
     Family("hybrid", "transformer", sample_hybrid, Hybrid),
     Family("unet", "cnn", sample_unet, UNet, default=False),
+    Family("rnn", "rnn", sample_rnn, RNN, default=False,
+           input_shape=lambda p: (1, p["seq_len"], p["features"])),
 )}
-KINDS: tuple[str, ...] = ("cnn", "transformer")
+KINDS: tuple[str, ...] = ("cnn", "transformer")  # sampled by default
+ALL_KINDS: tuple[str, ...] = (*KINDS, "rnn")  # "rnn": opt-in, by name
 
 
 def example_input(family: Family, params: Params, device: str | None = None) -> torch.Tensor:

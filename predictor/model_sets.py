@@ -82,14 +82,14 @@ def set_dir(name: str, root: Path | None = None) -> Path:
 
 def create_model_set(name: str, seed: int, cnns: int, transformers: int,
                      root: Path | None = None, small: bool = False,
-                     families: list[str] | None = None) -> Path:
+                     families: list[str] | None = None, rnns: int = 0) -> Path:
     """Write the specs of a new model set (deterministic in seed, counts and families;
     `small`: the generator's small-cost range, for tests; `families`: only these, e.g.
-    the opt-in "unet", split by kind)."""
+    the opt-in "unet", split by kind; `rnns`: recurrent models, an opt-in kind)."""
     from predictor.generator import FAMILIES, sample_specs
 
     specs = []
-    for kind, count in (("cnn", cnns), ("transformer", transformers)):
+    for kind, count in (("cnn", cnns), ("transformer", transformers), ("rnn", rnns)):
         chosen = None if families is None else [f for f in families
                                                 if f in FAMILIES and FAMILIES[f].kind == kind]
         if not count:
@@ -99,6 +99,7 @@ def create_model_set(name: str, seed: int, cnns: int, transformers: int,
         specs += sample_specs(seed, count, kinds=(kind,), small=small, families=chosen)
     path = set_dir(name, root) / "specs.json"
     atomic_write_json(path, {"seed": seed, "cnns": cnns, "transformers": transformers,
+                             **({"rnns": rnns} if rnns else {}),
                              **({"families": families} if families else {}),
                              "specs": [s.to_dict() for s in specs]})
     return path

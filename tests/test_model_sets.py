@@ -43,6 +43,9 @@ def test_a_set_of_chosen_families_holds_only_them(tmp_path) -> None:
                                 small=True, families=["unet"])
     specs = model_sets.model_set_specs("unets", tmp_path)
     assert [s.family for s in specs] == ["unet"] * 3
+    model_sets.create_model_set("rnns", seed=4, cnns=0, transformers=0, rnns=2, root=tmp_path,
+                                small=True)
+    assert [s.kind for s in model_sets.model_set_specs("rnns", tmp_path)] == ["rnn"] * 2
     with pytest.raises(DataError, match="No transformer family"):
         model_sets.create_model_set("bad", seed=4, cnns=1, transformers=1, root=tmp_path,
                                     small=True, families=["unet"])
