@@ -392,11 +392,10 @@ def graph_from_inferred(
                 name = resolve(name)
                 if name in producer and producer[name] != index_of[i]:
                     edges.add((producer[name], index_of[i]))
-                elif name in tensors.weights and tensors.elem_type.get(name) in _weight_types(
-                        member.op_type):
+                elif name in tensors.weights and tensors.elem_type.get(name) in _FLOAT_TYPES:
                     used_weights[name] = tensors.numel(name)
-    # 8-bit weights of a quantized model, also those its DequantizeLinear nodes (folded as
-    # constant work) turn into a float convolution's weights (QDQ format)
+    # 8-bit weights of a quantized model: those its quantized ops read, and those its
+    # DequantizeLinear nodes (folded as constant work) turn into float weights (QDQ)
     used_weights.update((name, tensors.numel(name)) for name in tensors.weights
                         if tensors.elem_type.get(name) in _INT8_TYPES)
     return OpGraph(

@@ -90,10 +90,10 @@ def create_model_set(name: str, seed: int, cnns: int, transformers: int,
 
     specs = []
     for kind, count in (("cnn", cnns), ("transformer", transformers), ("rnn", rnns)):
-        chosen = None if families is None else [f for f in families
-                                                if f in FAMILIES and FAMILIES[f].kind == kind]
         if not count:
             continue
+        chosen = None if families is None else [f for f in families
+                                                if f in FAMILIES and FAMILIES[f].kind == kind]
         if chosen == []:
             raise DataError(f"No {kind} family among {families}; set --{kind}s 0")
         specs += sample_specs(seed, count, kinds=(kind,), small=small, families=chosen)

@@ -102,12 +102,10 @@ def quantized_resnets(folder: Path) -> list[Path]:
         return paths
     float_path.write_bytes(model_zoo.export("resnet18", (1, 3, 112, 112)))
     input_name = onnx.load(float_path).graph.input[0].name
-    for path, quantize in zip(paths, (
-            lambda src, dst: quantize_dynamic(src, dst),
-            lambda src, dst: quantize_static(src, dst, Calibration(input_name),
-                                             quant_format=QuantFormat.QDQ)), strict=True):
-        tmp = path.with_suffix(".tmp.onnx")
-        quantize(float_path, tmp)
+    dynamic, qdq = (p.with_suffix(".tmp.onnx") for p in paths)
+    quantize_dynamic(float_path, dynamic)
+    quantize_static(float_path, qdq, Calibration(input_name), quant_format=QuantFormat.QDQ)
+    for tmp, path in zip((dynamic, qdq), paths, strict=True):
         tmp.replace(path)
     return paths
 
