@@ -75,11 +75,13 @@ class EpisodeDataModule(L.LightningDataModule):
             if unknown:
                 raise PredictorError(f"model_sets.{name}: unknown role(s) {unknown}; "
                                      "use train and valid")
-            store = model_set_store(name, cache_root=self.cache_root, progress=self.progress)
             tasks = {role: [load_model_set_task(name, d) for d in roles.get(role, [])]
                      for role in ("train", "valid")}
             for task in tasks["train"] + tasks["valid"]:
-                self.stores[task.store_key] = store
+                if task.store_key not in self.stores:
+                    self.stores[task.store_key] = model_set_store(
+                        name, cache_root=self.cache_root, progress=self.progress,
+                        batch=task.batch_size)
             self.train_tasks += tasks["train"]
             self.val_tasks += tasks["valid"]
 

@@ -196,16 +196,22 @@ class OpGraph:
 
 
 def rebatch_node(node: OpNode, old_batch: int, new_batch: int) -> OpNode:
-    """`node` with its leading (batch) dimension changed from `old_batch` to `new_batch`."""
+    """`node` with its batch dimension changed from `old_batch` to `new_batch`: the leading
+    one, except in recurrent ops, whose tensors are sequence-first (X: seq, batch, features;
+    Y: seq, directions, batch, hidden)."""
+    recurrent = node.op_type in RECURRENT_GATES
 
-    def shape(s: Shape) -> Shape:
-        return (new_batch, *s[1:]) if s and s[0] == old_batch else s
+    def shape(s: Shape, output: bool = False) -> Shape:
+        axis = (len(s) - 2 if output else 1) if recurrent else 0
+        if 0 <= axis < len(s) and s[axis] == old_batch:
+            return (*s[:axis], new_batch, *s[axis + 1:])
+        return s
 
     def scale(value: int) -> int:
         return value * new_batch // old_batch
 
     return replace(
-        node, input_shape=shape(node.input_shape), output_shape=shape(node.output_shape),
+        node, input_shape=shape(node.input_shape), output_shape=shape(node.output_shape, output=True),
         macs=scale(node.macs), other_flops=scale(node.other_flops),
         read_bytes=scale(node.read_bytes), write_bytes=scale(node.write_bytes),
     )

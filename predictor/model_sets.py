@@ -53,13 +53,13 @@ TRAINING_CONFIGS: dict[str, RuntimeConfig] = {c.name: c for c in (
     RuntimeConfig("torch-2t", "torch", 2),
     # batch-1 GPU latency follows the number of kernel launches far more than MACs
     RuntimeConfig("torch-cuda", "torch", None, device="cuda"),
+    # batch 32 on a GPU: compute-bound where batch 1 is launch-bound
+    RuntimeConfig("torch-cuda-b32", "torch", None, device="cuda", batch=32),
 )}
-# Every configuration a benchmark can time its test models under: the held-out one, the
-# training ones (other models), and PyTorch eager on a GPU at batch 32 (in no training set).
-BENCHMARK_CONFIGS: dict[str, RuntimeConfig] = {
-    HELD_OUT_CONFIG.name: HELD_OUT_CONFIG, **TRAINING_CONFIGS,
-    "torch-cuda-b32": RuntimeConfig("torch-cuda-b32", "torch", None, device="cuda", batch=32),
-}
+# Every configuration a benchmark can time its test models under: the held-out one and
+# the training ones (on other models than the ones they trained on).
+BENCHMARK_CONFIGS: dict[str, RuntimeConfig] = {HELD_OUT_CONFIG.name: HELD_OUT_CONFIG,
+                                               **TRAINING_CONFIGS}
 
 
 def machine_tag(device: str = "cpu") -> str:
@@ -119,27 +119,34 @@ def model_set_devices(name: str, root: Path | None = None) -> list[str]:
     return sorted(p.stem for p in set_dir(name, root).glob("*.csv"))
 
 
+# Bumped when the graphs built from the same specs change (2: recurrent ops unrolled,
+# batch sizes other than 1).
+STORE_VERSION = 2
+
+
 def model_set_store(name: str, root: Path | None = None, cache_root: Path | None = None,
-                    progress: bool = True) -> GraphStore:
-    """The set's operator graphs (index i = spec i), cached and checksummed."""
+                    progress: bool = True, batch: int = 1) -> GraphStore:
+    """The set's operator graphs at `batch` (index i = spec i), cached and checksummed.
+    Recurrent ops are unrolled per time step, as `Predictor.graphs` runs them."""
     from tqdm import tqdm
 
     from predictor.corpus import cache_dir
     from predictor.generator import export_spec
     from predictor.graph import extract_graph
+    from predictor.stand_ins import unroll_recurrent
 
     specs = model_set_specs(name, root)
-    key = hashlib.sha256(json.dumps([s.to_dict() for s in specs], sort_keys=True)
-                         .encode()).hexdigest()[:16]
-    path = cache_dir(cache_root) / "model_sets" / f"{name}-{key}.store"
+    key = hashlib.sha256(json.dumps([STORE_VERSION, batch, [s.to_dict() for s in specs]],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir(cache_root) / "model_sets" / f"{name}-b{batch}-{key}.store"
     if path.is_file():
         try:
             return GraphStore.from_bytes(path.read_bytes(), str(path))
         except DataError:
             pass  # corrupt: rebuild
-    graphs = [extract_graph(export_spec(s))
+    graphs = [unroll_recurrent(extract_graph(export_spec(s)).with_batch(batch))
               for s in tqdm(specs, desc=f"graphs {name}", unit="model", disable=not progress)]
-    store = GraphStore.from_graphs(graphs, meta={"model_set": name, "key": key})
+    store = GraphStore.from_graphs(graphs, meta={"model_set": name, "key": key, "batch": batch})
     atomic_write_bytes(path, store.to_bytes())
     return store
 
@@ -165,7 +172,7 @@ def measure_device(name: str, device: str, config: RuntimeConfig, *, max_seconds
     rows, probe_ms = measure_many(model_set_specs(name, root), measure, probe=probe,
                                   desc=f"measure {device}", progress=progress)
     path = set_dir(name, root) / f"{device}.csv"
-    info = provenance(config.backend, config.device, config.threads, 1,
+    info = provenance(config.backend, config.device, config.threads, config.batch,
                       config.graph_optimization,
                       model_set=name, runtime_config=config.name, speed_probe_ms=probe_ms)
     write_measurements_csv(path, rows, info)
@@ -201,7 +208,8 @@ def measure_spec(spec: Any, config: RuntimeConfig, *, max_seconds: float = 1.0,
 
 
 def load_model_set_task(name: str, device: str, root: Path | None = None):
-    """A device of a model set as a `DeviceTask` aligned with `model_set_store(name)`."""
+    """A device of a model set as a `DeviceTask` aligned with `model_set_store(name, batch=
+    task.batch_size)`, the batch size its CSV's provenance records."""
     from predictor.datasets import DeviceTask
     from predictor.measurements import read_measurements_csv
 
@@ -210,8 +218,10 @@ def load_model_set_task(name: str, device: str, root: Path | None = None):
     if not path.is_file():
         raise DataError(f"Model set '{name}' has no device '{device}'; measured: "
                         f"{model_set_devices(name, root)}")
-    rows, _ = read_measurements_csv(path)
+    rows, info = read_measurements_csv(path)
     by_name = {Path(str(r["model"])).stem: float(r["latency_ms"]) for r in rows}
     latency = np.array([by_name.get(s.name, np.nan) for s in specs])
     pool = np.flatnonzero(np.isfinite(latency))
-    return DeviceTask(f"{SPACE_PREFIX}{name}", device, 1, latency, pool)
+    batch = info.get("batch", "1")
+    batch = int(batch) if str(batch).isdigit() else 1  # "as in model": specs export at 1
+    return DeviceTask(f"{SPACE_PREFIX}{name}", device, batch, latency, pool)

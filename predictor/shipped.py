@@ -26,7 +26,8 @@ def embed_table_device(model, space: str, device: str, *, data_dir: str | Path |
     if space.startswith(SPACE_PREFIX):
         name = space.removeprefix(SPACE_PREFIX)
         task = load_model_set_task(name, device)
-        store = model_set_store(name, cache_root=cache_root, progress=False)
+        store = model_set_store(name, cache_root=cache_root, progress=False,
+                                batch=task.batch_size)
         shots = min(shots, task.pool.size)
     else:
         task = load_device_task(space, device, data_dir)

@@ -156,3 +156,11 @@ def stand_in_graph(graph: OpGraph, trained: Collection[str]) -> OpGraph:
     edges.update((out, head) for src, dst in graph.edges
                  for out in tails[src] for head in heads[dst])
     return replace(graph, nodes=nodes, edges=sorted(edges))
+
+
+def unroll_recurrent(graph: OpGraph) -> OpGraph:
+    """`graph` with its recurrent ops unrolled and every other node as it is: the form
+    training graphs take, so that checkpoints learn recurrent costs per step."""
+    kept = {n.op_type for n in graph.nodes} | {n.activation for n in graph.nodes
+                                               if n.activation}
+    return stand_in_graph(graph, (kept - set(RECURRENT_GATES)) | {"MatMul", "Add"})

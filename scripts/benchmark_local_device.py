@@ -11,7 +11,8 @@ seed (CNNs and transformers at varied resolutions and sequence lengths), all mea
   (c) calibrate on 5 CNNs + 5 transformers, predict the rest.
 Baselines in the same run: MACs rank, a per-device linear fit on MACs/params/memory/depth.
 `--valid zoo2/epyc-torch-1t` runs the same cases on a meta-valid model-set device (for
-choosing training settings without looking at the test device).
+choosing training settings without looking at the test device); on a set of one kind
+(`zoo3` U-Nets, `zoo4` recurrent models) a single case: calibrate on 10, predict the rest.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def valid_models(name: str) -> tuple[list[dict], GraphStore]:
         raise SystemExit(f"{name}: {len(specs) - task.pool.size} models were not measured")
     rows = [{"model": s.name, "kind": s.kind, "latency_ms": float(t)}
             for s, t in zip(specs, task.latency_ms, strict=True)]
-    return rows, model_set_store(set_name)
+    return rows, model_set_store(set_name, batch=task.batch_size)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -170,10 +171,14 @@ def run(args: argparse.Namespace) -> dict:
         "macs": macs_baseline,
         "linear": linear_fit_baseline,
     }
-    cases = {"a: 10 CNN -> CNN": [], "b: 10 CNN -> transformer": [],
-             "c: 5+5 -> rest": []}
+    cases = ({"a: 10 CNN -> CNN": [], "b: 10 CNN -> transformer": [], "c: 5+5 -> rest": []}
+             if cnn.size > 10 and tf.size > 5 else {"10 -> rest": []})  # else: one kind
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
+        if "10 -> rest" in cases:
+            sup = rng.choice(len(rows), 10, replace=False)
+            cases["10 -> rest"].append((sup, np.setdiff1d(np.arange(len(rows)), sup)))
+            continue
         sup_a = rng.choice(cnn, 10, replace=False)
         sup_c = np.concatenate([rng.choice(cnn, 5, replace=False), rng.choice(tf, 5, replace=False)])
         cases["a: 10 CNN -> CNN"].append((sup_a, np.setdiff1d(cnn, sup_a)))

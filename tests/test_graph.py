@@ -332,6 +332,25 @@ def test_with_batch_equals_a_real_export_at_that_batch() -> None:
     assert derived.summary() == three.summary()
 
 
+def test_with_batch_moves_the_batch_axis_of_sequence_first_recurrent_ops() -> None:
+    class Tagger(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = torch.nn.GRU(8, 16, batch_first=True, bidirectional=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x)[0]
+
+    model = Tagger().eval()
+    one = extract_graph(model, example_input=torch.randn(1, 5, 8))
+    three = extract_graph(model, example_input=torch.randn(3, 5, 8))
+    gru = lambda g: next(n for n in g.nodes if n.op_type == "GRU")  # noqa: E731
+    derived = gru(one.with_batch(3))
+    assert derived.input_shape == gru(three).input_shape == (5, 3, 8)
+    assert derived.output_shape == gru(three).output_shape == (5, 2, 3, 16)
+    assert derived.macs == gru(three).macs
+
+
 def test_python_api_raises_typed_errors(tmp_path, tiny_onnx) -> None:
     from predictor.errors import InvalidModelError, ModelNotFoundError, PredictorError
 

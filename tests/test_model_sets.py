@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from predictor import model_sets
 from predictor.datamodule import DataConfig, EpisodeDataModule
@@ -107,10 +108,44 @@ def test_a_batch_config_times_the_module_at_that_batch(small_set) -> None:
         model_sets.measure_spec(spec, model_sets.RuntimeConfig("o64", "onnxruntime", 1, batch=64))
 
 
+def test_a_batch_measured_device_trains_on_graphs_at_that_batch(small_set, tmp_path) -> None:
+    config = model_sets.RuntimeConfig("torch-b4", "torch", 1, batch=4)
+    path = model_sets.measure_device("tiny", "here-torch-b4", config, max_seconds=0.1,
+                                     root=small_set, progress=False)
+    assert read_measurements_csv(path)[1]["batch"] == "4"
+    task = model_sets.load_model_set_task("tiny", "here-torch-b4", small_set)
+    assert task.batch_size == 4 and task.store_key == ("set:tiny", 4)
+    one = model_sets.model_set_store("tiny", small_set, cache_root=tmp_path, progress=False)
+    four = model_sets.model_set_store("tiny", small_set, cache_root=tmp_path, progress=False,
+                                      batch=4)
+    assert len(four) == len(one)
+    # the same models, each graph's work four times as large: a separate cached store
+    assert not torch.allclose(four.graph_attr, one.graph_attr)
+    assert len(list((tmp_path / "model_sets").glob("tiny-*.store"))) == 2
+
+
+def test_recurrent_models_train_unrolled(tmp_path) -> None:
+    from predictor.graph import RECURRENT_GATES
+
+    model_sets.create_model_set("rnns", seed=4, cnns=0, transformers=0, rnns=2, root=tmp_path,
+                                small=True)
+    store = model_sets.model_set_store("rnns", tmp_path, cache_root=tmp_path, progress=False)
+    specs = model_sets.model_set_specs("rnns", tmp_path)
+    from predictor.generator import export_spec
+    from predictor.graph import extract_graph
+
+    raw = [extract_graph(export_spec(s)) for s in specs]
+    assert all(any(n.op_type in RECURRENT_GATES for n in g.nodes) for g in raw)
+    # one node per recurrent op became a chain of per-step nodes
+    assert all(int(n) > len(g.nodes) for n, g in zip(store.num_nodes, raw, strict=True))
+
+
 def test_gpu_config_and_tags(monkeypatch) -> None:
     gpu = model_sets.TRAINING_CONFIGS["torch-cuda"]
     assert (gpu.backend, gpu.device) == ("torch", "cuda")
     assert gpu != model_sets.HELD_OUT_CONFIG
+    assert model_sets.TRAINING_CONFIGS["torch-cuda-b32"].batch == 32
+    assert model_sets.HELD_OUT_CONFIG.name not in model_sets.TRAINING_CONFIGS
     import predictor.measurements as measurements
 
     for name, tag in (("NVIDIA H200", "h200"), ("NVIDIA H100 80GB HBM3", "h100"),
