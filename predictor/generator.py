@@ -171,7 +171,10 @@ def sample_specs(
     for index, family in enumerate(_family_plan(count, kinds, families)):
         name = f"{family}-s{seed}-{index:03d}" + ("-small" if small else "")
         rng = random.Random(f"latpred.generator:{seed}:{index}:{family}:{small}")
-        specs.append(_sample_within_budget(name, family, rng, small, macs_range, max_params))
+        own = FAMILIES[family].macs_range
+        specs.append(_sample_within_budget(name, family, rng, small,
+                                           own if own and not small else macs_range,
+                                           max_params))
     return specs
 
 

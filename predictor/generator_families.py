@@ -620,6 +620,150 @@ class RNN(nn.Module):
         return self.head(y if self.every else y[:, -1])
 
 
+# ----------------------------------------------------------------------------- blocks
+
+
+BLOCK_CHANNELS = (3, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384)
+BLOCK_RESOLUTIONS = (7, 8, 14, 16, 28, 32, 56, 64, 112, 128)
+BLOCK_ACTS = ("none", "relu", "relu", "prelu", "leakyrelu", "silu", "gelu", "hardswish",
+              "tanh", "sigmoid")
+BLOCK_NORMS = ("none", "batchnorm", "batchnorm", "groupnorm", "instancenorm")
+TRANSPOSE_KERNEL = {1: 2, 3: 4, 5: 3, 7: 4}  # sampled kernel -> transposed conv's kernel
+CNN_BLOCK_OPS = ("conv", "conv", "pointwise", "depthwise", "transpose", "resize_conv", "pool_conv",
+                 "conv_pair", "squeeze_excite", "residual")
+
+
+def sample_cnn_block(rng: random.Random, small: bool) -> Params:
+    """One to three layers on a feature map (not an image): what a network is made of
+    and what per-layer latency tables time, from a 7 x 7 map to 128 x 128, 1 to 384
+    channels, unusual kernels and strides, few output channels, norms and activations of
+    every kind."""
+    return {
+        "op": rng.choice(CNN_BLOCK_OPS),
+        "c_in": rng.choice(BLOCK_CHANNELS[:6] if small else BLOCK_CHANNELS),
+        "c_out": rng.choice((1, 2, 3, 4) if rng.random() < 0.15 else
+                            BLOCK_CHANNELS[1:6] if small else BLOCK_CHANNELS[1:]),
+        "resolution": rng.choice(BLOCK_RESOLUTIONS[:6] if small else BLOCK_RESOLUTIONS),
+        "kernel": rng.choice((1, 3, 3, 3, 5, 7)),
+        "stride": rng.choice((1, 1, 2)),
+        "act": rng.choice(BLOCK_ACTS),
+        "norm": rng.choice(BLOCK_NORMS),
+        "mode": rng.choice(("nearest", "bilinear")),
+        "pool": rng.choice(("max", "avg")),
+    }
+
+
+def _block_act(name: str) -> nn.Module:
+    extra = {"none": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+    return extra[name]() if name in extra else _act(name)
+
+
+def _block_norm(name: str, channels: int) -> nn.Module:
+    if name == "batchnorm":
+        return nn.BatchNorm2d(channels)
+    if name == "groupnorm":
+        return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if channels % g == 0), channels)
+    if name == "instancenorm":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.Identity()
+
+
+class CNNBlock(nn.Module):
+    """`sample_cnn_block`'s layers: conv / 1x1 / depthwise / transposed conv / resize +
+    conv / pool + conv / two convs / squeeze-excite / residual pair, each with its norm
+    and activation."""
+
+    def __init__(self, p: Params):
+        super().__init__()
+        op, c_in, c_out, k, s = p["op"], p["c_in"], p["c_out"], p["kernel"], p["stride"]
+
+        def tail(c: int) -> list[nn.Module]:
+            return [_block_norm(p["norm"], c), _block_act(p["act"])]
+
+        def conv(a: int, b: int, kk: int = k, ss: int = s, groups: int = 1) -> nn.Conv2d:
+            return nn.Conv2d(a, b, kk, ss, (kk - 1) // 2, groups=groups)
+
+        self.residual = op == "residual"
+        if op == "pointwise":
+            layers = [conv(c_in, c_out, 1, 1), *tail(c_out)]
+        elif op == "depthwise":
+            layers = [conv(c_in, c_in, groups=c_in), *tail(c_in)]
+        elif op == "transpose":
+            kk = TRANSPOSE_KERNEL[k]  # upsamples by 2 exactly
+            layers = [nn.ConvTranspose2d(c_in, c_out, kk, 2, (kk - 1) // 2,
+                                         output_padding=kk % 2), *tail(c_out)]
+        elif op == "resize_conv":
+            layers = [nn.Upsample(scale_factor=2, mode=p["mode"]), conv(c_in, c_out, ss=1),
+                      *tail(c_out)]
+        elif op == "pool_conv":
+            pool = nn.MaxPool2d if p["pool"] == "max" else nn.AvgPool2d
+            layers = [pool(3 if k > 1 else 2, 2, 1 if k > 1 else 0), conv(c_in, c_out, ss=1),
+                      *tail(c_out)]
+        elif op == "conv_pair":
+            layers = [conv(c_in, c_out), *tail(c_out), conv(c_out, c_out, ss=1), *tail(c_out)]
+        elif op == "squeeze_excite":
+            layers = [conv(c_in, c_out), *tail(c_out), SqueezeExcite(c_out)]
+        elif op == "residual":
+            layers = [conv(c_in, c_in, ss=1), *tail(c_in), conv(c_in, c_in, ss=1),
+                      _block_norm(p["norm"], c_in)]
+        else:
+            layers = [conv(c_in, c_out), *tail(c_out)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+def _block_shape(params: Params) -> tuple[int, ...]:
+    return (1, params["c_in"], params["resolution"], params["resolution"])
+
+
+SEQ_BLOCK_OPS = ("linear", "mlp", "norm_linear", "attention", "attention", "encoder",
+                 "token_mix")
+
+
+def sample_seq_block(rng: random.Random, small: bool) -> Params:
+    """One layer or block on a token sequence (B, N, D): a linear layer, an MLP, layer
+    norm + linear, self-attention, an encoder block or a token-mixing MLP, at 1 to 512
+    tokens of width 32 to 1024."""
+    dim = rng.choice((32, 64, 96) if small else (32, 64, 128, 192, 256, 384, 512, 768, 1024))
+    return {
+        "op": rng.choice(SEQ_BLOCK_OPS),
+        "tokens": rng.choice((1, 8, 16, 32) if small else (1, 8, 16, 49, 64, 128, 196, 256, 512)),
+        "dim": dim,
+        "out": rng.choice((dim, dim, 2 * dim, 4 * dim, max(8, dim // 4))),
+        "heads": _heads_for(rng, dim, small),
+        "act": rng.choice(TRANSFORMER_ACTS),
+    }
+
+
+class SeqBlock(nn.Module):
+    """`sample_seq_block`'s layer or block over (1, N, D)."""
+
+    def __init__(self, p: Params):
+        super().__init__()
+        op, d, n, out = p["op"], p["dim"], p["tokens"], p["out"]
+        if op == "linear":
+            self.body = nn.Linear(d, out)
+        elif op == "mlp":
+            self.body = Mlp(d, out, p["act"])
+        elif op == "norm_linear":
+            self.body = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, out), _act(p["act"]))
+        elif op == "attention":
+            self.body = Attention(d, p["heads"])
+        elif op == "encoder":
+            self.body = TransformerBlock(d, p["heads"], max(1, out // d), p["act"])
+        else:
+            self.body = MixerBlock(n, d, max(8, n // 2), out, p["act"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _seq_shape(params: Params) -> tuple[int, ...]:
+    return (1, params["tokens"], params["dim"])
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -636,6 +780,8 @@ class Family:
     # Sampled without naming it (`sample_specs(families=None)`)? Families added after model
     # sets were measured are opt-in, so that every existing seed keeps its specs.
     default: bool = True
+    # (min, max) MACs of a sampled model when not `small`; None: the generator's default.
+    macs_range: tuple[float, float] | None = None
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -650,6 +796,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("unet", "cnn", sample_unet, UNet, default=False),
     Family("rnn", "rnn", sample_rnn, RNN, default=False,
            input_shape=lambda p: (1, p["seq_len"], p["features"])),
+    Family("cnn_block", "cnn", sample_cnn_block, CNNBlock, default=False,
+           input_shape=_block_shape, macs_range=(1e4, 3e8)),
+    Family("seq_block", "transformer", sample_seq_block, SeqBlock, default=False,
+           input_shape=_seq_shape, macs_range=(1e4, 3e8)),
 )}
 KINDS: tuple[str, ...] = ("cnn", "transformer")  # sampled by default
 ALL_KINDS: tuple[str, ...] = (*KINDS, "rnn")  # "rnn": opt-in, by name

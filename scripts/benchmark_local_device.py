@@ -13,6 +13,9 @@ Baselines in the same run: MACs rank, a per-device linear fit on MACs/params/mem
 `--valid zoo2/epyc-torch-1t` runs the same cases on a meta-valid model-set device (for
 choosing training settings without looking at the test device); on a set of one kind
 (`zoo3` U-Nets, `zoo4` recurrent models) a single case: calibrate on 10, predict the rest.
+`--blocks` takes single layers and blocks from the test seed instead (conv / transposed
+conv / resize / pooling blocks as "CNNs", linear / attention / encoder blocks as
+"transformers"): what per-layer latency tables hold (`zoo5` trains on other seeds).
 """
 
 from __future__ import annotations
@@ -45,28 +48,35 @@ CACHE = Path("datasets/cache/local_device")
 # "ort-1t" is the held-out test device; the others are further devices for these test
 # models (their training data are other models), batch 32 on a GPU in no training set.
 RUNTIMES = BENCHMARK_CONFIGS
+# `--blocks`: single layers and blocks on feature maps and token sequences (the generator's
+# opt-in block families) as the "CNNs" and "transformers" of the cases.
+BLOCK_FAMILIES = (["cnn_block"], ["seq_block"])
 
 
 def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds: float,
                     runtime: str = "ort-1t", measure_only: bool = False,
                     energy_seconds: float | None = None,
-                    measurements: list[Path] | None = None) -> tuple[list[dict], list[str]]:
+                    measurements: list[Path] | None = None,
+                    blocks: bool = False) -> tuple[list[dict], list[str]]:
     """(rows {model, kind, latency_ms, energy_mj, ...}, spec names) of the test models,
     measured here; with `energy_seconds`, energy too (idle and busy windows that long);
-    with `measurements`, read from those CSVs instead (see `combined_passes`)."""
+    with `measurements`, read from those CSVs instead (see `combined_passes`); with
+    `blocks`, single layers and blocks (`BLOCK_FAMILIES`) instead of whole networks."""
     from predictor.energy import ENERGY_SECONDS
     from predictor.generator import sample_specs, write_models
     from predictor.measure import SpeedProbe, measure_many, measure_onnx, speed_probe_for
     from predictor.measurements import provenance, read_measurements_csv, write_measurements_csv
     from predictor.model_sets import measure_spec
 
-    specs = (sample_specs(TEST_SEED, n_cnn, kinds=("cnn",))
-             + sample_specs(TEST_SEED, n_transformer, kinds=("transformer",)))
+    cnn_families, transformer_families = BLOCK_FAMILIES if blocks else (None, None)
+    specs = (sample_specs(TEST_SEED, n_cnn, kinds=("cnn",), families=cnn_families)
+             + sample_specs(TEST_SEED, n_transformer, kinds=("transformer",),
+                            families=transformer_families))
     folder = CACHE / f"seed{TEST_SEED}"
     # rows name the ONNX files; a torch run times the modules and needs no export
     paths = (write_models(specs, folder) if runtime == "ort-1t" or not measure_only
              else [folder / f"{s.name}.onnx" for s in specs])
-    prefix = "ort-1thread-all" if runtime == "ort-1t" else runtime
+    prefix = ("ort-1thread-all" if runtime == "ort-1t" else runtime) + ("-blocks" if blocks else "")
     csv = folder / f"{prefix}-{n_cnn}cnn-{n_transformer}tf.csv"
     energy = energy_seconds is not None
     if measurements:
@@ -148,7 +158,8 @@ def run(args: argparse.Namespace) -> dict:
         rows, store = valid_models(args.valid)
     else:
         rows, _ = measured_models(args.cnns, args.transformers, args.remeasure, args.max_seconds,
-                                  args.runtime, measurements=args.measurements)
+                                  args.runtime, measurements=args.measurements,
+                                  blocks=args.blocks)
         missing = [r["model"] for r in rows if r.get(args.metric) is None]
         if len(missing) == len(rows):
             raise SystemExit(f"No test model has {args.metric}: measure with --energy-seconds "
@@ -229,12 +240,17 @@ def main() -> None:
                              "(geometric mean)")
     parser.add_argument("--measure-only", action="store_true",
                         help="measure (and cache) the test models, then stop")
+    parser.add_argument("--blocks", action="store_true",
+                        help="single layers and blocks (conv, transposed conv, resize, "
+                             "norms; linear, attention, encoder blocks) from the test seed "
+                             "instead of whole networks")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     start = time.time()
     if args.measure_only:
         measured_models(args.cnns, args.transformers, args.remeasure, args.max_seconds,
-                        args.runtime, measure_only=True, energy_seconds=args.energy_seconds)
+                        args.runtime, measure_only=True, energy_seconds=args.energy_seconds,
+                        blocks=args.blocks)
         print(f"measured in {time.time() - start:.1f} s")
         return
     out = run(args)
@@ -246,8 +262,9 @@ def main() -> None:
              f"batch {config.batch}")
     if args.metric != "latency_ms":
         where += f", {args.metric}"
-    print(f"\n## {where}: {out['cnns']} CNNs, {out['transformers']} "
-          f"transformers, {args.seeds} seeds\n")
+    kinds = ("conv blocks", "sequence blocks") if args.blocks else ("CNNs", "transformers")
+    print(f"\n## {where}: {out['cnns']} {kinds[0]}, {out['transformers']} "
+          f"{kinds[1]}, {args.seeds} seeds\n")
     for metric, fmt in (("spearman", ".3f"), ("mape", ".1f"), ("within10", ".1f")):
         print(f"\n{metric} (mean over seeds)\n")
         print("| case | " + " | ".join(methods) + " |")

@@ -89,6 +89,9 @@ def test_kind_and_family_filters() -> None:
 @pytest.mark.parametrize(("family", "kind", "ops"), [
     ("unet", "cnn", {"ConvTranspose", "Resize"}),
     ("rnn", "rnn", {"LSTM", "GRU"}),
+    ("cnn_block", "cnn", {"Conv", "ConvTranspose", "Resize", "MaxPool", "AveragePool",
+                          "InstanceNormalization", "GroupNormalization"}),
+    ("seq_block", "transformer", {"MatMul", "Gemm", "Softmax", "LayerNormalization"}),
 ])
 def test_opt_in_families_run_and_count_their_work(family, kind, ops) -> None:
     """Encoder-decoders and recurrent models are sampled only when named, so the default
@@ -139,13 +142,25 @@ def test_small_sample_goes_through_the_pipeline(small_specs: list[ModelSpec]) ->
 
 def test_default_sample_within_budget() -> None:
     specs = sample_specs(0, 8)  # each default family once (cnn: 3, transformer: 4)
-    specs += sample_specs(0, 2, kinds=("cnn", "rnn"),
+    specs += sample_specs(0, 5, kinds=("cnn", "transformer", "rnn"),
                           families=[n for n, f in FAMILIES.items() if not f.default])
     assert {s.family for s in specs} == set(FAMILIES)
     for spec in specs:
         macs, params = estimate_cost(spec)
-        assert DEFAULT_MACS_RANGE[0] <= macs <= DEFAULT_MACS_RANGE[1], spec.name
+        low, high = FAMILIES[spec.family].macs_range or DEFAULT_MACS_RANGE
+        assert low <= macs <= high, spec.name
         assert params <= generator.DEFAULT_MAX_PARAMS
+
+
+def test_blocks_reach_below_whole_networks() -> None:
+    """Single layers and blocks (the opt-in block families) have their own cost range:
+    many fall below the smallest whole network, which is what they are there to teach."""
+    specs = sample_specs(1, 40, kinds=("cnn", "transformer"),
+                         families=["cnn_block", "seq_block"])
+    macs = np.array([estimate_cost(s)[0] for s in specs])
+    assert {s.family for s in specs} == {"cnn_block", "seq_block"}
+    assert (macs < DEFAULT_MACS_RANGE[0]).mean() > 0.2
+    assert macs.min() >= FAMILIES["cnn_block"].macs_range[0]
 
 
 def test_spec_dict_roundtrip(small_specs: list[ModelSpec]) -> None:
