@@ -42,9 +42,16 @@ OP_SCALE_RIDGE = 0.03
 KERNEL_SUM_RIDGE = 0.01
 # How far beyond its measurements a kernel sum extrapolates: a graph with more kernels of
 # an op class than KERNEL_SUM_REACH times the support set's most (a transformer's MatMuls
-# after CNNs with one classifier Gemm each) is left to the network. Work is not bounded:
-# a kernel class's cost per unit of work carries over to larger kernels.
+# after CNNs with one classifier Gemm each) is left to the network. Work is bounded far
+# more loosely, as a class's cost per unit of work carries over to larger kernels: the
+# networks people deploy are within 11x of the reference set's work in every op class
+# (a U-Net's convolutions; BERT-base 3.7x in matmuls), all kept. Beyond
+# KERNEL_SUM_WORK_REACH times the support's most the cost per unit of work is no longer
+# one: fitted on a 2 k-MAC squeeze-excite 1x1 convolution, where a kernel's launch is
+# all of its time, it priced a 156 M-MAC one at 4,400 ms instead of 1.6 (stop 24, single
+# layers calibrated on 5 + 5 blocks).
 KERNEL_SUM_REACH = 2.0
+KERNEL_SUM_WORK_REACH = 30.0
 
 
 @dataclass
@@ -368,10 +375,22 @@ def fit_kernel_sum(model: LatencyModel, support: GraphBatch, log_latency: torch.
                 torch.cat([torch.ones(len(y)), torch.zeros(x.shape[1])]).double().numpy())
     w = torch.from_numpy(w)
     w[:-1] /= scale
-    reach = KERNEL_SUM_REACH * kernel_sum_features(support)[:, :len(OP_CLASSES)].amax(dim=0)
+    reach = kernel_sum_reach(kernel_sum_features(support))
     zero = torch.tensor(0.0)
     return DeviceState(torch.zeros(model.config.hardware.dim), torch.tensor(1.0), zero,
                        kernel_sum=w, kernel_base=base, kernel_reach=reach)
+
+
+def kernel_sum_reach(support_features: torch.Tensor) -> torch.Tensor:
+    """(2 len(OP_CLASSES),) float64: the most kernels and work per op class that a kernel
+    sum fitted on graphs with these `kernel_sum_features` predicts (`KERNEL_SUM_REACH`,
+    `KERNEL_SUM_WORK_REACH`); work is unbounded in a class whose kernels did no work in
+    the support set (its weight per unit of work is 0)."""
+    classes = len(OP_CLASSES)
+    most = support_features.double().amax(dim=0)
+    work = torch.where(most[classes:] > 0, KERNEL_SUM_WORK_REACH * most[classes:],
+                       torch.full_like(most[classes:], torch.finfo(torch.float64).max))
+    return torch.cat([KERNEL_SUM_REACH * most[:classes], work])
 
 
 def _kernel_design(model: LatencyModel, batch: GraphBatch, base: DeviceState | None,

@@ -376,6 +376,39 @@ def test_kernel_sum_leaves_graphs_beyond_its_measurements_to_the_network(sized_s
     torch.testing.assert_close(predict(model, res, only), predict(model, res, kernel))
 
 
+def test_kernel_sum_leaves_far_more_work_per_class_to_the_network(sized_store) -> None:
+    """Fitted on one ResNet-18 at 32 px, the kernel sum reaches the same kernels with 12x
+    the work (112 px) but not with 49x (224 px): a cost per unit of work fitted where
+    launches dominate is not extrapolated that far. A class whose kernels did no work in
+    the support set is unbounded in work (its weight per unit of work is 0)."""
+    from predictor.adaptation import (
+        KERNEL_SUM_WORK_REACH,
+        DeviceState,
+        fit_kernel_sum,
+        kernel_sum_features,
+    )
+    from predictor.model import OP_CLASSES
+
+    model = _model(sized_store).eval()
+    support = sized_store.batch([6])
+    y = _kernel_device(support)
+    kernel = fit_kernel_sum(model, support, y)
+    network = adapt(model, support, y)
+    blend = DeviceState(network.z, network.a, network.b, members=[kernel, network],
+                        weights=torch.tensor([0.7, 0.3]), labels=["kernelsum", "amortised"])
+    work = kernel_sum_features(support)[0, len(OP_CLASSES):]
+    reach = kernel.kernel_reach[len(OP_CLASSES):]
+    torch.testing.assert_close(reach[work > 0], KERNEL_SUM_WORK_REACH * work[work > 0])
+    assert bool((reach[work == 0] > 1e300).all())
+    within = sized_store.batch([11])
+    torch.testing.assert_close(predict(model, within, blend),
+                               0.7 * predict(model, within, kernel)
+                               + 0.3 * predict(model, within, network))
+    huge = GraphStore.from_graphs([extract_graph(model_zoo.export("resnet18", (1, 3, 224, 224)))])
+    torch.testing.assert_close(predict(model, huge.batch([0]), blend),
+                               predict(model, huge.batch([0]), network))
+
+
 def test_local_blend_weights_judge_graphs_beyond_the_support_on_its_nearest_models() -> None:
     """Candidate A is right on the small support models, B on the large: within the
     support's sizes both weigh the same (their mean errors are equal); beyond its largest
