@@ -253,7 +253,7 @@ def test_predictions_whose_candidates_disagree_are_flagged(predictor, tmp_path, 
     note on stderr; a device whose candidates agree gets neither."""
     from predictor.adaptation import DeviceState
     from predictor.device_store import save_device
-    from predictor.search import UNSURE_RATIO, uncertain
+    from predictor.search import SPREAD_K, UNSURE_RATIO, uncertain
 
     assert UNSURE_RATIO == pytest.approx(1.5)
     np.testing.assert_array_equal(uncertain(np.array([0.0, 0.2, 0.25])), [False, False, True])
@@ -273,4 +273,5 @@ def test_predictions_whose_candidates_disagree_are_flagged(predictor, tmp_path, 
         out = capsys.readouterr()
         rows = json.loads(out.out)
         assert [r.get("uncertain", False) for r in rows] == [flagged] * 3
-        assert ("disagree by 2.6x" in out.err) == flagged
+        # two candidates e^1.0 apart: spread (their std) 0.5, ratio exp(SPREAD_K x 0.5)
+        assert (f"disagree by {np.exp(SPREAD_K * 0.5):.1f}x" in out.err) == flagged
