@@ -81,7 +81,8 @@ class DeviceState:
     # over [base prediction in ms (if `kernel_base`), `kernel_sum_features`, 1].
     kernel_sum: torch.Tensor | None = None
     kernel_base: DeviceState | None = None
-    # Largest value of each kernel-sum feature it covers (float64 (F,)), see KERNEL_SUM_REACH.
+    # Largest value of each kernel-sum feature it covers (float64 (F,)), see
+    # `kernel_sum_reach`: kernel counts, then work (files before stop 24: counts only).
     kernel_reach: torch.Tensor | None = None
     # Weights of `members` (default: equal) and their strategy names ("auto" blends).
     weights: torch.Tensor | None = None
