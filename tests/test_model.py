@@ -409,6 +409,39 @@ def test_kernel_sum_leaves_far_more_work_per_class_to_the_network(sized_store) -
                                predict(model, huge.batch([0]), network))
 
 
+def test_auto_blend_drops_fine_tuned_members_beyond_the_supports_mix_of_ops(sized_store) -> None:
+    """Calibrated on CNNs, a blend predicts a transformer (nearly all its work in matmuls,
+    far beyond the CNNs' share) from its untuned members alone; CNNs like the support
+    keep the blend. The support's mix survives the device-file round trip."""
+    from predictor.adaptation import DeviceState, graph_log_macs, graph_matmul_share
+    from predictor.device_store import _state_from_json, _state_to_json
+    from predictor.generator import export_spec, sample_specs
+
+    model = _model(sized_store).eval()
+    ids = [0, 2, 6, 8]
+    support = sized_store.batch(ids)
+    y = _kernel_device(support)
+    plain = adapt(model, support, y)
+    tuned = adapt(model, support, y, finetune_steps=5)
+    blend = DeviceState(plain.z, plain.a, plain.b, members=[tuned, plain],
+                        weights=torch.tensor([0.5, 0.5]), labels=["finetune", "amortised"],
+                        local_errors=torch.ones(2, len(ids)), local_x=graph_log_macs(support),
+                        local_mix=graph_matmul_share(support))
+    spec = sample_specs(0, 1, kinds=("transformer",), small=True)[0]
+    transformer = GraphStore.from_graphs([extract_graph(export_spec(spec))]).batch([0])
+    assert float(graph_matmul_share(transformer)[0]) > 0.5 > float(blend.local_mix.max())
+    assert not torch.allclose(predict(model, transformer, tuned),
+                              predict(model, transformer, plain), atol=1e-3)
+    torch.testing.assert_close(predict(model, transformer, blend),
+                               predict(model, transformer, plain), atol=1e-3, rtol=0)
+    cnns = sized_store.batch([1, 7])
+    torch.testing.assert_close(predict(model, cnns, blend),
+                               0.5 * predict(model, cnns, tuned) + 0.5 * predict(model, cnns, plain))
+    again = _state_from_json(_state_to_json(blend))
+    torch.testing.assert_close(predict(model, transformer, again),
+                               predict(model, transformer, blend))
+
+
 def test_local_blend_weights_judge_graphs_beyond_the_support_on_its_nearest_models() -> None:
     """Candidate A is right on the small support models, B on the large: within the
     support's sizes both weigh the same (their mean errors are equal); beyond its largest
