@@ -434,7 +434,10 @@ def _member_log_latency(model: LatencyModel, batch: GraphBatch, m: DeviceState,
             if m.local_mix is not None:
                 tuned = torch.tensor([STRATEGIES[n].tuned if n in STRATEGIES else False
                                       for n in m.labels], dtype=torch.bool)
-                away = untuned_share(m.local_mix, graph_matmul_share(batch)).float()
+                if "kernel_features" not in cache:  # shared with kernel-sum members
+                    cache["kernel_features"] = kernel_sum_features(batch)
+                away = untuned_share(m.local_mix, graph_matmul_share(
+                    batch, cache["kernel_features"])).float()
                 kept = weights * (1 - away[None, :] * tuned.float()[:, None])
                 # all-tuned blends keep their weights
                 weights = torch.where(kept.sum(dim=0, keepdim=True) > 0, kept, weights)
@@ -692,9 +695,11 @@ def graph_log_macs(batch: GraphBatch) -> torch.Tensor:
     return batch.graph_attr[:, FEATURE_SCHEMA.graph_features.index("log_macs")].double()
 
 
-def graph_matmul_share(batch: GraphBatch) -> torch.Tensor:
-    """(B,) float64: each graph's share of work (MACs + other flops) in matmuls."""
-    work = kernel_sum_features(batch)[:, len(OP_CLASSES):]
+def graph_matmul_share(batch: GraphBatch, features: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+    """(B,) float64: each graph's share of work (MACs + other flops) in matmuls
+    (`features`: its `kernel_sum_features`, if already computed)."""
+    work = (kernel_sum_features(batch) if features is None else features)[:, len(OP_CLASSES):]
     return work[:, OP_CLASSES.index("matmul")] / work.sum(dim=1).clamp_min(1.0)
 
 
