@@ -32,6 +32,7 @@ SEQ_LENS = (16, 32, 64, 96, 128, 192, 256)
 _ACTS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "relu6": nn.ReLU6, "gelu": nn.GELU, "silu": nn.SiLU,
     "hardswish": nn.Hardswish, "leakyrelu": lambda: nn.LeakyReLU(0.1), "prelu": nn.PReLU,
+    "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "none": nn.Identity,
 }
 CNN_ACTS = ("relu", "relu", "relu6", "silu", "hardswish", "gelu")
 TRANSFORMER_ACTS = ("gelu", "gelu", "relu", "silu")
@@ -653,11 +654,6 @@ def sample_cnn_block(rng: random.Random, small: bool) -> Params:
     }
 
 
-def _block_act(name: str) -> nn.Module:
-    extra = {"none": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-    return extra[name]() if name in extra else _act(name)
-
-
 def _block_norm(name: str, channels: int) -> nn.Module:
     if name == "batchnorm":
         return nn.BatchNorm2d(channels)
@@ -678,7 +674,7 @@ class CNNBlock(nn.Module):
         op, c_in, c_out, k, s = p["op"], p["c_in"], p["c_out"], p["kernel"], p["stride"]
 
         def tail(c: int) -> list[nn.Module]:
-            return [_block_norm(p["norm"], c), _block_act(p["act"])]
+            return [_block_norm(p["norm"], c), _act(p["act"])]
 
         def conv(a: int, b: int, kk: int = k, ss: int = s, groups: int = 1) -> nn.Conv2d:
             return nn.Conv2d(a, b, kk, ss, (kk - 1) // 2, groups=groups)
