@@ -40,7 +40,17 @@ log = logging.getLogger(__name__)
 CACHE_ENV_VAR = "LATPRED_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "datasets" / "cache"
 # Bump when the graphs a builder emits change, so that old caches are not reused.
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
+# A space's networks are graphs of every op they run, as eager PyTorch executes them, not
+# as the legacy ONNX export writes them (which merges repeated parameter-free ops on one
+# tensor: NB201's avg pools, ReLUs and zero-multiplies of a node feeding several edges).
+# HELP's tables were timed in PyTorch and HW-NAS-Bench's simulators cost every edge. A
+# least-squares fit of latency on the counts of each op (K = 10, scored on the rest of
+# HELP's training pool) ranks batch-256 GPUs far better on the counts over all 6 edges
+# than on the counts with the export's merged pools: 1080ti_256 1.000 vs 0.941, meta-valid
+# titanx_256 0.993 vs 0.933; over the 13 training and meta-valid devices 0.956 vs 0.946
+# (stop 25).
+EAGER_GRAPHS = True
 SHARD_SIZE = 250
 
 
@@ -65,13 +75,15 @@ class SpaceSpec:
 
     def build_onnx(self, arch: str, input_shape: Sequence[int] | None = None,
                    num_classes: int | None = None, weights: bool = True) -> onnx.ModelProto:
-        """The architecture's ONNX model; `weights=False` skips the (zero) weight data,
-        enough for graph extraction and several times faster."""
+        """The architecture's ONNX model with every op the network runs (`EAGER_GRAPHS`);
+        `weights=False` skips the (zero) weight data, enough for graph extraction and
+        several times faster."""
         from predictor.spaces import fbnet, nb201
 
         module = nb201 if self.name == "nb201" else fbnet
         return module.build_onnx(arch, input_shape=tuple(input_shape or self.input_shape),
-                                 num_classes=num_classes or self.num_classes, weights=weights)
+                                 num_classes=num_classes or self.num_classes, weights=weights,
+                                 cse=not EAGER_GRAPHS)
 
 
 SPACES: dict[str, SpaceSpec] = {

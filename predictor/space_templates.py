@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from predictor.corpus import EAGER_GRAPHS
 from predictor.errors import InvalidArchError
 from predictor.features import FEATURE_SCHEMA, graph_features_from_totals, node_features
 from predictor.graph import OpNode, graph_from_inferred
@@ -121,7 +122,7 @@ def extract_fragment(emit: Emit, input_shape: Sequence[int], table: RowTable) ->
     The marker (`Add(x, x)`, which no fusion absorbs) stands for the previous segment:
     its consumers are the segment's input readers.
     """
-    b = GraphBuilder(input_shape, weights=False)
+    b = GraphBuilder(input_shape, weights=False, cse=not EAGER_GRAPHS)
     marker = b.add(b.input, b.input)
     out = emit(b, marker)
     if out == marker:
@@ -141,14 +142,15 @@ def extract_fragment(emit: Emit, input_shape: Sequence[int], table: RowTable) ->
 
 def _probe(emit: Emit, input_shape: Sequence[int]) -> OpNode:
     """The single operator-graph node of a one-op ONNX graph (exact features)."""
-    b = GraphBuilder(input_shape, weights=False)
+    b = GraphBuilder(input_shape, weights=False, cse=not EAGER_GRAPHS)
     graph = graph_from_inferred(b.build(emit(b, b.input)))
     assert len(graph.nodes) == 1, graph.nodes
     return graph.nodes[0]
 
 
 class _CellTrace:
-    """Records the ops `nb201.emit_cell` emits, with `GraphBuilder`'s CSE and alias rules."""
+    """Records the ops `nb201.emit_cell` emits, with `GraphBuilder`'s CSE (unless
+    `EAGER_GRAPHS`) and alias rules."""
 
     def __init__(self) -> None:
         self.ops: list[tuple[str, tuple[str, ...]]] = []  # (kind, real inputs)
@@ -157,7 +159,7 @@ class _CellTrace:
 
     def _node(self, kind: str, inputs: Sequence[str], cse: bool = True) -> str:
         key = (kind, tuple(inputs))
-        if cse and key in self._cse:
+        if cse and not EAGER_GRAPHS and key in self._cse:
             return self._cse[key]
         out = f"n{len(self.ops)}"
         self.ops.append((kind, tuple(self._real.get(i, i) for i in inputs)))
@@ -428,7 +430,7 @@ class SpaceTemplates:
         self._stem = self._extracted(("stem",), fbnet.emit_stem, self.input_shape)
         # Every block of a layer maps the layer's input shape to the same output shape:
         # trace one network to learn the shapes.
-        b = GraphBuilder(self.input_shape, weights=False)
+        b = GraphBuilder(self.input_shape, weights=False, cse=not EAGER_GRAPHS)
         x = fbnet.emit_stem(b, b.input)
         self._layer_inputs = []
         for c_in, c_out, stride in fbnet.layer_shapes():

@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import nn
 
 from predictor.errors import InvalidArchError
 from predictor.spaces import nb201
@@ -197,6 +198,32 @@ def test_build_onnx_matches_torch_export(
     ref, got = compute_graph_signature(exported), compute_graph_signature(emitted)
     assert not diff_signatures(ref, got), diff_signatures(ref, got)
     assert sum(ref.nodes.values()) == sum(got.nodes.values()) >= 10 * N
+
+
+@pytest.mark.parametrize("arch", [
+    "|avg_pool_3x3~0|+|avg_pool_3x3~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|none~2|",
+    "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|none~0|none~1|skip_connect~2|",
+])
+def test_eager_graph_has_a_node_per_module_call(arch: str) -> None:
+    """Without CSE the graph holds every pool, ReLU, zero-multiply and conv that eager
+    PyTorch runs (counted with forward hooks); the export merges repeated ones."""
+    net = nb201.NB201Network(arch).eval()
+    kinds = {nn.AvgPool2d: "AveragePool", nn.ReLU: "Relu", nb201.Zero: "Mul", nn.Conv2d: "Conv"}
+    calls = dict.fromkeys(kinds.values(), 0)
+    for module in net.modules():
+        if type(module) in kinds:
+            module.register_forward_hook(
+                lambda m, i, o: calls.__setitem__(kinds[type(m)], calls[kinds[type(m)]] + 1))
+    with torch.no_grad():
+        net(torch.randn(1, 3, 32, 32))
+
+    def count(model: onnx.ModelProto, op: str) -> int:
+        return sum(n.op_type == op for n in model.graph.node)
+
+    eager, exported = nb201.build_onnx(arch, cse=False), nb201.build_onnx(arch)
+    assert {op: count(eager, op) for op in calls} == calls
+    assert count(exported, "AveragePool") + count(exported, "Relu") \
+        < calls["AveragePool"] + calls["Relu"]
 
 
 def test_build_onnx_node_sequence_and_metadata() -> None:

@@ -311,6 +311,7 @@ def build_onnx(
     num_classes: int = 100,
     *,
     weights: bool = True,
+    cse: bool = True,
 ) -> onnx.ModelProto:
     """The ONNX graph of ``FBNetNetwork(blocks, input_shape, num_classes)``, without torch.
 
@@ -329,6 +330,9 @@ def build_onnx(
         weights: write the zero weights' data (default). ``False`` leaves float weights
             data-less (dims only): smaller and faster, enough for shape inference and
             feature extraction, but the model then fails ``onnx.checker`` and cannot run.
+        cse: as the legacy export (default), repeated parameter-free ops on one tensor
+            merged; ``False``: every op the module runs, as eager PyTorch executes it
+            (`predictor.spaces.onnx_emit.GraphBuilder`).
 
     Returns:
         A model with input ``"input"`` of ``input_shape`` and one output of shape
@@ -339,7 +343,7 @@ def build_onnx(
     """
     names = parse_arch(blocks)
     shape = _check_config(input_shape, num_classes)
-    b = GraphBuilder(shape, weights=weights)
+    b = GraphBuilder(shape, weights=weights, cse=cse)
     x = emit_stem(b, b.input)
     for name, (c_in, c_out, stride) in zip(names, layer_shapes(), strict=True):
         x = emit_block(b, x, name, c_in, c_out, stride)

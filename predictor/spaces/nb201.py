@@ -359,6 +359,7 @@ def build_onnx(
     N: int = 5,
     *,
     weights: bool = True,
+    cse: bool = True,
 ) -> onnx.ModelProto:
     """The ONNX graph of ``NB201Network(arch, input_shape, num_classes, C, N)``, without torch.
 
@@ -376,6 +377,9 @@ def build_onnx(
         weights: write the zero weights' data (default). ``False`` leaves float weights
             data-less (dims only): smaller and faster, enough for shape inference and
             feature extraction, but the model then fails ``onnx.checker`` and cannot run.
+        cse: as the legacy export (default), repeated parameter-free ops on one tensor
+            merged; ``False``: every op the module runs, as eager PyTorch executes it
+            (`predictor.spaces.onnx_emit.GraphBuilder`).
 
     Returns:
         A model with input ``"input"`` of ``input_shape`` and one output of shape
@@ -386,7 +390,7 @@ def build_onnx(
     """
     ops = _ops_of(arch)
     shape = _check_config(input_shape, num_classes, C, N)
-    b = GraphBuilder(shape, weights=weights)
+    b = GraphBuilder(shape, weights=weights, cse=cse)
     x = emit_stem(b, b.input, C)
     for stage, c in enumerate((C, 2 * C, 4 * C)):
         if stage > 0:

@@ -87,12 +87,17 @@ class GraphBuilder:
             initializers (dims and dtype, no data): up to 4x faster and far smaller for big
             networks, fine for shape inference and feature extraction, but such a model
             fails ``onnx.checker`` and cannot run. Shape operands always carry their data.
+        cse: merge repeated parameter-free ops on one tensor, as the legacy exporter's
+            common-subexpression elimination does (the exported file). ``False`` keeps every
+            op the module runs: the graph eager PyTorch executes.
     """
 
     def __init__(
-        self, input_shape: Sequence[int], name: str = "main_graph", weights: bool = True
+        self, input_shape: Sequence[int], name: str = "main_graph", weights: bool = True,
+        cse: bool = True,
     ) -> None:
         self.with_weights = weights
+        self.cse = cse
         self.model = onnx.ModelProto()
         self.graph = self.model.graph
         self.graph.name = name
@@ -110,7 +115,7 @@ class GraphBuilder:
         # same op, inputs and attributes (e.g. the ReLU of one tensor feeding two convs, or
         # `x.mul(0.)` on two `none` edges leaving the same node) is the first one's output.
         key = (op, tuple(inputs), repr(attrs))
-        out = self._cse.get(key)
+        out = self._cse.get(key) if self.cse else None
         if out is not None:
             return out
         self._count[op] += 1
