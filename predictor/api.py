@@ -199,33 +199,38 @@ class Predictor:
 
     def space_graphs(self, space: str, archs: Sequence[Any], *,
                      input_shape: Sequence[int] | None = None,
-                     num_classes: int | None = None) -> GraphStore:
+                     num_classes: int | None = None, graph: str = "eager") -> GraphStore:
         """Operator graphs of search-space architectures (NB201 arch strings or op lists,
         FBNet block lists or '-'-joined names), assembled from cached per-segment templates
-        (`predictor.space_templates`): the graphs of the ONNX path, without building ONNX.
+        (`predictor.space_templates`): the graphs of the ONNX path, without building ONNX;
+        `graph`: every op the network runs ("eager") or the export's ("exported").
 
         Raises:
             InvalidArchError: a malformed arch, naming it and the problem.
         """
         from predictor.space_templates import space_templates
 
-        return space_templates(space, input_shape, num_classes).store(list(archs))
+        return space_templates(space, input_shape, num_classes, graph).store(list(archs))
 
     def predict_batch(self, space: str, archs: Sequence[Any], device: str, *,
                       input_shape: Sequence[int] | None = None,
                       num_classes: int | None = None, metric: str | None = None,
-                      with_spread: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                      with_spread: bool = False, graph: str | None = None
+                      ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Predicted latency in ms of search-space architectures on `device`, (n,); with
         `with_spread`, also its spread (see `predict_with_spread`).
 
-        `input_shape` and `num_classes` default to the setting the device was calibrated
-        with on this space, else to the space's benchmark setting at the device's batch
-        size (e.g. 256 for HELP's `1080ti_256`, or the batch given to `adapt`).
+        `input_shape`, `num_classes` and `graph` (see `space_graphs`) default to the setting
+        the device was calibrated with on this space, else to the space's benchmark setting
+        at the device's batch size (e.g. 256 for HELP's `1080ti_256`, or the batch given to
+        `adapt`) and "eager".
         """
         info = self.device_info(device)
         if info.get("space") == space:  # calibrated on this space: its setting by default
             input_shape = input_shape or info.get("input_shape")
             num_classes = num_classes or info.get("num_classes")
+            graph = graph or info.get("graph")
+        graph = graph or "eager"
         if input_shape is None:
             from predictor.corpus import get_space
 
@@ -236,7 +241,7 @@ class Predictor:
 
         def part(sub: list) -> tuple[torch.Tensor, torch.Tensor | None]:
             store = self.space_graphs(space, sub, input_shape=input_shape,
-                                      num_classes=num_classes)
+                                      num_classes=num_classes, graph=graph)
             return _run_batch(self.model, store.batch(range(len(store)), gather=False), state,
                               with_spread)
 

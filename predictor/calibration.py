@@ -113,7 +113,7 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
 def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: dict[str, Any],
               *, strategy: str = "auto", input_shape=None, space: str | None = None,
               num_classes: int | None = None, metric: str = "latency_ms",
-              batch: int | None = None) -> dict[str, Any]:
+              batch: int | None = None, graph: str = "eager") -> dict[str, Any]:
     """Adapt `predictor` to device `name` from measured rows and store it.
 
     Args:
@@ -125,6 +125,10 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
         space, num_classes, input_shape: the search space of `arch` rows and its setting
             (defaults: the space's benchmark setting); stored, so that
             `Predictor.predict_batch` on this device uses the same setting by default.
+        graph: with `space`, how the device ran the networks: "eager" (every op, as
+            PyTorch runs them) or "exported" (a runtime compiling the exported ONNX graph,
+            whose repeated ops the export merges); see `predictor.corpus.GRAPH_MODES`.
+            Stored like the setting.
         batch: the batch the models were timed at, where their files hold another (see
             `Predictor.adapt`); not with `space` (give it in `input_shape`).
 
@@ -157,9 +161,9 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
         shape = tuple(int(d) for d in (input_shape or spec.input_shape))
         classes = int(num_classes or spec.num_classes)
         models = predictor.space_graphs(space, [row["arch"] for row in rows],
-                                        input_shape=shape, num_classes=classes)
+                                        input_shape=shape, num_classes=classes, graph=graph)
         info.update(space=spec.name, input_shape=list(shape), num_classes=classes,
-                    batch_size=shape[0])
+                    batch_size=shape[0], graph=graph)
         input_shape = None
     with device_lock(name, folder):
         predictor.adapt(name, models, values, input_shape=input_shape, strategy=strategy,

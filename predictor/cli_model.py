@@ -48,6 +48,7 @@ def _space_setting(args: argparse.Namespace) -> tuple[tuple[int, ...] | None, in
 
     if args.classes is not None and args.classes < 1:
         raise PredictorError(f"--classes must be >= 1, got {args.classes}")
+
     return (parse_shape(args.input_shape) if args.input_shape else None), args.classes
 
 
@@ -61,6 +62,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if bool(args.models) == bool(args.space):
         raise PredictorError("Give either ONNX models, or --space with --archs FILE")
+    if args.graph is not None and not args.space:
+        raise PredictorError("--graph applies to --space architectures only")
     if args.space and args.batch is not None:
         raise PredictorError(_SPACE_BATCH_ERROR)
     predictor = Predictor.load(args.checkpoint)
@@ -71,7 +74,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         shape, classes = _space_setting(args)
         values, spread = predictor.predict_batch(args.space, archs, args.device,
                                                  input_shape=shape, num_classes=classes,
-                                                 metric=args.metric, with_spread=True)
+                                                 metric=args.metric, with_spread=True,
+                                                 graph=args.graph)
         key, items = "arch", archs
         unfamiliar = [{}] * len(archs)
     else:
@@ -128,6 +132,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.measure == (args.measurements is not None):
         raise PredictorError("Give exactly one of --measure (time the reference set here) "
                              "or --measurements FILE.csv")
+    if args.graph is not None and not args.space:
+        raise PredictorError("--graph applies to --space architectures only")
     if args.space:
         if args.measure:
             raise PredictorError("--space calibrates from --measurements FILE.csv "
@@ -139,7 +145,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         predictor = Predictor.load(args.checkpoint)
         stored = calibrate(predictor, args.name, rows, {**info, "source": str(args.measurements)},
                            strategy=args.strategy, input_shape=shape, space=args.space,
-                           num_classes=classes, metric=args.metric)
+                           num_classes=classes, metric=args.metric,
+                           graph=args.graph or "eager")
         return _report_calibration(args, stored, len(rows),
                                    f"latpred predict --space {args.space} --archs FILE "
                                    f"--device {args.name}")
@@ -201,6 +208,11 @@ def _add_space_arguments(p: argparse.ArgumentParser) -> None:
                         "strings; FBNet: 22 block names joined by '-')")
     p.add_argument("--classes", type=int, default=None,
                    help="with --space: classifier outputs (default: the space's benchmark)")
+    p.add_argument("--graph", choices=("eager", "exported"), default=None,
+                   help="with --space: how the device runs the networks: every op as "
+                        "PyTorch does (eager, default) or the exported ONNX graph, whose "
+                        "repeated ops the export merges, as ONNX Runtime, TorchScript or "
+                        "LiteRT do (exported); a calibrated device keeps its own")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

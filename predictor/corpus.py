@@ -41,16 +41,17 @@ CACHE_ENV_VAR = "LATPRED_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "datasets" / "cache"
 # Bump when the graphs a builder emits change, so that old caches are not reused.
 BUILDER_VERSION = 4
-# A space's networks are graphs of every op they run, as eager PyTorch executes them, not
-# as the legacy ONNX export writes them (which merges repeated parameter-free ops on one
-# tensor: NB201's avg pools, ReLUs and zero-multiplies of a node feeding several edges).
-# HELP's tables were timed in PyTorch and HW-NAS-Bench's simulators cost every edge. A
-# least-squares fit of latency on the counts of each op (K = 10, scored on the rest of
-# HELP's training pool) ranks batch-256 GPUs far better on the counts over all 6 edges
-# than on the counts with the export's merged pools: 1080ti_256 1.000 vs 0.941, meta-valid
-# titanx_256 0.993 vs 0.933; over the 13 training and meta-valid devices 0.956 vs 0.946
-# (stop 25).
-EAGER_GRAPHS = True
+# A space's network is by default the graph of every op it runs, as eager PyTorch executes
+# it ("eager"), not as the legacy ONNX export writes it ("exported": repeated
+# parameter-free ops on one tensor merged, NB201's avg pools, ReLUs and zero-multiplies of
+# a node feeding several edges). HELP's tables were timed in PyTorch and HW-NAS-Bench's
+# simulators cost every edge. A least-squares fit of latency on the counts of each op
+# (K = 10, scored on the rest of HELP's training pool) ranks batch-256 GPUs far better on
+# the counts over all 6 edges than on the counts with the export's merged pools:
+# 1080ti_256 1.000 vs 0.941, meta-valid titanx_256 0.993 vs 0.933; over the 13 training
+# and meta-valid devices 0.956 vs 0.946 (stop 25). Runtimes that compile the exported
+# graph (ONNX Runtime, TorchScript-mobile, LiteRT: HW-NAS-Bench-360's) run the merged one.
+GRAPH_MODES = ("eager", "exported")
 SHARD_SIZE = 250
 
 
@@ -74,16 +75,17 @@ class SpaceSpec:
         return ["-".join(blocks) for blocks in tables.fbnet_archs(data_dir)]
 
     def build_onnx(self, arch: str, input_shape: Sequence[int] | None = None,
-                   num_classes: int | None = None, weights: bool = True) -> onnx.ModelProto:
-        """The architecture's ONNX model with every op the network runs (`EAGER_GRAPHS`);
-        `weights=False` skips the (zero) weight data, enough for graph extraction and
-        several times faster."""
+                   num_classes: int | None = None, weights: bool = True,
+                   graph: str = "eager") -> onnx.ModelProto:
+        """The architecture's ONNX model, with every op the network runs or as exported
+        (`graph`, one of `GRAPH_MODES`); `weights=False` skips the (zero) weight data,
+        enough for graph extraction and several times faster."""
         from predictor.spaces import fbnet, nb201
 
         module = nb201 if self.name == "nb201" else fbnet
         return module.build_onnx(arch, input_shape=tuple(input_shape or self.input_shape),
                                  num_classes=num_classes or self.num_classes, weights=weights,
-                                 cse=not EAGER_GRAPHS)
+                                 cse=check_graph_mode(graph) == "exported")
 
 
 SPACES: dict[str, SpaceSpec] = {
@@ -98,11 +100,18 @@ def get_space(name: str) -> SpaceSpec:
     return SPACES[name]
 
 
+def check_graph_mode(graph: str) -> str:
+    if graph not in GRAPH_MODES:
+        raise PredictorError(f"Unknown graph mode '{graph}'; known: {list(GRAPH_MODES)}")
+    return graph
+
+
 def arch_graph(space: str, arch: str, input_shape: Sequence[int] | None = None,
-               num_classes: int | None = None) -> OpGraph:
+               num_classes: int | None = None, graph: str = "eager") -> OpGraph:
     """The operator graph of one architecture (the emitter writes every tensor's shape,
-    so no shape inference is needed)."""
-    model = get_space(space).build_onnx(arch, input_shape, num_classes, weights=False)
+    so no shape inference is needed); `graph`: one of `GRAPH_MODES`."""
+    model = get_space(space).build_onnx(arch, input_shape, num_classes, weights=False,
+                                        graph=graph)
     return graph_from_inferred(model)
 
 

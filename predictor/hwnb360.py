@@ -257,7 +257,9 @@ def task_store(task: str, indices: Sequence[int] | np.ndarray | None = None,
     archs = nb201_arch_strings(data_dir)
     chosen = archs if indices is None else [archs[int(i)] for i in indices]
     setting = TASKS[task]
-    return space_templates("nb201", setting.input_shape, setting.num_classes).store(chosen)
+    # Every runtime here compiles the exported graph (`predictor.corpus.GRAPH_MODES`).
+    return space_templates("nb201", setting.input_shape, setting.num_classes,
+                           graph="exported").store(chosen)
 
 
 def device_tasks(runtimes: Sequence[str], metric: str, tasks: Sequence[str] = tuple(TASKS), *,

@@ -34,7 +34,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from predictor.corpus import EAGER_GRAPHS
 from predictor.errors import InvalidArchError
 from predictor.features import FEATURE_SCHEMA, graph_features_from_totals, node_features
 from predictor.graph import OpNode, graph_from_inferred
@@ -116,13 +115,14 @@ def _longest_to(n: int, edges: Sequence[tuple[int, int]], sink: int) -> int:
     return longest[sink] if n else 0
 
 
-def extract_fragment(emit: Emit, input_shape: Sequence[int], table: RowTable) -> Fragment:
+def extract_fragment(emit: Emit, input_shape: Sequence[int], table: RowTable,
+                     cse: bool = False) -> Fragment:
     """Emit one segment after a marker node, extract it, and read off its `Fragment`.
 
     The marker (`Add(x, x)`, which no fusion absorbs) stands for the previous segment:
     its consumers are the segment's input readers.
     """
-    b = GraphBuilder(input_shape, weights=False, cse=not EAGER_GRAPHS)
+    b = GraphBuilder(input_shape, weights=False, cse=cse)
     marker = b.add(b.input, b.input)
     out = emit(b, marker)
     if out == marker:
@@ -142,24 +142,25 @@ def extract_fragment(emit: Emit, input_shape: Sequence[int], table: RowTable) ->
 
 def _probe(emit: Emit, input_shape: Sequence[int]) -> OpNode:
     """The single operator-graph node of a one-op ONNX graph (exact features)."""
-    b = GraphBuilder(input_shape, weights=False, cse=not EAGER_GRAPHS)
+    b = GraphBuilder(input_shape, weights=False)
     graph = graph_from_inferred(b.build(emit(b, b.input)))
     assert len(graph.nodes) == 1, graph.nodes
     return graph.nodes[0]
 
 
 class _CellTrace:
-    """Records the ops `nb201.emit_cell` emits, with `GraphBuilder`'s CSE (unless
-    `EAGER_GRAPHS`) and alias rules."""
+    """Records the ops `nb201.emit_cell` emits, with `GraphBuilder`'s alias rules and, with
+    `cse`, its common-subexpression elimination."""
 
-    def __init__(self) -> None:
+    def __init__(self, cse: bool = False) -> None:
+        self.cse = cse
         self.ops: list[tuple[str, tuple[str, ...]]] = []  # (kind, real inputs)
         self._cse: dict[tuple, str] = {}
         self._real: dict[str, str] = {}
 
     def _node(self, kind: str, inputs: Sequence[str], cse: bool = True) -> str:
         key = (kind, tuple(inputs))
-        if cse and not EAGER_GRAPHS and key in self._cse:
+        if cse and self.cse and key in self._cse:
             return self._cse[key]
         out = f"n{len(self.ops)}"
         self.ops.append((kind, tuple(self._real.get(i, i) for i in inputs)))
@@ -212,10 +213,11 @@ def _topology(kinds, edges, inputs, sink: int) -> CellTopology:
                         _longest_to(len(kinds), edges, sink))
 
 
-def _cell_topology(ops: tuple[str, ...]) -> tuple[CellTopology, CellTopology | None]:
+def _cell_topology(ops: tuple[str, ...], cse: bool = False
+                   ) -> tuple[CellTopology, CellTopology | None]:
     """The cell's topology, and the variant after the stem (None when it equals the first):
     there the input's only reader, if it is one ReLU, folds into the stem conv."""
-    trace = _CellTrace()
+    trace = _CellTrace(cse)
     out = nb201.emit_cell(trace, "x", ops, 0)
     kinds = [k for k, _ in trace.ops]
     inputs = [ins for _, ins in trace.ops]
@@ -354,10 +356,16 @@ def _fit(a: np.ndarray, width: int) -> np.ndarray:
 
 
 class SpaceTemplates:
-    """Graphs of one search space at one input shape and class count, from templates."""
+    """Graphs of one search space at one input shape and class count, from templates;
+    `graph`: every op the network runs ("eager") or the export's ("exported"), see
+    `predictor.corpus.GRAPH_MODES`."""
 
-    def __init__(self, space: str, input_shape: Sequence[int], num_classes: int):
+    def __init__(self, space: str, input_shape: Sequence[int], num_classes: int,
+                 graph: str = "eager"):
+        from predictor.corpus import check_graph_mode
+
         self.space = space
+        self.graph = check_graph_mode(graph)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
         self.table = RowTable()
@@ -380,7 +388,8 @@ class SpaceTemplates:
         """Bank id of a segment extracted through ONNX (once per key)."""
         i = self._ids.get(key)
         if i is None:
-            i = self._ids[key] = self.bank.add(extract_fragment(emit, shape, self.table))
+            i = self._ids[key] = self.bank.add(
+                extract_fragment(emit, shape, self.table, self.graph == "exported"))
         return i
 
     # -- NB201 ---------------------------------------------------------------------
@@ -411,7 +420,7 @@ class SpaceTemplates:
         choice = self._choices.get(ops)
         if choice is not None:
             return choice
-        plain, after_stem = _cell_topology(ops)
+        plain, after_stem = _cell_topology(ops, self.graph == "exported")
         cells = self.bank.add_variants(self._stage_rows[:, plain.kinds], plain)
         slots = [self._stem if after_stem is None else self._stem_relu]
         for stage, cell in enumerate(cells):
@@ -430,7 +439,7 @@ class SpaceTemplates:
         self._stem = self._extracted(("stem",), fbnet.emit_stem, self.input_shape)
         # Every block of a layer maps the layer's input shape to the same output shape:
         # trace one network to learn the shapes.
-        b = GraphBuilder(self.input_shape, weights=False, cse=not EAGER_GRAPHS)
+        b = GraphBuilder(self.input_shape, weights=False, cse=self.graph == "exported")
         x = fbnet.emit_stem(b, b.input)
         self._layer_inputs = []
         for c_in, c_out, stride in fbnet.layer_shapes():
@@ -524,18 +533,18 @@ _TEMPLATES_LOCK = threading.Lock()
 
 
 def space_templates(space: str, input_shape: Sequence[int] | None = None,
-                    num_classes: int | None = None) -> SpaceTemplates:
+                    num_classes: int | None = None, graph: str = "eager") -> SpaceTemplates:
     """The (cached) templates of `space` ("nb201" or "fbnet") at a shape and class count
-    (defaults: the space's benchmark setting)."""
+    (defaults: the space's benchmark setting) and graph mode."""
     from predictor.corpus import get_space
 
     spec = get_space(space)
     shape = tuple(int(d) for d in (input_shape or spec.input_shape))
     classes = int(num_classes or spec.num_classes)
-    key = (spec.name, shape, classes)
+    key = (spec.name, shape, classes, graph)
     with _TEMPLATES_LOCK:
         if key not in _TEMPLATES:
             if len(_TEMPLATES) >= 64:  # a long-running service asked for many settings
                 _TEMPLATES.pop(next(iter(_TEMPLATES)))
-            _TEMPLATES[key] = SpaceTemplates(spec.name, shape, classes)
+            _TEMPLATES[key] = SpaceTemplates(spec.name, shape, classes, graph)
         return _TEMPLATES[key]

@@ -143,6 +143,20 @@ def test_calibrate_by_arch_then_predict_by_arch(tmp_path, shared_data_dir) -> No
     assert small.returncode == 0, small.stderr
     assert json.loads(small.stdout)["input_shape"] == [1, 3, 16, 16]
 
+    # A device that ran the exported graphs (repeated ops merged) keeps that; its graphs
+    # have fewer nodes wherever a cell node feeds several pools or convs.
+    assert stored["graph"] == "eager"
+    compiled = _cli("calibrate", "compiled", "--space", "nb201", "--graph", "exported",
+                    "--measurements", str(tmp_path / "m.csv"), "--json", env=env)
+    assert compiled.returncode == 0, compiled.stderr
+    assert json.loads(compiled.stdout)["graph"] == "exported"
+    other = json.loads(_cli("predict", "--space", "nb201", "--archs", str(tmp_path / "more.txt"),
+                            "--device", "compiled", "--json", env=env).stdout)
+    assert not np.allclose([r["latency_ms"] for r in other], ms, rtol=0.01)
+    result = _cli("predict", str(tmp_path / "m.csv"), "--graph", "exported", "--device",
+                  "compiled", env=env)
+    assert result.returncode == 2 and "--graph" in result.stderr
+
     bad = tmp_path / "bad.txt"
     bad.write_text("|nor_conv_3x3~0|+|none~0|avg_pool_9x9~1|+|none~0|none~1|none~2|\n")
     result = _cli("predict", "--space", "nb201", "--archs", str(bad), "--device", "archboard",

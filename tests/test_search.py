@@ -125,7 +125,12 @@ def test_objective_is_pluggable_and_sees_only_feasible_batches(latency, budget) 
 
     config = SearchConfig(evaluations=150, population=20, sample=5, margin=0.0)
     result = regularized_evolution("nb201", latency, budget, pooling, config)
-    assert result.objective[0] >= 5
+    # As many pools as the best of as many random feasible archs, or more.
+    space = get_search_space("nb201")
+    rng = np.random.default_rng(7)
+    randoms = [space.key(space.random(rng)) for _ in range(150)]
+    feasible = [a for a, ms in zip(randoms, latency(randoms), strict=True) if ms <= budget]
+    assert result.objective[0] >= max(a.count("avg_pool_3x3") for a in feasible) >= 3
     assert all(latency.memo[a] <= budget for batch in seen for a in batch)
     assert len(seen) < 150 // 5
 

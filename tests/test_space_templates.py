@@ -47,9 +47,11 @@ def _canonical(store: GraphStore, i: int):
     ("fbnet", _fbnet_archs(15, 2), (1, 3, 32, 32), 100),
     ("fbnet", _fbnet_archs(5, 3), (4, 3, 64, 64), 10),
 ])
-def test_templates_equal_the_onnx_path(space, archs, shape, classes):
-    fast = SpaceTemplates(space, shape, classes).store(archs)
-    slow = GraphStore.from_graphs([arch_graph(space, a, shape, classes) for a in archs])
+@pytest.mark.parametrize("graph", ["eager", "exported"])
+def test_templates_equal_the_onnx_path(space, archs, shape, classes, graph):
+    fast = SpaceTemplates(space, shape, classes, graph).store(archs)
+    slow = GraphStore.from_graphs([arch_graph(space, a, shape, classes, graph)
+                                   for a in archs])
     assert torch.equal(fast.num_nodes, slow.num_nodes)
     for i, arch in enumerate(archs):
         rows_f, edges_f, attr_f = _canonical(fast, i)
