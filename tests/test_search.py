@@ -261,7 +261,9 @@ def test_predictions_whose_candidates_disagree_are_flagged(predictor, tmp_path, 
     from predictor.search import SPREAD_K, UNSURE_RATIO, uncertain
 
     assert UNSURE_RATIO == pytest.approx(1.5)
-    np.testing.assert_array_equal(uncertain(np.array([0.0, 0.2, 0.25])), [False, False, True])
+    edge = np.log(UNSURE_RATIO) / SPREAD_K  # the upper bound 1.5x the prediction
+    np.testing.assert_array_equal(uncertain(np.array([0.0, 0.9 * edge, 1.1 * edge])),
+                                  [False, False, True])
     monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path))
     base = predictor.device(DEVICE)
     for name, shift in (("calm", 0.05), ("torn", 1.0)):  # an alternative e^shift slower
