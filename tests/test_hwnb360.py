@@ -63,6 +63,22 @@ def test_task_store_shapes(hw_data: Path) -> None:
     assert not np.allclose(macs["darcy"].numpy(), macs["cifar100"].numpy())
 
 
+def test_task_store_holds_the_exported_graphs(hw_data: Path) -> None:
+    """The Pi 5 runtimes compile the exported graph: a cell node feeding three pools is one
+    pool there (eager PyTorch would run three)."""
+    from predictor.space_templates import space_templates
+
+    strings = hwnb360.nb201_arch_strings(hw_data)
+    pools = next(i for i, a in enumerate(strings) if a.count("avg_pool_3x3~0") == 3)
+    setting = hwnb360.TASKS["cifar100"]
+    store = hwnb360.task_store("cifar100", [pools], hw_data)
+    eager = space_templates("nb201", setting.input_shape, setting.num_classes).store(
+        [strings[pools]])
+    exported = space_templates("nb201", setting.input_shape, setting.num_classes,
+                               graph="exported").store([strings[pools]])
+    assert int(store.num_nodes[0]) == int(exported.num_nodes[0]) < int(eager.num_nodes[0])
+
+
 def test_unknown_device_and_task(hw_data: Path) -> None:
     with pytest.raises(UnknownDeviceError, match="pi5_litert_cifar100"):
         hwnb360.load_hwnb360_table("pi5_tvm_cifar100", hw_data)
