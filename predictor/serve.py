@@ -109,6 +109,9 @@ class _Models(_Strict):
     models: list[OnnxUpload] | None = Field(None, min_length=1, max_length=MAX_MODELS)
     input_shape: list[Dim] | None = Field(None, min_length=1, max_length=8)
     num_classes: int | None = Field(None, ge=1, le=MAX_DIM)
+    graph: Literal["eager", "exported"] | None = Field(
+        None, description="with `archs`: every op the network runs (eager, default) or the "
+                          "exported ONNX graph's (a runtime compiling the exported file)")
 
     @field_validator("space")
     @classmethod
@@ -124,8 +127,10 @@ class _Models(_Strict):
                              "(ONNX uploads as base64)")
         if self.archs is not None and self.space is None:
             raise ValueError(f"`archs` needs `space`, one of {sorted(SPACES)}")
-        if self.models is not None and (self.space is not None or self.num_classes is not None):
-            raise ValueError("`space` and `num_classes` apply to `archs` only, not to `models`")
+        if self.models is not None and (self.space is not None or self.num_classes is not None
+                                        or self.graph is not None):
+            raise ValueError("`space`, `num_classes` and `graph` apply to `archs` only, not "
+                             "to `models`")
         return self
 
     def count(self) -> int:
@@ -304,7 +309,8 @@ class PredictionService:
         if req.archs is not None:
             return self.predictor.space_graphs(req.space, req.archs,
                                                input_shape=req.input_shape,
-                                               num_classes=req.num_classes)
+                                               num_classes=req.num_classes,
+                                               graph=req.graph or "eager")
         return self.predictor.graphs(self._uploaded_graphs(req))  # stand-ins as `predict`
 
     def _uploaded_graphs(self, req: _Models) -> list[OpGraph]:
@@ -331,7 +337,7 @@ class PredictionService:
                 out = self.predictor.predict_batch(req.space, req.archs, req.device,
                                                    input_shape=req.input_shape,
                                                    num_classes=req.num_classes,
-                                                   with_spread=req.upper)
+                                                   with_spread=req.upper, graph=req.graph)
             elif req.upper:
                 out = self.predictor.predict_with_spread(store, req.device)
             else:
@@ -367,6 +373,8 @@ class PredictionService:
             info["input_shape"] = list(req.input_shape)
         if req.num_classes:
             info["num_classes"] = req.num_classes
+        if req.space:
+            info["graph"] = req.graph or "eager"
         store = self._graphs(req) if req.models is not None else None
         with device_lock(req.name, device_dirs()[0]), self.calibration_lock:
             if store is None:

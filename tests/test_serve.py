@@ -151,6 +151,11 @@ def test_calibrate_then_predict(client, predictor, device_dir) -> None:
     assert r.status_code == 200, r.text
     light, heavy = (row["latency_ms"] for row in r.json()["predictions"])
     assert 0 < light < heavy
+    assert info["graph"] == "eager"
+    # A board that ran the exported ONNX files keeps that graph mode.
+    r = client.post("/calibrate", json={**body, "name": "ort-board", "graph": "exported"})
+    assert r.status_code == 200, r.text
+    assert r.json()["info"]["graph"] == "exported"
 
 
 def test_energy_device_calibrates_and_predicts_energy(client, predictor) -> None:
@@ -239,6 +244,8 @@ BAD_REQUESTS = {
     "archs without space": ("/predict", {"device": SHIPPED, "archs": [HEAVY]},
                             422, ["`archs` needs `space`"]),
     "neither archs nor models": ("/predict", {"device": SHIPPED}, 422, ["exactly one of"]),
+    "unknown graph mode": ("/predict", {"device": SHIPPED, "space": "nb201", "archs": [HEAVY],
+                                        "graph": "compiled"}, 422, ["graph", "exported"]),
     "too many archs": ("/predict", {"device": SHIPPED, "space": "nb201",
                                     "archs": [LIGHT] * (MAX_ARCHS + 1)},
                        422, ["archs", f"at most {MAX_ARCHS}"]),

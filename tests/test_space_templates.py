@@ -130,3 +130,10 @@ def test_totals_match_the_extracted_graphs():
         assert totals["macs"][i] == g.macs and totals["params"][i] == g.params
         assert totals["nodes"][i] == len(g.nodes) and totals["depth"][i] == g.depth
         assert totals["memory_bytes"][i] == g.memory_bytes
+
+
+def test_unknown_graph_mode_is_a_clear_error():
+    from predictor.errors import PredictorError
+
+    with pytest.raises(PredictorError, match="Unknown graph mode 'compiled'.*exported"):
+        SpaceTemplates("nb201", (1, 3, 32, 32), 10, "compiled")
