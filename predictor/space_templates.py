@@ -366,6 +366,7 @@ class SpaceTemplates:
 
         self.space = space
         self.graph = check_graph_mode(graph)
+        self.cse = graph == "exported"  # the export merges repeated parameter-free ops
         self.input_shape = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
         self.table = RowTable()
@@ -389,7 +390,7 @@ class SpaceTemplates:
         i = self._ids.get(key)
         if i is None:
             i = self._ids[key] = self.bank.add(
-                extract_fragment(emit, shape, self.table, self.graph == "exported"))
+                extract_fragment(emit, shape, self.table, self.cse))
         return i
 
     # -- NB201 ---------------------------------------------------------------------
@@ -420,7 +421,7 @@ class SpaceTemplates:
         choice = self._choices.get(ops)
         if choice is not None:
             return choice
-        plain, after_stem = _cell_topology(ops, self.graph == "exported")
+        plain, after_stem = _cell_topology(ops, self.cse)
         cells = self.bank.add_variants(self._stage_rows[:, plain.kinds], plain)
         slots = [self._stem if after_stem is None else self._stem_relu]
         for stage, cell in enumerate(cells):
@@ -439,7 +440,7 @@ class SpaceTemplates:
         self._stem = self._extracted(("stem",), fbnet.emit_stem, self.input_shape)
         # Every block of a layer maps the layer's input shape to the same output shape:
         # trace one network to learn the shapes.
-        b = GraphBuilder(self.input_shape, weights=False, cse=self.graph == "exported")
+        b = GraphBuilder(self.input_shape, weights=False, cse=self.cse)
         x = fbnet.emit_stem(b, b.input)
         self._layer_inputs = []
         for c_in, c_out, stride in fbnet.layer_shapes():
