@@ -13,10 +13,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from predictor.device_store import device_dirs, load_device
 from predictor.errors import PredictorError
+
+if TYPE_CHECKING:
+    from predictor.onnx_io import InputShapes
 
 REFERENCE_CACHE = Path(__file__).resolve().parent.parent / "datasets" / "cache" / "reference"
 
@@ -53,7 +56,7 @@ def reference_models(folder: Path | None = None, progress: bool = True) -> list[
 def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
                           threads: int | None = None, graph_optimization: str = "all",
                           max_seconds: float = 3.0, progress: bool = True, batch: int = 1,
-                          include: Sequence[Path] = (), input_shape: Sequence[int] | None = None
+                          include: Sequence[Path] = (), input_shape: InputShapes = None
                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Time the reference set on this machine: (rows {model, latency_ms, ...}, provenance).
 

@@ -24,6 +24,7 @@ from predictor import __version__
 from predictor.cli_data import register_data_commands
 from predictor.cli_fpga import register as register_fpga_commands
 from predictor.cli_generate import register as register_generate_commands
+from predictor.cli_measure import add_input_shapes_argument
 from predictor.cli_measure import register as register_measure_commands
 from predictor.cli_model import register as register_model_commands
 from predictor.cli_search import register as register_search_commands
@@ -36,10 +37,8 @@ EXIT_USER_ERROR = 2
 
 
 def _add_input_shape(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--input-shape", metavar="SHAPE",
-        help="fixed shape of the first input for models with dynamic dims, e.g. 1,3,224,224",
-    )
+    parser.add_argument("--input-shape", metavar="SHAPE",
+                        help="the network's input shape, e.g. 1,3,224,224")
 
 
 def _human(n: float) -> str:
@@ -51,9 +50,9 @@ def _human(n: float) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from predictor.graph import extract_graph
-    from predictor.onnx_io import parse_shape
+    from predictor.onnx_io import parse_input_shapes
 
-    shape = parse_shape(args.input_shape) if args.input_shape else None
+    shape = parse_input_shapes(args.input_shape)
     results = []
     for model in args.models:
         summary = extract_graph(model, input_shape=shape).summary()
@@ -113,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="operator graph summary of ONNX models")
     p.add_argument("models", nargs="+", metavar="MODEL.onnx")
-    _add_input_shape(p)
+    add_input_shapes_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per model")
     p.set_defaults(handler=cmd_inspect)
 

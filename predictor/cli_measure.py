@@ -31,6 +31,18 @@ def positive_int(text: str) -> int:
     return value
 
 
+INPUT_SHAPE_HELP = ("fixed input shape for models with dynamic dims: SHAPE for the first "
+                    "input (e.g. 1,3,224,224), or NAME=SHAPE, repeated, per input (e.g. "
+                    "input_ids=1,128); other inputs take the sizes of dims they share by "
+                    "name (batch, sequence)")
+
+
+def add_input_shapes_argument(p: argparse.ArgumentParser, help: str = INPUT_SHAPE_HELP) -> None:
+    """`--input-shape`, repeatable, for commands that read ONNX models
+    (`onnx_io.parse_input_shapes` parses the list)."""
+    p.add_argument("--input-shape", metavar="SHAPE", action="append", default=None, help=help)
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -64,7 +76,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from predictor.errors import MeasurementError, ModelNotFoundError
     from predictor.measure import SpeedProbe, measure_many, measure_onnx
     from predictor.measurements import provenance, write_measurements_csv
-    from predictor.onnx_io import parse_shape
+    from predictor.onnx_io import parse_input_shapes
 
     if args.backend == "torch":
         raise MeasurementError("--backend torch times a Python torch.nn.Module, not an ONNX "
@@ -74,9 +86,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
     if missing:  # fail before spending minutes on the models that exist
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelNotFoundError(f"Model file not found: {missing[0]}{more}")
-    shape = parse_shape(args.input_shape) if args.input_shape else None
+    shape = parse_input_shapes(args.input_shape)
     info = provenance(args.backend, args.device, args.threads, args.batch,
-                      args.graph_optimization, input_shape=args.input_shape or "as in model",
+                      args.graph_optimization,
+                      input_shape=" ".join(args.input_shape or ["as in model"]),
                       max_seconds=args.max_seconds, energy=args.energy)
     # Drift correction needs several models: it rescales each to the session's typical speed.
     probe = (SpeedProbe(threads=args.threads, device=args.device)
@@ -118,9 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="intra-op threads (inter-op 1); default: the runtime's choice")
     p.add_argument("--batch", type=positive_int, default=None, metavar="B",
                    help="batch size: overrides dim 0 of every input (must be dynamic)")
-    p.add_argument("--input-shape", metavar="SHAPE",
-                   help="fixed shape of the first input for models with dynamic dims, "
-                        "e.g. 1,3,224,224")
+    add_input_shapes_argument(p)
     p.add_argument("--graph-optimization", choices=("all", "extended", "basic", "disabled"),
                    default="all", help="ONNX Runtime graph optimization level (default: all)")
     p.add_argument("--energy", action="store_true",

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from predictor.cli_measure import positive_int
+from predictor.cli_measure import add_input_shapes_argument, positive_int
 
 _SPACE_BATCH_ERROR = "With --space, give the batch in --input-shape B,3,H,W, not --batch"
 
@@ -44,12 +44,15 @@ def _read_archs(path: Path) -> list[str]:
 
 def _space_setting(args: argparse.Namespace) -> tuple[tuple[int, ...] | None, int | None]:
     from predictor.errors import PredictorError
-    from predictor.onnx_io import parse_shape
+    from predictor.onnx_io import parse_input_shapes
 
     if args.classes is not None and args.classes < 1:
         raise PredictorError(f"--classes must be >= 1, got {args.classes}")
-
-    return (parse_shape(args.input_shape) if args.input_shape else None), args.classes
+    shape = parse_input_shapes(args.input_shape)
+    if isinstance(shape, dict):
+        raise PredictorError("With --space, give the network's input as one --input-shape "
+                             "B,3,H,W (no input names)")
+    return shape, args.classes
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -57,7 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from predictor.api import METRICS, Predictor
     from predictor.errors import PredictorError
-    from predictor.onnx_io import parse_shape
+    from predictor.onnx_io import parse_input_shapes
     from predictor.search import SPREAD_K, uncertain, upper_estimate
 
     if bool(args.models) == bool(args.space):
@@ -81,7 +84,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         from predictor.graph import extract_graph
 
-        shape = parse_shape(args.input_shape) if args.input_shape else None
+        shape = parse_input_shapes(args.input_shape)
         predictor.device(args.device)  # an unknown device fails before any extraction
         graphs = [extract_graph(m, input_shape=shape) for m in args.models]
         values, spread = predictor.predict_with_spread(graphs, device=args.device,
@@ -127,7 +130,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from predictor.calibration import calibrate, measure_reference_set
     from predictor.errors import PredictorError
     from predictor.measurements import read_measurements_csv
-    from predictor.onnx_io import parse_shape
+    from predictor.onnx_io import parse_input_shapes
 
     if args.measure == (args.measurements is not None):
         raise PredictorError("Give exactly one of --measure (time the reference set here) "
@@ -156,7 +159,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.include and not args.measure:
         raise PredictorError("--include adds your ONNX files to --measure's reference set; "
                              "with --measurements, list them in the CSV")
-    shape = parse_shape(args.input_shape) if args.input_shape else None
+    shape = parse_input_shapes(args.input_shape)
     if args.measure:
         rows, info = measure_reference_set(backend=args.backend, device=args.device_kind,
                                            threads=args.threads,
@@ -200,9 +203,10 @@ def _add_metric_argument(p: argparse.ArgumentParser, help: str) -> None:
 
 
 def _add_space_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-shape", metavar="SHAPE",
-                   help="input shape, e.g. 1,3,16,16 (ONNX models with dynamic dims, or the "
-                        "search-space network's input)")
+    add_input_shapes_argument(
+        p, help="ONNX models with dynamic dims: SHAPE for the first input (e.g. 1,3,224,224) "
+                "or NAME=SHAPE per input (e.g. input_ids=1,128; inputs sharing a dim name "
+                "follow); with --space: the network's input, e.g. 1,3,16,16")
     p.add_argument("--space", choices=("nb201", "fbnet"), default=None,
                    help="search-space architectures instead of ONNX files (NB201 arch "
                         "strings; FBNet: 22 block names joined by '-')")

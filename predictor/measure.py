@@ -28,9 +28,9 @@ import numpy as np
 import onnx
 
 from predictor.energy import ENERGY_SECONDS, measure_energy, open_energy_meter
-from predictor.errors import DynamicShapeError, InvalidModelError, MeasurementError
+from predictor.errors import InvalidModelError, MeasurementError
 from predictor.errors import first_line as _first_line
-from predictor.onnx_io import read_model
+from predictor.onnx_io import InputShapes, read_model, resolve_input_shapes
 
 if TYPE_CHECKING:  # torch is imported lazily: timing ONNX models must not pay for it
     import torch
@@ -149,50 +149,6 @@ def summarize(model: str, times_ms: Sequence[float] | np.ndarray, *,
 
 
 # ----------------------------------------------------------------------------- inputs
-def _declared_dims(value_info: onnx.ValueInfoProto) -> list[int | str] | None:
-    """Dims of a graph input: an int when fixed, the dim name ('?' if unnamed) when not."""
-    if not value_info.type.HasField("tensor_type"):
-        raise InvalidModelError(f"Input '{value_info.name}' is not a tensor; only tensor "
-                                "inputs can be fed random data")
-    tensor_type = value_info.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
-            for d in tensor_type.shape.dim]
-
-
-def _resolve_shape(name: str, declared: list[int | str] | None, given: Sequence[int] | None,
-                   batch: int | None, named: dict[str, int], first: bool) -> tuple[int, ...]:
-    if given is not None:
-        if declared is not None and len(declared) != len(given):
-            raise DynamicShapeError(
-                f"Input '{name}' has rank {len(declared)}, but the given shape "
-                f"{','.join(map(str, given))} has rank {len(given)}")
-        target: list[int | str] = list(given)
-    elif declared is None:
-        raise DynamicShapeError(f"Input '{name}' has an unknown rank; give a fixed shape, "
-                                "e.g. --input-shape 1,3,224,224")
-    else:
-        target = list(declared)
-    if batch is not None and target:
-        target[0] = batch
-    for i, (want, have) in enumerate(zip(declared or target, target, strict=True)):
-        if isinstance(want, int) and isinstance(have, int) and want != have:
-            why = f"--batch {batch}" if i == 0 and batch is not None else "the given shape"
-            raise DynamicShapeError(
-                f"Input '{name}' has fixed size {want} in dim {i}, but {why} asks for {have}; "
-                "export the model with that dimension dynamic")
-        if isinstance(want, str) and want != "?" and isinstance(have, int):
-            named.setdefault(want, have)
-    shape = [named.get(d, d) if isinstance(d, str) else d for d in target]
-    free = [d for d in shape if isinstance(d, str)]
-    if free:
-        hint = ("give a fixed shape, e.g. --input-shape 1,3,224,224" if first else
-                "only the first input takes --input-shape; export this one with fixed dims")
-        raise DynamicShapeError(f"Input '{name}' has dynamic dimensions {free}; {hint}")
-    return tuple(int(d) for d in shape)
-
-
 def _random_array(rng: np.random.Generator, name: str, shape: tuple[int, ...],
                   elem_type: int) -> np.ndarray:
     try:
@@ -213,30 +169,24 @@ def _random_array(rng: np.random.Generator, name: str, shape: tuple[int, ...],
 def make_inputs(
     model: onnx.ModelProto,
     *,
-    input_shape: Sequence[int] | None = None,
+    input_shape: InputShapes = None,
     batch: int | None = None,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Random feeds of the right dtype for every run-time input (initializers excluded).
 
     Args:
-        input_shape: shape of the first input; resolves its dynamic dims, and dims of other
-            inputs that share their names (e.g. `batch`, `seq`).
+        input_shape: shape of the first input, or a mapping input name -> shape; dims of
+            other inputs that share their names (e.g. `batch`, `seq`) follow
+            (`onnx_io.resolve_input_shapes`).
         batch: overrides dim 0 of every input.
     """
     init_names = {i.name for i in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in init_names]
-    if input_shape is not None and not inputs:
-        raise DynamicShapeError("The model has no run-time input to give a shape to")
+    shapes = resolve_input_shapes(inputs, input_shape, batch)
     rng = np.random.default_rng(seed)
-    named: dict[str, int] = {}
-    feeds = {}
-    for k, value_info in enumerate(inputs):
-        shape = _resolve_shape(value_info.name, _declared_dims(value_info),
-                               input_shape if k == 0 else None, batch, named, first=k == 0)
-        feeds[value_info.name] = _random_array(rng, value_info.name, shape,
-                                               value_info.type.tensor_type.elem_type)
-    return feeds
+    return {v.name: _random_array(rng, v.name, shapes[v.name], v.type.tensor_type.elem_type)
+            for v in inputs}
 
 
 # ----------------------------------------------------------------------------- backends
@@ -313,7 +263,7 @@ def measure_onnx(
     device: str = "cpu",
     threads: int | None = None,
     batch: int | None = None,
-    input_shape: Sequence[int] | None = None,
+    input_shape: InputShapes = None,
     graph_optimization: str = "all",
     min_runs: int = 10,
     max_runs: int = 1000,
@@ -331,7 +281,8 @@ def measure_onnx(
             and outputs stay on the GPU).
         threads: intra-op threads (inter-op then 1); None keeps ONNX Runtime's default.
         batch: overrides dim 0 of every input (the dim must be dynamic).
-        input_shape: shape of the first input, e.g. ``(1, 3, 224, 224)``.
+        input_shape: shape of the first input, e.g. ``(1, 3, 224, 224)``, or a mapping
+            input name -> shape.
         graph_optimization: `all`, `extended`, `basic` or `disabled`.
         energy: also measure energy per inference (2 x `energy_seconds` more; see
             `measure_energy`).

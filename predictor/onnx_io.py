@@ -57,6 +57,37 @@ def parse_shape(text: str) -> Shape:
     return shape
 
 
+def parse_input_shapes(values: str | Sequence[str] | None) -> InputShapes:
+    """Parse `--input-shape` values: one ``SHAPE`` (the first input's), or ``NAME=SHAPE``
+    per input (e.g. ``input_ids=1,128``); inputs left out take the sizes of the dims they
+    share by name with given ones (see `resolve_input_shapes`)."""
+    if values is None:
+        return None
+    values = [values] if isinstance(values, str) else list(values)
+    if not values:
+        return None
+    named = [v for v in values if "=" in v]
+    if not named:
+        if len(values) > 1:
+            raise DynamicShapeError(
+                f"Several input shapes {values}: name each one's input, e.g. "
+                "--input-shape input_ids=1,128 --input-shape pixel_values=1,3,224,224")
+        return parse_shape(values[0])
+    if len(named) < len(values):
+        raise DynamicShapeError(
+            f"Input shapes {values} mix named and unnamed ones: name each one's input, "
+            "e.g. --input-shape input_ids=1,128")
+    shapes: dict[str, Shape] = {}
+    for value in values:
+        name, _, text = value.partition("=")
+        name = name.strip()
+        if not name or name in shapes:
+            raise DynamicShapeError(f"Bad input shape {value!r}: expected NAME=SHAPE with "
+                                    "a distinct input name, e.g. input_ids=1,128")
+        shapes[name] = parse_shape(text)
+    return shapes
+
+
 def export_torch(module: torch.nn.Module, example_input: Any) -> onnx.ModelProto:
     """Export a torch module in eval mode to ONNX (legacy exporter: fast, folds BatchNorm).
 
@@ -192,26 +223,116 @@ def _strip_large_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return stripped
 
 
-def _free_dims(value_info: onnx.ValueInfoProto) -> list[str]:
-    """Names of the unknown dimensions of a graph input ('?' for an unnamed one)."""
+def declared_dims(value_info: onnx.ValueInfoProto) -> list[int | str] | None:
+    """Dims of a graph input: an int when fixed, the dim's name ('?' if unnamed) when not;
+    None for an unknown rank."""
+    if not value_info.type.HasField("tensor_type"):
+        raise InvalidModelError(f"Input '{value_info.name}' is not a tensor; only tensor "
+                                "inputs are supported")
     tensor_type = value_info.type.tensor_type
     if not tensor_type.HasField("shape"):
-        return ["<unknown rank>"]
-    return [d.dim_param or "?" for d in tensor_type.shape.dim if not d.HasField("dim_value")]
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            for d in tensor_type.shape.dim]
+
+
+def _example_shape(dims: list[int | str] | None) -> str:
+    """A plausible fixed shape for an input, for error messages (224 x 224 images, 128
+    tokens)."""
+    dims = dims or ["?", "?", "?", "?"]
+    image = len(dims) == 4
+    sizes = [d if isinstance(d, int) else
+             1 if i == 0 else 3 if image and i == 1 else 224 if image else 128
+             for i, d in enumerate(dims)]
+    return ",".join(map(str, sizes))
+
+
+def resolve_input_shapes(inputs: Sequence[onnx.ValueInfoProto], given: InputShapes,
+                         batch: int | None = None, override: bool = False
+                         ) -> dict[str, Shape]:
+    """The fixed shape of every run-time input.
+
+    Args:
+        given: a shape for the first input, or a mapping input name -> shape.
+        batch: overrides dim 0 of every input.
+        override: a given size may replace a fixed one (the graph is re-inferred, e.g. at
+            another resolution); without it that is an error (a runtime would reject it).
+
+    A dynamic dim that no given shape covers takes the size of a given dim of the same
+    name in any input (ONNX names equal sizes alike: ``batch``, ``sequence``), so
+    `input_ids=1,128` also fixes `attention_mask` and `token_type_ids`.
+
+    Raises:
+        DynamicShapeError: an unknown input name, a rank or size mismatch, or a dim that
+            stays dynamic (the message names the input and an example shape to give).
+    """
+    inputs = list(inputs)
+    by_name = {v.name: v for v in inputs}
+    if given is None:
+        wanted: dict[str, Shape] = {}
+    elif isinstance(given, Mapping):
+        unknown = sorted(set(given) - set(by_name))
+        if unknown:
+            raise DynamicShapeError(f"Unknown input '{unknown[0]}'; the model's inputs are "
+                                    f"{[v.name for v in inputs]}")
+        wanted = {k: tuple(int(d) for d in v) for k, v in given.items()}
+    elif not inputs:
+        raise DynamicShapeError("The model has no run-time input to give a shape to")
+    else:
+        wanted = {inputs[0].name: tuple(int(d) for d in given)}
+    declared = {v.name: declared_dims(v) for v in inputs}
+    targets: dict[str, list[int | str]] = {}
+    named: dict[str, int] = {}
+    for name, dims in declared.items():
+        if name in wanted:
+            shape = wanted[name]
+            if dims is not None and len(dims) != len(shape):
+                raise DynamicShapeError(
+                    f"Input '{name}' has rank {len(dims)}, but the given shape "
+                    f"{','.join(map(str, shape))} has rank {len(shape)}")
+            target: list[int | str] = list(shape)
+        elif dims is None:
+            raise DynamicShapeError(f"Input '{name}' has an unknown rank; give its shape, "
+                                    f"e.g. --input-shape {_shape_hint(name, None, inputs)}")
+        else:
+            target = list(dims)
+        if batch is not None and target:
+            target[0] = batch
+        for i, (want, have) in enumerate(zip(dims or target, target, strict=True)):
+            if isinstance(want, int) and isinstance(have, int) and want != have:
+                if override:
+                    log.info("Overriding dim %d of input %s: %d -> %d", i, name, want, have)
+                    continue
+                why = f"--batch {batch}" if i == 0 and batch is not None else "the given shape"
+                raise DynamicShapeError(
+                    f"Input '{name}' has fixed size {want} in dim {i}, but {why} asks for "
+                    f"{have}; export the model with that dimension dynamic")
+            if isinstance(want, str) and want != "?" and isinstance(have, int):
+                if named.setdefault(want, have) != have:
+                    raise DynamicShapeError(
+                        f"The given shapes disagree on dim '{want}': {named[want]} in one "
+                        f"input, {have} in input '{name}'")
+        targets[name] = target
+    shapes = {}
+    for name, target in targets.items():
+        shape = [named.get(d, d) if isinstance(d, str) else d for d in target]
+        free = [d for d in shape if isinstance(d, str)]
+        if free:
+            raise DynamicShapeError(
+                f"Input '{name}' has dynamic dimensions {free}; give its shape, e.g. "
+                f"--input-shape {_shape_hint(name, shape, inputs)}")
+        shapes[name] = tuple(int(d) for d in shape)
+    return shapes
+
+
+def _shape_hint(name: str, dims: list[int | str] | None,
+                inputs: Sequence[onnx.ValueInfoProto]) -> str:
+    example = _example_shape(dims)
+    return example if len(inputs) == 1 else f"{name}={example}"
 
 
 def _set_shape(value_info: onnx.ValueInfoProto, shape: Sequence[int]) -> None:
     dims = value_info.type.tensor_type.shape
-    old = [d for d in dims.dim]
-    if old and len(old) != len(shape):
-        raise DynamicShapeError(
-            f"Input '{value_info.name}' has rank {len(old)}, but the given shape "
-            f"{','.join(map(str, shape))} has rank {len(shape)}"
-        )
-    for i, size in enumerate(shape):
-        if i < len(old) and old[i].HasField("dim_value") and old[i].dim_value != size:
-            log.info("Overriding dim %d of input %s: %d -> %d", i, value_info.name,
-                     old[i].dim_value, size)
     del dims.dim[:]
     for size in shape:
         dims.dim.add().dim_value = int(size)
@@ -225,32 +346,16 @@ def activation_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def fix_input_shapes(model: onnx.ModelProto, input_shape: InputShapes) -> None:
-    """Set the shapes of the run-time inputs in place, or fail if any stays dynamic.
+    """Set the shapes of the run-time inputs in place (`resolve_input_shapes`, a given
+    size replacing a fixed one), or fail if any stays dynamic.
 
     Args:
         input_shape: one shape for the first input, or a mapping input name -> shape.
     """
     inputs = activation_inputs(model)
-    if input_shape is not None:
-        if isinstance(input_shape, Mapping):
-            by_name = {i.name: i for i in inputs}
-            for name, shape in input_shape.items():
-                if name not in by_name:
-                    raise DynamicShapeError(
-                        f"Unknown input '{name}'; the model's inputs are {sorted(by_name)}"
-                    )
-                _set_shape(by_name[name], shape)
-        else:
-            if not inputs:
-                raise DynamicShapeError("The model has no run-time input to give a shape to")
-            _set_shape(inputs[0], tuple(input_shape))
+    shapes = resolve_input_shapes(inputs, input_shape, override=True)
     for value_info in inputs:
-        free = _free_dims(value_info)
-        if free:
-            raise DynamicShapeError(
-                f"Input '{value_info.name}' has dynamic dimensions {free}; "
-                "give a fixed shape, e.g. --input-shape 1,3,224,224"
-            )
+        _set_shape(value_info, shapes[value_info.name])
 
 
 def load_model(

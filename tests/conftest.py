@@ -42,6 +42,29 @@ def tiny_onnx(tmp_path: Path, tiny_module: nn.Module) -> Path:
     return path
 
 
+class MaskedEmbedding(nn.Module):
+    """Token ids and an attention mask, as a transformer's export has them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.proj = nn.Embedding(100, 8), nn.Linear(8, 4)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.embed(ids) * mask.unsqueeze(-1).float())
+
+
+@pytest.fixture
+def two_input_onnx(tmp_path: Path) -> Path:
+    """`MaskedEmbedding` in ONNX: inputs `ids` and `mask`, both with dynamic dims named
+    `batch` and `sequence`."""
+    path = tmp_path / "two_inputs.onnx"
+    ids, mask = torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)
+    axes = {0: "batch", 1: "sequence"}
+    torch.onnx.export(MaskedEmbedding().eval(), (ids, mask), path, dynamo=False,
+                      input_names=["ids", "mask"], dynamic_axes={"ids": axes, "mask": axes})
+    return path
+
+
 def _shared_data() -> Path | None:
     env = os.environ.get("LATPRED_DATA_DIR")
     for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:

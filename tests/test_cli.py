@@ -94,9 +94,24 @@ def test_dynamic_shape_needs_input_shape(tmp_path: Path, shape_arg: str | None) 
     torch.onnx.export(nn.Conv2d(3, 4, 3).eval(), (torch.randn(1, 3, 8, 8),), path, dynamo=False,
                       input_names=["x"], dynamic_axes={"x": {0: "batch"}})
     args = ["inspect", str(path)] + (["--input-shape", shape_arg] if shape_arg else [])
-    _assert_one_line_error(run_cli(*args), "1,3,224,224")
+    # the hint keeps the model's own fixed dims
+    _assert_one_line_error(run_cli(*args), "1,3,224,224" if shape_arg else "--input-shape 1,3,8,8")
     ok = run_cli("inspect", str(path), "--input-shape", "2,3,8,8", "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout)["batch_size"] == 2
+
+
+def test_input_shapes_by_name(two_input_onnx: Path) -> None:
+    """A transformer's ids and mask: one named shape fixes both (dims shared by name);
+    several shapes must each name their input."""
+    path = two_input_onnx
+    _assert_one_line_error(run_cli("inspect", str(path)), "ids=1,128")
+    ok = run_cli("inspect", str(path), "--input-shape", "mask=1,32", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["input_shapes"] == {"ids": [1, 32], "mask": [1, 32]}
+    _assert_one_line_error(run_cli("inspect", str(path), "--input-shape", "1,32",
+                                   "--input-shape", "1,32"), "name each one's input")
+    _assert_one_line_error(run_cli("inspect", str(path), "--input-shape", "1,32",
+                                   "--input-shape", "mask=1,32"), "mix named and unnamed")
 
 
 def test_empty_graph(tmp_path: Path) -> None:

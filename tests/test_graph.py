@@ -314,6 +314,20 @@ def test_dynamic_input_needs_a_shape(tmp_path) -> None:
         extract_graph(path, input_shape=(1, 3, 10))
 
 
+def test_inputs_sharing_dim_names_take_one_shape(two_input_onnx) -> None:
+    path = two_input_onnx
+    with pytest.raises(DynamicShapeError, match=r"Input 'ids'.*--input-shape ids=1,128"):
+        extract_graph(path)
+    for given in ((2, 16), {"ids": (2, 16)}, {"mask": (2, 16)}):
+        graph = extract_graph(path, input_shape=given)
+        assert graph.input_shapes == {"ids": (2, 16), "mask": (2, 16)}, given
+        assert graph.nodes[-1].output_shape == (2, 16, 4)
+    with pytest.raises(DynamicShapeError, match="disagree on dim 'sequence'"):
+        extract_graph(path, input_shape={"ids": (1, 16), "mask": (1, 32)})
+    with pytest.raises(DynamicShapeError, match=r"Unknown input 'tokens'.*\['ids', 'mask'\]"):
+        extract_graph(path, input_shape={"tokens": (1, 16)})
+
+
 def test_empty_graph_is_rejected() -> None:
     with pytest.raises(EmptyGraphError):
         extract_graph(_model([], [_value("x", [1])], [_value("x", [1])]))

@@ -149,9 +149,14 @@ def test_symbolic_dims_shared_across_inputs() -> None:
     b = helper.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", "seq"])
     graph = helper.make_graph([helper.make_node("Identity", ["ids"], ["y"])], "g", [a, b],
                               [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
-    feeds = make_inputs(helper.make_model(graph), input_shape=(2, 7))
+    model = helper.make_model(graph)
+    feeds = make_inputs(model, input_shape=(2, 7))
     assert feeds["ids"].shape == feeds["mask"].shape == (2, 7)
     assert feeds["ids"].dtype == np.int64 and feeds["mask"].dtype == np.bool_
+    # a shape given by name fixes the inputs before it too
+    assert make_inputs(model, input_shape={"mask": (3, 5)})["ids"].shape == (3, 5)
+    with pytest.raises(DynamicShapeError, match="disagree on dim 'seq'"):
+        make_inputs(model, input_shape={"ids": (1, 4), "mask": (1, 5)})
 
 
 def test_initializer_listed_as_input_needs_no_feed() -> None:
