@@ -34,6 +34,7 @@ from predictor.errors import PredictorError
 from predictor.graph import OpGraph, extract_graph
 from predictor.graph_store import GraphStore
 from predictor.onnx_io import InputShapes
+from predictor.spaces.custom import space_setting
 from predictor.stand_ins import stand_in_graph
 
 MIN_SHOTS = 5
@@ -208,6 +209,14 @@ class Predictor:
         Raises:
             InvalidArchError: a malformed arch, naming it and the problem.
         """
+        from predictor.spaces.custom import custom_space
+
+        custom = custom_space(space)
+        if custom is not None:  # a registered space: its builder, through the general path
+            if graph != "eager":
+                raise PredictorError(f"Graph mode {graph!r} applies to nb201 and fbnet; a "
+                                     f"registered space's builder decides its graph")
+            return self.graphs([custom.graph(a, input_shape, num_classes) for a in archs])
         from predictor.space_templates import space_templates
 
         return space_templates(space, input_shape, num_classes, graph).store(list(archs))
@@ -232,10 +241,8 @@ class Predictor:
             graph = graph or info.get("graph")
         graph = graph or "eager"
         if input_shape is None:
-            from predictor.corpus import get_space
-
             batch = info.get("batch") or info.get("batch_size") or 1
-            input_shape = (int(batch), *get_space(space).input_shape[1:])
+            input_shape = (int(batch), *space_setting(space)[0][1:])
         archs = list(archs)
         state = self._state(device, metric)
 

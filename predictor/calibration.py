@@ -158,14 +158,14 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
     if space is None:
         models = [row["model"] for row in rows]
     else:
-        from predictor.corpus import get_space
+        from predictor.spaces.custom import space_setting
 
-        spec = get_space(space)
-        shape = tuple(int(d) for d in (input_shape or spec.input_shape))
-        classes = int(num_classes or spec.num_classes)
+        default_shape, default_classes = space_setting(space)
+        shape = tuple(int(d) for d in (input_shape or default_shape))
+        classes = int(num_classes or default_classes)
         models = predictor.space_graphs(space, [row["arch"] for row in rows],
                                         input_shape=shape, num_classes=classes, graph=graph)
-        info.update(space=spec.name, input_shape=list(shape), num_classes=classes,
+        info.update(space=space, input_shape=list(shape), num_classes=classes,
                     batch_size=shape[0], graph=graph)
         input_shape = None
     with device_lock(name, folder):

@@ -43,6 +43,14 @@ def add_input_shapes_argument(p: argparse.ArgumentParser, help: str = INPUT_SHAP
     p.add_argument("--input-shape", metavar="SHAPE", action="append", default=None, help=help)
 
 
+def add_plugin_argument(p: argparse.ArgumentParser) -> None:
+    """`--plugin`, repeatable: Python files or modules to import first, e.g. ones that
+    register search spaces (`predictor.spaces.custom.register_space`)."""
+    p.add_argument("--plugin", metavar="FILE.py|MODULE", action="append", default=None,
+                   help="import this first (repeatable), e.g. a file that registers a "
+                        "search space with predictor.spaces.custom.register_space")
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)

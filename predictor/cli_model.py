@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from predictor.cli_measure import add_input_shapes_argument, positive_int
+from predictor.cli_measure import add_input_shapes_argument, add_plugin_argument, positive_int
 
 _SPACE_BATCH_ERROR = "With --space, give the batch in --input-shape B,3,H,W, not --batch"
 
@@ -62,6 +62,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from predictor.errors import PredictorError
     from predictor.onnx_io import parse_input_shapes
     from predictor.search import SPREAD_K, uncertain, upper_estimate
+    from predictor.spaces.custom import load_plugins
+
+    load_plugins(args.plugin)
 
     if bool(args.models) == bool(args.space):
         raise PredictorError("Give either ONNX models, or --space with --archs FILE")
@@ -131,7 +134,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from predictor.errors import PredictorError
     from predictor.measurements import read_measurements_csv
     from predictor.onnx_io import parse_input_shapes
+    from predictor.spaces.custom import load_plugins
 
+    load_plugins(args.plugin)
     if args.measure == (args.measurements is not None):
         raise PredictorError("Give exactly one of --measure (time the reference set here) "
                              "or --measurements FILE.csv")
@@ -207,9 +212,11 @@ def _add_space_arguments(p: argparse.ArgumentParser) -> None:
         p, help="ONNX models with dynamic dims: SHAPE for the first input (e.g. 1,3,224,224) "
                 "or NAME=SHAPE per input (e.g. input_ids=1,128; inputs sharing a dim name "
                 "follow); with --space: the network's input, e.g. 1,3,16,16")
-    p.add_argument("--space", choices=("nb201", "fbnet"), default=None,
-                   help="search-space architectures instead of ONNX files (NB201 arch "
-                        "strings; FBNet: 22 block names joined by '-')")
+    p.add_argument("--space", metavar="SPACE", default=None,
+                   help="search-space architectures instead of ONNX files: nb201 (arch "
+                        "strings), fbnet (22 block names joined by '-') or a space a "
+                        "--plugin registers")
+    add_plugin_argument(p)
     p.add_argument("--classes", type=int, default=None,
                    help="with --space: classifier outputs (default: the space's benchmark)")
     p.add_argument("--graph", choices=("eager", "exported"), default=None,

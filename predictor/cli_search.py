@@ -7,11 +7,15 @@ import argparse
 import json
 from pathlib import Path
 
+from predictor.cli_measure import add_plugin_argument
+
 
 def cmd_search(args: argparse.Namespace) -> int:
     from predictor.api import Predictor
     from predictor.search import OBJECTIVES, SearchConfig, builtin_objective, search_device
+    from predictor.spaces.custom import load_plugins
 
+    load_plugins(args.plugin)
     builtin_objective(args.objective, args.space)  # unknown objective: fail before loading
     config = SearchConfig(evaluations=args.budget_evals, population=args.population,
                           sample=args.sample, margin=args.margin, seed=args.seed, top=args.top,
@@ -45,7 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     defaults = SearchConfig()
     p = sub.add_parser("search", help="evolutionary search for architectures that meet a "
                                       "latency budget on a device (predictor as constraint)")
-    p.add_argument("--space", choices=("nb201", "fbnet"), required=True)
+    p.add_argument("--space", metavar="SPACE", required=True,
+                   help="nb201, fbnet or a space a --plugin registers")
+    add_plugin_argument(p)
     p.add_argument("--device", required=True,
                    help="a known device (see 'latpred devices'), e.g. pixel3@nb201")
     p.add_argument("--latency-ms", type=float, required=True, metavar="BUDGET",

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from predictor.cli_measure import add_plugin_argument
 from predictor.errors import PredictorError
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from predictor.api import Predictor
     from predictor.device_store import device_dirs
     from predictor.serve import create_app
+    from predictor.spaces.custom import load_plugins
 
     if args.max_body_mb <= 0:
         raise PredictorError(f"--max-body-mb must be positive, got {args.max_body_mb}")
     if not _is_loopback(args.host):
         log.warning("serving on %s: reachable from other machines, and the service has no "
                     "authentication; put it behind a proxy that has", args.host)
+    load_plugins(args.plugin)
     predictor = Predictor.load(args.checkpoint)
     app = create_app(predictor, max_body_bytes=int(args.max_body_mb * 2**20))
     print(f"latpred serve: http://{args.host}:{args.port} (docs at /docs); calibrated "
@@ -65,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--max-body-mb", type=float, default=16.0,
                    help="largest request body accepted, in MiB (default 16); larger gets 413")
+    add_plugin_argument(p)
     p.add_argument("--log-level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(handler=cmd_serve)

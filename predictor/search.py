@@ -212,14 +212,44 @@ class FBNetSpace(SearchSpace):
         return float(_count(net) - table[:, skip].sum()), table
 
 
+class RegisteredSpace(SearchSpace):
+    """A space registered with `predictor.spaces.custom.register_space` (with options and
+    positions): parameters and MACs come from its built graphs."""
+
+    def __init__(self, custom) -> None:
+        self.custom = custom
+        self.name, self.options, self.positions = custom.name, custom.options, custom.positions
+
+    def key(self, genes: Sequence[int]) -> str:
+        return self.custom.separator.join(self.options[g] for g in genes)
+
+    def genes(self, arch: str | Sequence) -> tuple[int, ...]:
+        return self.custom.genes(self.custom.arch_key(arch))
+
+    def params(self, archs: Sequence[str]) -> np.ndarray:
+        return np.array([self.custom.graph(a).params for a in archs], dtype=np.float64)
+
+    def macs(self, archs: Sequence[str]) -> np.ndarray:
+        return np.array([self.custom.graph(a).macs for a in archs], dtype=np.float64)
+
+
 SEARCH_SPACES: dict[str, type[SearchSpace]] = {"nb201": NB201Space, "fbnet": FBNetSpace}
 _SPACE_CACHE: dict[str, SearchSpace] = {}
 
 
 def get_search_space(name: str) -> SearchSpace:
-    """The `SearchSpace` of "nb201" or "fbnet" (one shared instance per name)."""
+    """The `SearchSpace` of "nb201", "fbnet" (one shared instance per name) or a space
+    registered with options and positions (`predictor.spaces.custom`)."""
+    from predictor.spaces.custom import custom_space, unknown_space_message
+
+    custom = custom_space(name)
+    if custom is not None:
+        if not custom.options:
+            raise SearchError(f"Space '{name}' was registered without options and "
+                              "positions: register it with them to search it")
+        return RegisteredSpace(custom)
     if name not in SEARCH_SPACES:
-        raise SearchError(f"Unknown search space '{name}'; known: {sorted(SEARCH_SPACES)}")
+        raise SearchError(unknown_space_message(name))
     if name not in _SPACE_CACHE:
         _SPACE_CACHE[name] = SEARCH_SPACES[name]()
     return _SPACE_CACHE[name]
@@ -238,6 +268,8 @@ def builtin_objective(name: str, space: str | SearchSpace) -> Objective:
     space = get_search_space(space) if isinstance(space, str) else space
     if name == "params":
         return space.params
+    if name == "macs" and isinstance(space, RegisteredSpace):
+        return space.macs
     if name == "macs":
         from predictor.space_templates import space_templates
 

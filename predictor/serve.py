@@ -55,6 +55,7 @@ from predictor.errors import PredictorError, UnknownDeviceError
 from predictor.graph import OpGraph, extract_graph
 from predictor.graph_store import GraphStore
 from predictor.search import uncertain, upper_estimate
+from predictor.spaces.custom import custom_space, registered_spaces
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ class OnnxUpload(_Strict):
 class _Models(_Strict):
     """Either search-space archs (`space` + `archs`) or uploaded ONNX `models`."""
 
-    space: str | None = Field(None, description=f"one of {sorted(SPACES)}, with `archs`")
+    space: str | None = Field(None, description=f"one of {sorted(SPACES)} or a registered "
+                                                "space (`latpred serve --plugin`), with `archs`")
     archs: list[Arch] | None = Field(None, min_length=1, max_length=MAX_ARCHS)
     models: list[OnnxUpload] | None = Field(None, min_length=1, max_length=MAX_MODELS)
     input_shape: list[Dim] | None = Field(None, min_length=1, max_length=8)
@@ -116,8 +118,9 @@ class _Models(_Strict):
     @field_validator("space")
     @classmethod
     def _known_space(cls, space: str | None) -> str | None:
-        if space is not None and space not in SPACES:
-            raise ValueError(f"unknown search space {space!r}; known: {sorted(SPACES)}")
+        if space is not None and space not in SPACES and custom_space(space) is None:
+            raise ValueError(f"unknown search space {space!r}; known: "
+                             f"{[*sorted(SPACES), *registered_spaces()]}")
         return space
 
     @model_validator(mode="after")
@@ -126,7 +129,8 @@ class _Models(_Strict):
             raise ValueError("give exactly one of `archs` (with `space`) or `models` "
                              "(ONNX uploads as base64)")
         if self.archs is not None and self.space is None:
-            raise ValueError(f"`archs` needs `space`, one of {sorted(SPACES)}")
+            raise ValueError(f"`archs` needs `space`, one of "
+                             f"{[*sorted(SPACES), *registered_spaces()]}")
         if self.models is not None and (self.space is not None or self.num_classes is not None
                                         or self.graph is not None):
             raise ValueError("`space`, `num_classes` and `graph` apply to `archs` only, not "

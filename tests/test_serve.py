@@ -345,3 +345,37 @@ def test_serve_command_binds_localhost_by_default() -> None:
     args = parser.parse_args(["serve"])
     assert (args.host, args.port, args.max_body_mb) == ("127.0.0.1", DEFAULT_PORT, 16.0)
     assert args.checkpoint is None or isinstance(args.checkpoint, Path)
+
+
+def test_registered_space_is_served(client, predictor) -> None:
+    """A space registered in the serving process (`latpred serve --plugin`) takes arch
+    requests like nb201; its bad archs get a 4xx naming them."""
+    from torch import nn
+
+    from predictor.spaces.custom import register_space, unregister_space
+
+    def build(arch, input_shape, num_classes):
+        widths = [int(w) for w in arch.split("-")]
+        layers, c = [], input_shape[1]
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU()]
+            c = w
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(c, num_classes)).eval()
+
+    register_space("widths", build, input_shape=(1, 3, 16, 16), num_classes=10,
+                   options=("8", "16", "32"), positions=2)
+    try:
+        r = client.post("/predict", json={"device": SHIPPED, "space": "widths",
+                                          "archs": ["8-8", "32-32"]})
+        assert r.status_code == 200, r.text
+        got = [row["latency_ms"] for row in r.json()["predictions"]]
+        np.testing.assert_allclose(got, predictor.predict_batch("widths", ["8-8", "32-32"],
+                                                                SHIPPED), rtol=1e-5)
+        bad = client.post("/predict", json={"device": SHIPPED, "space": "widths",
+                                            "archs": ["8-64"]})
+        assert 400 <= bad.status_code < 500 and "'64'" in bad.text
+    finally:
+        unregister_space("widths")
+    gone = client.post("/predict", json={"device": SHIPPED, "space": "widths", "archs": ["8-8"]})
+    assert gone.status_code == 422 and "unknown search space 'widths'" in gone.text
