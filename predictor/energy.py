@@ -14,6 +14,10 @@ from pathlib import Path
 from predictor.errors import first_line as _first_line
 
 ENERGY_SECONDS = 1.0  # length of the idle and the busy energy window
+# Quiet time before the idle window and run time before the busy window, so that each
+# window sees power at its steady level: board power sensors average over up to a second,
+# so a window that starts right after a change counts part of the other level.
+ENERGY_SETTLE_SECONDS = 0.5
 
 class EnergyMeter(ABC):
     """A cumulative hardware energy counter: `read()` snapshots, `delta_mj` between two."""
@@ -102,17 +106,23 @@ def open_energy_meter(device: str = "cpu", *, rapl_root: Path | str = "/sys/clas
 
 
 def measure_energy(meter: EnergyMeter, run: Callable[[], object], *,
-                   seconds: float = ENERGY_SECONDS) -> tuple[float | None, str]:
+                   seconds: float = ENERGY_SECONDS,
+                   settle: float = ENERGY_SETTLE_SECONDS) -> tuple[float | None, str]:
     """Energy per call of `run` above idle, in mJ, and a note on how it was measured.
 
-    Reads the counter over `seconds` of idle, then over a loop of `run` lasting at least
+    Waits `settle` seconds, reads the counter over `seconds` of idle, runs `run` for
+    `settle` seconds unmeasured, then reads it over a loop of `run` lasting at least
     `seconds`, and subtracts the idle power for the loop's duration. Returns None when the
     difference is not positive (the model draws too little power to tell from idle).
     """
+    time.sleep(settle)
     t0, e0 = time.perf_counter(), meter.read()
     time.sleep(seconds)
     e1, idle_s = meter.read(), time.perf_counter() - t0
     idle_mw = meter.delta_mj(e0, e1) / idle_s
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < settle:
+        run()
     runs, t0, e0 = 0, time.perf_counter(), meter.read()
     while True:
         run()
