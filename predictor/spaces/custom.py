@@ -18,6 +18,7 @@ extraction (a torch module is exported to ONNX first) and a repeated one nothing
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,19 +88,22 @@ class CustomSpace:
         shape = tuple(int(d) for d in (input_shape or self.input_shape))
         classes = int(num_classes or self.num_classes)
         cache_key = (self.name, key, shape, classes)
-        graph = _GRAPHS.get(cache_key)
-        if graph is None:
-            graph = _extract(self, key, shape, classes)
+        with _LOCK:  # the service predicts from several threads
+            graph = _GRAPHS.get(cache_key)
+            if graph is not None:
+                _GRAPHS.move_to_end(cache_key)
+                return graph
+        graph = _extract(self, key, shape, classes)
+        with _LOCK:
             _GRAPHS[cache_key] = graph
             if len(_GRAPHS) > GRAPH_CACHE_SIZE:
                 _GRAPHS.popitem(last=False)
-        else:
-            _GRAPHS.move_to_end(cache_key)
         return graph
 
 
 _SPACES: dict[str, CustomSpace] = {}
 _GRAPHS: OrderedDict[tuple, OpGraph] = OrderedDict()
+_LOCK = threading.Lock()
 
 
 def _extract(space: CustomSpace, key: str, shape: tuple[int, ...], classes: int) -> OpGraph:
@@ -150,8 +154,9 @@ def register_space(name: str, build: Builder, *, input_shape: Sequence[int],
 def unregister_space(name: str) -> None:
     """Forget a registered space and its cached graphs (no error if unknown)."""
     _SPACES.pop(name, None)
-    for key in [k for k in _GRAPHS if k[0] == name]:
-        del _GRAPHS[key]
+    with _LOCK:
+        for key in [k for k in _GRAPHS if k[0] == name]:
+            del _GRAPHS[key]
 
 
 def custom_space(name: str) -> CustomSpace | None:
