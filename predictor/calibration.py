@@ -113,6 +113,19 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
     return rows, info
 
 
+def measured_graphs(models: Sequence[Any], input_shape: InputShapes = None) -> list:
+    """The operator graphs of measured models, as they were measured: `input_shape` fixes
+    the dims of models with dynamic inputs only (a model with fixed inputs, such as the
+    reference set's next to `--include`d files, keeps its own, as `measure_onnx` ran it)."""
+    from predictor.graph import extract_graph
+    from predictor.onnx_io import has_dynamic_inputs, read_model
+
+    if input_shape is None:
+        return [extract_graph(m) for m in models]
+    return [extract_graph(m, input_shape=input_shape if has_dynamic_inputs(read_model(m))
+                          else None) for m in models]
+
+
 def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: dict[str, Any],
               *, strategy: str = "auto", input_shape=None, space: str | None = None,
               num_classes: int | None = None, metric: str = "latency_ms",
@@ -156,7 +169,8 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
         raise PredictorError("With a search space, give the batch in the input shape "
                              "(--input-shape B,3,H,W), not as --batch")
     if space is None:
-        models = [row["model"] for row in rows]
+        models = measured_graphs([row["model"] for row in rows], input_shape)
+        input_shape = None
     else:
         from predictor.spaces.custom import space_setting
 

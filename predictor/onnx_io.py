@@ -345,6 +345,13 @@ def activation_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
             if i.name not in init_names and i.doc_string != WEIGHT_MARK]
 
 
+def has_dynamic_inputs(model: onnx.ModelProto) -> bool:
+    """Whether any run-time input has a dim without a fixed size (or an unknown rank)."""
+    inputs = [v for v in activation_inputs(model) if v.type.HasField("tensor_type")]
+    return any(dims is None or any(isinstance(d, str) for d in dims)
+               for dims in map(declared_dims, inputs))
+
+
 def fix_input_shapes(model: onnx.ModelProto, input_shape: InputShapes) -> None:
     """Set the shapes of the run-time inputs in place (`resolve_input_shapes`, a given
     size replacing a fixed one), or fail if any stays dynamic.

@@ -242,7 +242,8 @@ def test_reference_set_plus_included_models(tmp_path, monkeypatch) -> None:
     from predictor.api import Predictor
     from predictor.calibration import calibrate
 
-    small = generator.sample_specs(6, 4, kinds=("cnn",), small=True)
+    small = (generator.sample_specs(6, 4, kinds=("cnn",), small=True)
+             + generator.sample_specs(6, 1, kinds=("transformer",), small=True))
     monkeypatch.setattr(generator, "reference_specs", lambda: small)
     monkeypatch.setattr(calibration, "REFERENCE_CACHE", tmp_path / "ref")
     monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path / "devices"))
@@ -255,7 +256,11 @@ def test_reference_set_plus_included_models(tmp_path, monkeypatch) -> None:
     assert [Path(r["model"]).name for r in rows] == [f"{s.name}.onnx" for s in small] + [own.name]
     assert all(r["latency_ms"] > 0 for r in rows) and info["included"] == [str(own)]
     stored = calibrate(Predictor.load(), "with-own", rows, info, input_shape=(1, 3, 24, 24))
-    assert len(stored["measurements"]) == 5 and stored["provenance"]["included"] == [str(own)]
+    assert len(stored["measurements"]) == 6 and stored["provenance"]["included"] == [str(own)]
+    # the shape fixes the included model's dynamic dims; the reference models keep theirs
+    graphs = calibration.measured_graphs([r["model"] for r in rows], (1, 3, 24, 24))
+    assert [g.primary_input_shape for g in graphs] == \
+        [tuple(s.input_shape) for s in small] + [(1, 3, 24, 24)]
     with pytest.raises(PredictorError, match="no such file"):
         calibration.measure_reference_set(include=[tmp_path / "nope.onnx"], progress=False)
     with pytest.raises(PredictorError, match="with --backend torch"):
