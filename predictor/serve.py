@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from predictor import __version__
 from predictor.api import Predictor
-from predictor.calibration import CalibrationLockedError, device_lock
+from predictor.calibration import CalibrationLockedError, device_lock, measured_graphs
 from predictor.corpus import SPACES
 from predictor.device_store import describe_devices, device_dirs, list_device_files, load_device
 from predictor.errors import PredictorError, UnknownDeviceError
@@ -308,21 +308,27 @@ class PredictionService:
             predictor.known_devices()  # memoised lazily; fill it before threads race on it
             self.calibrator.known_devices()
 
-    def _graphs(self, req: _Models) -> GraphStore:
+    def _graphs(self, req: _Models, measured: bool = False) -> GraphStore:
         """Operator graphs of the request's items (templates are thread-safe)."""
         if req.archs is not None:
             return self.predictor.space_graphs(req.space, req.archs,
                                                input_shape=req.input_shape,
                                                num_classes=req.num_classes,
                                                graph=req.graph or "eager")
-        return self.predictor.graphs(self._uploaded_graphs(req))  # stand-ins as `predict`
+        # stand-ins as `predict`
+        return self.predictor.graphs(self._uploaded_graphs(req, measured))
 
-    def _uploaded_graphs(self, req: _Models) -> list[OpGraph]:
+    def _uploaded_graphs(self, req: _Models, measured: bool = False) -> list[OpGraph]:
+        """`measured`: the uploads were timed, so `input_shape` fixes dynamic dims only (a
+        model with fixed inputs ran at its own shape; `calibration.measured_graphs`)."""
         graphs = []
         shape = tuple(req.input_shape) if req.input_shape else None
         for i, upload in enumerate(req.models):
             try:  # pure: ONNX bytes in, graph out; safe outside the lock
-                graphs.append(extract_graph(upload.onnx_b64, input_shape=shape))
+                if measured and shape is not None:
+                    graphs.extend(measured_graphs([upload.onnx_b64], shape))
+                else:
+                    graphs.append(extract_graph(upload.onnx_b64, input_shape=shape))
             except PredictorError as exc:
                 raise type(exc)(f"models[{i}] ({upload.name!r}): {exc}") from None
         return graphs
@@ -379,7 +385,7 @@ class PredictionService:
             info["num_classes"] = req.num_classes
         if req.space:
             info["graph"] = req.graph or "eager"
-        store = self._graphs(req) if req.models is not None else None
+        store = self._graphs(req, measured=True) if req.models is not None else None
         with device_lock(req.name, device_dirs()[0]), self.calibration_lock:
             if store is None:
                 store = self._graphs(req)
