@@ -9,6 +9,9 @@ Each space module offers the same four entry points:
 * ``build_onnx(arch, input_shape=..., num_classes=...)`` -> the ``onnx.ModelProto``
   that ``torch.onnx.export(net.eval(), (x,), f, dynamo=False)`` would give, written
   directly (milliseconds instead of ~0.5 s), with zero weights.
+
+`custom` holds the spaces users register (`register_space`: a builder per arch string),
+predicted, calibrated and searched by arch like these two, through the general ONNX path.
 """
 
 from __future__ import annotations
