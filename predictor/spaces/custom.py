@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from predictor.errors import InvalidArchError, PredictorError
+from predictor.errors import InvalidArchError, PredictorError, first_line
 from predictor.graph import OpGraph, extract_graph
 
 BUILT_IN = ("nb201", "fbnet")
@@ -113,8 +113,7 @@ def _extract(space: CustomSpace, key: str, shape: tuple[int, ...], classes: int)
         net = space.build(key, shape, classes)
     except Exception as exc:  # the user's builder: any failure names the arch
         raise InvalidArchError(f"Arch {key!r} of space '{space.name}': the builder failed: "
-                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                               ) from exc
+                               f"{first_line(exc)}") from exc
     if isinstance(net, OpGraph):
         return net
     if isinstance(net, torch.nn.Module):
@@ -209,5 +208,4 @@ def load_plugins(plugins: Sequence[str] | None) -> None:
         except PredictorError:
             raise
         except Exception as exc:  # the user's code: one clear line
-            raise PredictorError(f"Plugin {plugin} failed to load: {type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            raise PredictorError(f"Plugin {plugin} failed to load: {first_line(exc)}") from exc
