@@ -36,10 +36,12 @@ def metrics(pred_ms: np.ndarray, true_ms: np.ndarray) -> dict[str, float]:
 
 
 def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean and std over seeds of each metric."""
+    """Mean and std over seeds of each metric, and its value per seed (a mean over draws
+    of 10 samples hides the occasional draw that calibrates badly)."""
     keys = runs[0].keys()
     return {k: {"mean": float(np.mean([r[k] for r in runs])),
-                "std": float(np.std([r[k] for r in runs]))} for k in keys}
+                "std": float(np.std([r[k] for r in runs])),
+                "per_seed": [round(float(r[k]), 4) for r in runs]} for k in keys}
 
 
 def _column(store: GraphStore, name: str) -> np.ndarray:

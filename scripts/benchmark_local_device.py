@@ -272,6 +272,9 @@ def main() -> None:
         for case, per in out["results"].items():
             print(f"| {case} | " + " | ".join(f"{per[m][metric]['mean']:{fmt}}" for m in methods)
                   + " |")
+    print("\nlatpred+auto MAPE per seed (%)\n")
+    for case, per in out["results"].items():
+        print(f"- {case}: " + ", ".join(f"{v:.1f}" for v in per["latpred+auto"]["mape"]["per_seed"]))
     print(f"\nseconds: {time.time() - start:.1f}")
     if args.json:
         report = {k: v for k, v in out.items() if k != "raw"}
