@@ -35,7 +35,7 @@ from predictor.graph import OpGraph, extract_graph
 from predictor.graph_store import GraphStore
 from predictor.onnx_io import InputShapes
 from predictor.spaces.custom import space_setting
-from predictor.stand_ins import stand_in_graph
+from predictor.stand_ins import stand_in_graph, volumetric_ops
 
 MIN_SHOTS = 5
 DEFAULT_FINETUNE_STEPS = 20  # when the checkpoint's config sets none
@@ -175,14 +175,17 @@ class Predictor:
     def unfamiliar_ops(self, graph: OpGraph) -> dict[str, int]:
         """Op types in `graph` that no training graph of the checkpoint held, with their
         counts (e.g. {"LSTM": 1}): its prediction for such a model extrapolates. Ops that
-        only move or reshape data (no flops: Squeeze, Identity...) are left out. Empty
-        when the checkpoint does not record its training op types."""
+        only move or reshape data (no flops: Squeeze, Identity...) are left out. 3-D
+        convolutions and pools count as "Conv (3-D)" and so on (no training graph held
+        volumes; `predictor.stand_ins.fold_volumetric`). Empty when the checkpoint does not
+        record its training op types."""
         trained = self.checkpoint.info.get("op_types")
         if trained is None:
             return {}
         known = set(trained)
-        return dict(Counter(op for n in graph.nodes if n.macs or n.other_flops
-                            for op in (n.op_type, n.activation) if op and op not in known))
+        return {**Counter(op for n in graph.nodes if n.macs or n.other_flops
+                          for op in (n.op_type, n.activation) if op and op not in known),
+                **volumetric_ops(graph)}
 
     def known_devices(self) -> list[DeviceState]:
         """The checkpoint's training devices (shipped embeddings), for the nearest-device

@@ -15,7 +15,11 @@ fused activation) to a trained one that runs a similar kernel:
   projecting the whole input sequence onto the gates, then per time step a MatMul of the
   hidden state by the recurrent weights and an elementwise gate update, in sequence (a
   recurrent op's cost grows with its sequence length through per-step overheads, not
-  only its MACs).
+  only its MACs);
+* volumetric networks (3-D convolutions and pools, NCDHW activations) are read as their
+  2-D counterparts, depth folded into height (`fold_volumetric`): no training graph
+  has rank-5 activations, and the network priced a video CNN's 3-D convolutions 4x too
+  fast from features it never saw (the channel count where a batch belongs).
 
 Pure: graphs in, graphs out. `Predictor.graphs` applies it with the checkpoint's recorded
 training op types; predictions of such models still extrapolate and stay flagged
@@ -126,9 +130,47 @@ def _unroll(node: OpNode, trained: Collection[str]) -> list[list[OpNode]] | None
     return chains
 
 
+# Ops whose kernel spans the spatial dims: a 3-D kernel marks a volumetric network.
+_SPATIAL_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool",
+                *QUANTIZED_CONV)
+
+
+def _fold_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(N, C, D, H, W) -> (N, C, D * H, W); other ranks as they are."""
+    return (*shape[:2], shape[2] * shape[3], shape[4]) if len(shape) == 5 else shape
+
+
+def volumetric_ops(graph: OpGraph) -> dict[str, int]:
+    """Counts of 3-D convolutions and pools by op type, named "Conv (3-D)" and so on: no
+    training graph held them, so their predictions extrapolate even once folded."""
+    counts: dict[str, int] = {}
+    for n in graph.nodes:
+        if n.op_type in _SPATIAL_OPS and len(n.kernel) == 3:
+            counts[f"{n.op_type} (3-D)"] = counts.get(f"{n.op_type} (3-D)", 0) + 1
+    return counts
+
+
+def fold_volumetric(graph: OpGraph) -> OpGraph:
+    """A graph with 3-D convolutions or pools as its 2-D counterpart: every rank-5
+    activation (N, C, D, H, W) becomes (N, C, D * H, W) and 3-D kernels, strides and
+    dilations keep their last two (height, width) values. Work (MACs, FLOPs, bytes) is
+    kept. Any other graph (a transformer's rank-5 reshapes included) is returned as it
+    is."""
+    if not volumetric_ops(graph):
+        return graph
+    nodes = [replace(n, input_shape=_fold_shape(n.input_shape),
+                     output_shape=_fold_shape(n.output_shape),
+                     kernel=n.kernel[-2:], stride=n.stride[-2:], dilation=n.dilation[-2:])
+             for n in graph.nodes]
+    inputs = {name: _fold_shape(shape) for name, shape in graph.input_shapes.items()}
+    return replace(graph, nodes=nodes, input_shapes=inputs)
+
+
 def stand_in_graph(graph: OpGraph, trained: Collection[str]) -> OpGraph:
     """`graph` with every node whose op type `trained` lacks replaced by its stand-in
-    (recurrent ops unrolled); the graph itself when nothing changes."""
+    (recurrent ops unrolled) and volumetric ops folded to 2-D (`fold_volumetric`); the
+    graph itself when nothing changes."""
+    graph = fold_volumetric(graph)
     trained = frozenset(trained)
     nodes: list[OpNode] = []
     heads: list[list[int]] = []  # per old node: new nodes reading its inputs

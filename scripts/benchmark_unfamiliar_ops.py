@@ -1,5 +1,5 @@
 """Models with op types no training graph held (LSTM, GRU, Einsum, ConvTranspose, Conv1d,
-GroupNorm, int8 quantisation, ...): measured on this CPU, predicted after calibrating on the reference set,
+GroupNorm, int8 quantisation, 3-D convolutions, ...): measured on this CPU, predicted after calibrating on the reference set,
 with and without stand-ins (`predictor.stand_ins`).
 
     python scripts/benchmark_unfamiliar_ops.py --json results/unfamiliar_ops.json
@@ -7,7 +7,7 @@ with and without stand-ins (`predictor.stand_ins`).
 Times the reference set and the models below in one pass under ONNX Runtime (`--threads`,
 default 1), adapts the shipped predictor to the reference set (strategy auto), and prints
 predicted / measured per model: "raw" featurises the graphs as extracted (untrained op
-types feed untrained weights), "stand-ins" as `latpred predict` does. Writes a PNG next to
+types feed untrained weights, volumes stay rank 5), "stand-ins" as `latpred predict` does. Writes a PNG next to
 the JSON.
 """
 
@@ -63,6 +63,14 @@ def networks() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     decoder = nn.Sequential(nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.PReLU(),
                             nn.Upsample(scale_factor=2, mode="bilinear"),
                             nn.Conv2d(32, 3, 3, padding=1), nn.Tanh())
+    def video(widths: tuple[int, ...]) -> nn.Module:
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(widths, widths[1:])):
+            layers += [nn.Conv3d(c_in, c_out, 3, padding=1), nn.BatchNorm3d(c_out), nn.ReLU()]
+            layers += [nn.MaxPool3d(2)] if i < len(widths) - 2 else []
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+                             nn.Linear(widths[-1], 10))
+
     return {
         "lstm-2x128-seq20": (_Sequence(nn.LSTM, 2, 128), torch.randn(1, 20, 64)),
         "lstm-1x256-seq100": (_Sequence(nn.LSTM, 1, 256), torch.randn(1, 100, 64)),
@@ -72,6 +80,8 @@ def networks() -> dict[str, tuple[nn.Module, torch.Tensor]]:
         "einsum-attention": (_EinsumAttention(), torch.randn(1, 64, 128)),
         "convtranspose-decoder": (decoder, torch.randn(1, 64, 16, 16)),
         "conv1d-audio": (audio, torch.randn(1, 1, 16000)),
+        "conv3d-video-8x64x64": (video((3, 16, 32, 64)), torch.randn(1, 3, 8, 64, 64)),
+        "conv3d-video-16x112x112": (video((3, 16, 16, 32, 32)), torch.randn(1, 3, 16, 112, 112)),
     }
 
 

@@ -109,3 +109,41 @@ def test_int8_models_run_as_the_float_kernels_they_quantise(tmp_path) -> None:
     convs = [(a, b) for a, b in zip(graph.nodes, out.nodes, strict=True)
              if a.op_type == "ConvInteger"]
     assert convs and all(b.op_type == "Conv" and b.macs == a.macs > 0 for a, b in convs)
+
+
+def _video_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.BatchNorm3d(8), nn.ReLU(),
+                         nn.MaxPool3d(2), nn.Conv3d(8, 16, (1, 3, 3), padding=(0, 1, 1)),
+                         nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+                         nn.Linear(16, 4)).eval()
+
+
+def test_volumetric_networks_are_read_as_their_2d_counterparts() -> None:
+    """3-D convolutions and pools keep their work, with depth folded into height: no
+    rank-5 activation is left (no training graph had one), and the kernels keep their
+    (height, width)."""
+    from predictor.stand_ins import fold_volumetric, volumetric_ops
+
+    graph = extract_graph(_video_cnn(), example_input=torch.randn(1, 3, 4, 16, 16))
+    assert volumetric_ops(graph) == {"Conv (3-D)": 2, "MaxPool (3-D)": 1}
+    folded = stand_in_graph(graph, TRAINED)
+    assert all(len(s) <= 4 for n in folded.nodes for s in (n.input_shape, n.output_shape))
+    assert folded.macs == graph.macs and folded.memory_bytes == graph.memory_bytes
+    first = folded.nodes[0]
+    assert first.input_shape == (1, 3, 4 * 16, 16) and first.kernel == (3, 3)
+    assert folded.primary_input_shape == (1, 3, 64, 16)
+    # a graph whose rank-5 tensors are not volumes (attention heads) is left alone
+    heads = nn.Sequential(nn.Unflatten(2, (2, 4, 8)), nn.Flatten(2), nn.Linear(64, 8)).eval()
+    sequence = extract_graph(heads, example_input=torch.randn(1, 5, 64))
+    assert any(len(n.output_shape) == 5 for n in sequence.nodes)
+    assert fold_volumetric(sequence) is sequence
+
+
+def test_volumetric_ops_are_reported_as_unfamiliar() -> None:
+    predictor = Predictor.load()
+    graph = extract_graph(_video_cnn(), example_input=torch.randn(1, 3, 4, 16, 16))
+    assert predictor.unfamiliar_ops(graph) == {"Conv (3-D)": 2, "MaxPool (3-D)": 1}
+    small, large = (extract_graph(_video_cnn(), example_input=torch.randn(1, 3, d, 32, 32))
+                    for d in (4, 16))
+    ms = predictor.predict([small, large], device="silver_4114@nb201")
+    assert ms[1] > ms[0] > 0
