@@ -449,7 +449,7 @@ def test_local_blend_weights_judge_graphs_beyond_the_support_on_its_nearest_mode
     stay (a fit to the smallest support model need not extrapolate down)."""
     from predictor.adaptation import local_blend_weights
 
-    errors = torch.tensor([[0.01, 0.01, 0.09, 0.09], [0.09, 0.09, 0.01, 0.01]])
+    errors = torch.tensor([[0.05, 0.05, 0.10, 0.10], [0.10, 0.10, 0.05, 0.05]])
     support_x = torch.tensor([10.0, 11.0, 12.0, 13.0], dtype=torch.float64)
     x = torch.tensor([11.5, 10.0, 13.2, 14.0, 16.0, 7.0], dtype=torch.float64)
     w = local_blend_weights(errors, support_x, x)
