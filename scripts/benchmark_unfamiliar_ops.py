@@ -65,7 +65,7 @@ def networks() -> dict[str, tuple[nn.Module, torch.Tensor]]:
                             nn.Conv2d(32, 3, 3, padding=1), nn.Tanh())
     def video(widths: tuple[int, ...]) -> nn.Module:
         layers: list[nn.Module] = []
-        for i, (c_in, c_out) in enumerate(zip(widths, widths[1:])):
+        for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             layers += [nn.Conv3d(c_in, c_out, 3, padding=1), nn.BatchNorm3d(c_out), nn.ReLU()]
             layers += [nn.MaxPool3d(2)] if i < len(widths) - 2 else []
         return nn.Sequential(*layers, nn.AdaptiveAvgPool3d(1), nn.Flatten(),
