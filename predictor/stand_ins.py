@@ -18,8 +18,9 @@ fused activation) to a trained one that runs a similar kernel:
   only its MACs);
 * volumetric networks (3-D convolutions and pools, NCDHW activations) are read as their
   2-D counterparts, depth folded into height (`fold_volumetric`): no training graph
-  has rank-5 activations, and the network priced a video CNN's 3-D convolutions 4x too
-  fast from features it never saw (the channel count where a batch belongs).
+  has rank-5 activations, and the network priced video CNNs 6x too fast from features
+  it never saw (the channel count where a batch belongs); folded, still about 4x, so
+  their 3-D ops stay flagged (`volumetric_ops`).
 
 Pure: graphs in, graphs out. `Predictor.graphs` applies it with the checkpoint's recorded
 training op types; predictions of such models still extrapolate and stay flagged
@@ -29,6 +30,7 @@ training op types; predictions of such models still extrapolate and stay flagged
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import replace
 
@@ -143,11 +145,8 @@ def _fold_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 def volumetric_ops(graph: OpGraph) -> dict[str, int]:
     """Counts of 3-D convolutions and pools by op type, named "Conv (3-D)" and so on: no
     training graph held them, so their predictions extrapolate even once folded."""
-    counts: dict[str, int] = {}
-    for n in graph.nodes:
-        if n.op_type in _SPATIAL_OPS and len(n.kernel) == 3:
-            counts[f"{n.op_type} (3-D)"] = counts.get(f"{n.op_type} (3-D)", 0) + 1
-    return counts
+    return dict(Counter(f"{n.op_type} (3-D)" for n in graph.nodes
+                        if n.op_type in _SPATIAL_OPS and len(n.kernel) == 3))
 
 
 def fold_volumetric(graph: OpGraph) -> OpGraph:
