@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from predictor.cli_measure import add_input_shapes_argument, add_plugin_argument, positive_int
@@ -18,6 +19,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from predictor.training import train
 
     config = load_config(args.config)
+    if args.init_from is not None:
+        config = replace(config, init_from=str(args.init_from))
     checkpoint = train(config, args.out, data_dir=args.data_dir, cache_root=args.cache_dir,
                        log_dir=args.log_dir, use_wandb=args.wandb)
     print(f"wrote {args.out} ({checkpoint.info})")
@@ -232,6 +235,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("checkpoints/latpred.ckpt"))
     p.add_argument("--export-devices", type=Path, default=None, metavar="DIR",
                    help="also write the training devices' embeddings to DIR")
+    p.add_argument("--init-from", type=Path, default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights (overrides the config's "
+                        "init_from; its model section must match)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--log-dir", default="runs")

@@ -51,6 +51,12 @@ def train(config: TrainConfig, out: str | Path, *, data_dir: str | Path | None =
     with `only_extra_tasks` they replace them (the config's meta-valid devices still
     select the best epoch).
     """
+    base = None
+    if config.init_from:  # a bad base fails before the data is built
+        base = Checkpoint.load(config.init_from)
+        if base.config.model != config.model:
+            raise PredictorError(f"init_from {config.init_from}: its model config differs "
+                                 "from this config's 'model' section")
     L.seed_everything(config.seed, workers=True)
     datamodule = EpisodeDataModule(config.data, data_dir=data_dir, cache_root=cache_root,
                                    progress=progress)
@@ -61,11 +67,7 @@ def train(config: TrainConfig, out: str | Path, *, data_dir: str | Path | None =
     learner = MetaLearner(config)
     base_devices: tuple[str, ...] = ()
     base_info: dict = {}
-    if config.init_from:
-        base = Checkpoint.load(config.init_from)
-        if base.config.model != config.model:
-            raise PredictorError(f"init_from {config.init_from}: its model config differs "
-                                 "from this config's 'model' section")
+    if base is not None:
         learner.model.load_state_dict(base.model.state_dict())
         base_devices, base_info = base.devices, base.info
     else:

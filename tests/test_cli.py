@@ -145,3 +145,22 @@ def test_custom_op_reported(tmp_path: Path) -> None:
     assert report["nodes"] == 2
     text = run_cli("inspect", str(path)).stdout
     assert "org.custom::Swoosh 1" in text
+
+
+def test_train_init_from_is_checked_before_any_data_is_built(tmp_path: Path) -> None:
+    """`latpred train --init-from` overrides the config's base checkpoint: a missing or
+    mismatched one is one clear line, and no checkpoint is written."""
+    import yaml
+
+    out = tmp_path / "out.ckpt"
+    args = ("train", "--config", "configs/tiny.yaml", "--out", str(out),
+            "--log-dir", str(tmp_path / "logs"), "--cache-dir", str(tmp_path / "cache"))
+    result = run_cli(*args, "--init-from", str(tmp_path / "missing.ckpt"))
+    _assert_one_line_error(result, "not found", "missing.ckpt")
+    raw = yaml.safe_load(open("configs/tiny.yaml"))  # the shipped checkpoint is larger
+    raw["init_from"] = str(tmp_path / "missing.ckpt")
+    config = tmp_path / "tiny_warm.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    result = run_cli(*args[:2], str(config), *args[3:], "--init-from", "checkpoints/latpred.ckpt")
+    _assert_one_line_error(result, "model config differs")
+    assert not out.exists() and not (tmp_path / "cache").exists()
