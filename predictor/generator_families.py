@@ -589,6 +589,56 @@ class UNet(nn.Module):
         return self.out(x)
 
 
+# ----------------------------------------------------------------------------- convnext
+
+
+def sample_convnext(rng: random.Random, small: bool) -> Params:
+    """ConvNeXt-like CNNs (`model_zoo.ConvNeXt`): patchify stem, stages of wide depthwise
+    convolutions, LayerNorm and an MLP over channels-last activations, layer scale."""
+    stages = rng.randint(2, 3) if small else rng.randint(2, 4)
+    base = rng.choice((8, 16) if small else (24, 32, 48, 64, 96))
+    return {
+        "resolution": rng.choice(SMALL_RESOLUTIONS if small else (64, 96, 128, 160, 224)),
+        "dims": [base * 2**i for i in range(stages)],
+        # ConvNeXt's third stage is its deep one
+        "depths": [rng.randint(1, 2) if small else rng.randint(1, 9 if i == 2 else 3)
+                   for i in range(stages)],
+        "kernel": rng.choice((3, 5, 7, 7)),
+        "mlp_ratio": rng.choice((2, 4, 4)),
+        "num_classes": rng.choice((10, 100, 1000)),
+    }
+
+
+def build_convnext(p: Params) -> nn.Module:
+    from predictor.model_zoo import ConvNeXt
+
+    return ConvNeXt(tuple(p["depths"]), tuple(p["dims"]), p["num_classes"], p["kernel"],
+                    p["mlp_ratio"])
+
+
+# ----------------------------------------------------------------------------- gpt
+
+
+def sample_gpt(rng: random.Random, small: bool) -> Params:
+    """GPT-like decoders (`model_zoo.GPT2`): token and position embeddings, pre-norm causal
+    blocks (fused QKV, scaled-dot-product attention), a language-model head on every
+    position. The output is (1, seq_len, vocab), not (1, num_classes)."""
+    dim = rng.choice((32, 64) if small else (64, 128, 192, 256, 384, 512, 768))
+    return {
+        "seq_len": rng.choice((16, 32) if small else SEQ_LENS),
+        "vocab": rng.choice((1000,) if small else (1000, 4096, 8192, 16384, 32000, 50257)),
+        "dim": dim,
+        "heads": _heads_for(rng, dim, small),
+        "depth": rng.randint(1, 2) if small else rng.randint(1, 12),
+    }
+
+
+def build_gpt(p: Params) -> nn.Module:
+    from predictor.model_zoo import GPT2
+
+    return GPT2(p["vocab"], p["dim"], p["depth"], p["heads"], context=p["seq_len"])
+
+
 # ----------------------------------------------------------------------------- rnn
 
 
@@ -790,6 +840,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mixer", "transformer", sample_mixer, Mixer),
     Family("hybrid", "transformer", sample_hybrid, Hybrid),
     Family("unet", "cnn", sample_unet, UNet, default=False),
+    Family("convnext", "cnn", sample_convnext, build_convnext, default=False),
+    Family("gpt", "transformer", sample_gpt, build_gpt, default=False,
+           input_shape=lambda p: (1, p["seq_len"]), input_dtype="int64"),
     Family("rnn", "rnn", sample_rnn, RNN, default=False,
            input_shape=lambda p: (1, p["seq_len"], p["features"])),
     Family("cnn_block", "cnn", sample_cnn_block, CNNBlock, default=False,

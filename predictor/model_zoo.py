@@ -2,8 +2,9 @@
 
 Each builder returns an `nn.Module` in eval mode whose layer structure follows the
 reference definition (torchvision's ResNet, MobileNetV2 and ConvNeXt, the U-Net paper,
-GPT-2), so MACs and parameter counts match the published figures. ConvNeXt, U-Net and
-GPT-2 belong to no generator family: no training set holds networks like them.
+GPT-2), so MACs and parameter counts match the published figures. ConvNeXt and GPT-2
+are also the builders of the generator's opt-in `convnext` and `gpt` families (smaller,
+varied); the U-Net belongs to no generator family (the `unet` family is a plainer one).
 """
 
 from __future__ import annotations
@@ -118,14 +119,15 @@ class MobileNetV2(nn.Module):
 
 
 class _ConvNeXtBlock(nn.Module):
-    """7x7 depthwise conv, LayerNorm over channels (channels-last), MLP 4x with GELU,
-    layer scale, residual."""
+    """7x7 (`kernel`) depthwise conv, LayerNorm over channels (channels-last), MLP 4x
+    (`mlp_ratio`) with GELU, layer scale, residual."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, kernel: int = 7, mlp_ratio: int = 4):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.dwconv = nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        hidden = mlp_ratio * dim
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,13 +147,14 @@ class ConvNeXt(nn.Module):
     `_ConvNeXtBlock`s, LayerNorm + 2x2/2 conv between them."""
 
     def __init__(self, depths: tuple[int, ...] = (3, 3, 9, 3),
-                 dims: tuple[int, ...] = (96, 192, 384, 768), num_classes: int = 1000):
+                 dims: tuple[int, ...] = (96, 192, 384, 768), num_classes: int = 1000,
+                 kernel: int = 7, mlp_ratio: int = 4):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(3, dims[0], 4, 4), _ChannelNorm(dims[0], eps=1e-6)]
         for i, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
             if i:
                 layers += [_ChannelNorm(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dim, 2, 2)]
-            layers += [_ConvNeXtBlock(dim) for _ in range(depth)]
+            layers += [_ConvNeXtBlock(dim, kernel, mlp_ratio) for _ in range(depth)]
         self.features = nn.Sequential(*layers)
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head = nn.Linear(dims[-1], num_classes)

@@ -92,6 +92,8 @@ def test_kind_and_family_filters() -> None:
     ("cnn_block", "cnn", {"Conv", "ConvTranspose", "Resize", "MaxPool", "AveragePool",
                           "InstanceNormalization", "GroupNormalization"}),
     ("seq_block", "transformer", {"MatMul", "Gemm", "Softmax", "LayerNormalization"}),
+    ("convnext", "cnn", {"Conv", "LayerNormalization", "MatMul", "Transpose"}),
+    ("gpt", "transformer", {"Gather", "MatMul", "Softmax", "LayerNormalization"}),
 ])
 def test_opt_in_families_run_and_count_their_work(family, kind, ops) -> None:
     """Encoder-decoders and recurrent models are sampled only when named, so the default
@@ -142,7 +144,7 @@ def test_small_sample_goes_through_the_pipeline(small_specs: list[ModelSpec]) ->
 
 def test_default_sample_within_budget() -> None:
     specs = sample_specs(0, 8)  # each default family once (cnn: 3, transformer: 4)
-    specs += sample_specs(0, 5, kinds=("cnn", "transformer", "rnn"),
+    specs += sample_specs(0, 8, kinds=("cnn", "transformer", "rnn"),
                           families=[n for n, f in FAMILIES.items() if not f.default])
     assert {s.family for s in specs} == set(FAMILIES)
     for spec in specs:
