@@ -219,7 +219,8 @@ def build_module(spec: ModelSpec) -> tuple[nn.Module, torch.Tensor]:
 
     Returns:
         (module, example) where example has `spec.input_shape` and `spec.input_dtype`
-        (N(0, 1) images or uniform token ids) and module(example) is (1, num_classes).
+        (N(0, 1) images or uniform token ids) and module(example) is (1, num_classes)
+        (the `gpt` family: language-model logits, (1, seq_len, vocab)).
     """
     family = _family(spec.family)
     with torch.random.fork_rng(devices=[]):
