@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from predictor.model_zoo import GPT2, ConvNeXt
+
 Params = dict[str, Any]
 
 RESOLUTIONS = (32, 64, 96, 128, 160, 224)
@@ -192,6 +194,10 @@ def _classifier(dim: int, num_classes: int, hidden: int = 0, act: str = "relu") 
 
 def _image_shape(params: Params) -> tuple[int, ...]:
     return (1, 3, params["resolution"], params["resolution"])
+
+
+def _token_shape(params: Params) -> tuple[int, ...]:
+    return (1, params["seq_len"])
 
 
 def _heads_for(rng: random.Random, dim: int, small: bool) -> int:
@@ -610,8 +616,6 @@ def sample_convnext(rng: random.Random, small: bool) -> Params:
 
 
 def build_convnext(p: Params) -> nn.Module:
-    from predictor.model_zoo import ConvNeXt
-
     return ConvNeXt(tuple(p["depths"]), tuple(p["dims"]), p["num_classes"], p["kernel"],
                     p["mlp_ratio"])
 
@@ -634,8 +638,6 @@ def sample_gpt(rng: random.Random, small: bool) -> Params:
 
 
 def build_gpt(p: Params) -> nn.Module:
-    from predictor.model_zoo import GPT2
-
     return GPT2(p["vocab"], p["dim"], p["depth"], p["heads"], context=p["seq_len"])
 
 
@@ -836,13 +838,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("mobilenet", "cnn", sample_mobilenet, MobileNet),
     Family("vit", "transformer", sample_vit, ViT),
     Family("bert", "transformer", sample_bert, Bert,
-           input_shape=lambda p: (1, p["seq_len"]), input_dtype="int64"),
+           input_shape=_token_shape, input_dtype="int64"),
     Family("mixer", "transformer", sample_mixer, Mixer),
     Family("hybrid", "transformer", sample_hybrid, Hybrid),
     Family("unet", "cnn", sample_unet, UNet, default=False),
     Family("convnext", "cnn", sample_convnext, build_convnext, default=False),
     Family("gpt", "transformer", sample_gpt, build_gpt, default=False,
-           input_shape=lambda p: (1, p["seq_len"]), input_dtype="int64"),
+           input_shape=_token_shape, input_dtype="int64"),
     Family("rnn", "rnn", sample_rnn, RNN, default=False,
            input_shape=lambda p: (1, p["seq_len"], p["features"])),
     Family("cnn_block", "cnn", sample_cnn_block, CNNBlock, default=False,

@@ -77,7 +77,7 @@ MARGIN_QUANTILE = 0.75
 # (q90 0.97, q97.5 3.72); in stop 27 for "auto" on absolute errors at temperature 0.25
 # (a sharper blend whose kept candidates disagree more): 2.29 (q90 1.08, q97.5 3.84); in
 # stop 28 for the stage-2 checkpoint (`configs/latpred_stage2.yaml`): 2.12 (q90 1.06,
-# q97.5 3.58).
+# q97.5 3.58); in stop 29 (stage 2 with zoo6): 2.12 again (q90 1.005, q97.5 3.70).
 # Spreads over the blend's kept candidates only were tried in stop
 # 25: q95 2.80, and at that width the valid searches tied (feasible 0.995 vs 0.990,
 # gap 0.240 vs 0.232), so all candidates stay. The margin alone covers devices like the
