@@ -217,6 +217,41 @@ def check_values(values: Sequence[float], metric: str, count: int | None = None)
     return y
 
 
+def nb201_accuracy(task: str = "cifar100", data_dir: str | Path | None = None) -> np.ndarray:
+    """(15625,) NB201 test accuracy per arch index on `task` (the file's `accuracy` column,
+    copied there from NAS-Bench-201 / NAS-Bench-360; cifar100: % at 200 epochs): a real
+    objective for latency-constrained search benchmarks. Read for evaluation, never shipped.
+
+    Raises:
+        DataError: unknown task, missing file or column, or not one finite value per index.
+    """
+    if task not in TASKS:
+        raise DataError(f"Unknown HW-NAS-Bench-360 task '{task}'; known: {list(TASKS)}")
+    return _accuracy(data_file(data_dir, verify_checksum=True), task).copy()
+
+
+@lru_cache(maxsize=3)
+def _accuracy(path: Path, task: str) -> np.ndarray:
+    import pandas as pd
+
+    try:
+        df = pd.read_parquet(path, columns=["arch_idx", "device", "framework", "task",
+                                            "accuracy"])
+    except Exception as exc:  # pyarrow errors of any kind, a missing column included
+        raise DataError(f"Cannot read accuracy from '{path}' ({type(exc).__name__}: {exc})"
+                        ) from exc
+    # Accuracy is a property of the arch and task, repeated on every board and runtime.
+    rows = df[(df["task"] == task) & (df["device"] == "pi5") & (df["framework"] == "onnx")]
+    rows = rows.sort_values("arch_idx")
+    n = SPACE_SIZES["nb201"]
+    values = rows["accuracy"].to_numpy(dtype=np.float64)
+    if not np.array_equal(rows["arch_idx"].to_numpy(), np.arange(n)) \
+            or not np.isfinite(values).all():
+        raise DataError(f"'{path}': task '{task}' needs one finite accuracy per NB201 index "
+                        f"0..{n - 1}")
+    return values
+
+
 def load_hwnb360_table(device: str, data_dir: str | Path | None = None) -> HwTable:
     """One device's table, e.g. `load_hwnb360_table("pi5_torchmobile_ninapro")`.
 

@@ -131,3 +131,33 @@ def test_device_tasks_train_on_measured_archs_outside_the_test_pool(hw_data: Pat
     assert np.isfinite(task.latency_ms[pool]).all() and (task.latency_ms[pool] > 0).all()
     table = hwnb360.load_hwnb360_table("pi5_onnx_ninapro", hw_data)
     assert table.measured[pool].all()
+
+
+def test_nb201_accuracy_is_nas_bench_201s(hw_data: Path) -> None:
+    """CIFAR-100 test accuracy per NB201 index: the NB201 paper's optimum 73.51 %, chance
+    (1 %) for the cell of only `none` edges, and the same value on every board."""
+    import pandas as pd
+
+    from predictor.tables import nb201_arch_index
+
+    acc = hwnb360.nb201_accuracy("cifar100", hw_data)
+    assert acc.shape == (15625,) and np.isfinite(acc).all()
+    assert acc.max() == pytest.approx(73.51, abs=0.01)
+    empty = nb201_arch_index(hw_data)["|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"]
+    assert acc[empty] == pytest.approx(1.0, abs=1e-6)
+    df = pd.read_parquet(hw_data / "hwnb360" / hwnb360.FILE)
+    pixel = df[(df.device == "pixel") & (df.task == "cifar100")].sort_values("arch_idx")
+    np.testing.assert_allclose(pixel["accuracy"].to_numpy(), acc)
+    with pytest.raises(DataError, match="known"):
+        hwnb360.nb201_accuracy("imagenet", hw_data)
+
+
+def test_nb201_accuracy_rejects_a_missing_value(tmp_path: Path, hw_data: Path) -> None:
+    import pandas as pd
+
+    df = pd.read_parquet(hw_data / "hwnb360" / hwnb360.FILE)
+    df.loc[(df.arch_idx == 5) & (df.framework == "onnx"), "accuracy"] = np.nan
+    path = tmp_path / "bad.parquet"
+    df.to_parquet(path)
+    with pytest.raises(DataError, match="one finite accuracy per NB201 index"):
+        hwnb360._accuracy(path, "cifar100")
