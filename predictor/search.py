@@ -631,7 +631,18 @@ def search_device(predictor, space: str, device: str, budget_ms: float,
     _check_budget(budget_ms)
     get_search_space(space)
     latency_fn = predictor_latency_fn(predictor, space, device, config.spread_k)
+    info = predictor.device_info(device)
     if config.margin is None:
-        config = replace(config, margin=device_margin(
-            predictor.device_info(device).get("cv_log_residuals")))
-    return regularized_evolution(space, latency_fn, budget_ms, objective, config)
+        config = replace(config, margin=device_margin(info.get("cv_log_residuals")))
+    try:
+        return regularized_evolution(space, latency_fn, budget_ms, objective, config)
+    except NoFeasibleArchError as exc:
+        fastest = fastest_measured(info)
+        if fastest <= budget_ms:
+            raise
+        # The usual cause on a calibrated device: everything within the budget is an
+        # extrapolation below the measurements, where the bound is widest.
+        raise NoFeasibleArchError(
+            f"{exc}; every model '{device}' was calibrated on took longer than the budget "
+            f"(fastest {fastest:.4g} ms): calibrating with a few models near the budget "
+            "narrows the bound there") from None

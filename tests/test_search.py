@@ -206,6 +206,10 @@ def test_margin_follows_the_calibration_error(predictor) -> None:
     result = search_device(predictor, "nb201", "noisy-board", float(np.median(ms)),
                            config=SearchConfig(evaluations=50, population=20, sample=5))
     assert result.margin == pytest.approx(device_margin(residuals))
+    # A budget below every calibration measurement: the error says so and what helps.
+    with pytest.raises(NoFeasibleArchError, match=r"fastest [0-9.]+ ms\): calibrating with"):
+        search_device(predictor, "nb201", "noisy-board", float(ms.min()) / 50,
+                      config=SearchConfig(evaluations=50, population=20, sample=5))
 
 
 def test_budget_constrains_the_upper_bound(latency, budget) -> None:
