@@ -44,7 +44,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from predictor.search import DEFAULT_MARGIN, OBJECTIVES, SearchConfig
+    from predictor.search import (
+        DEFAULT_MARGIN,
+        OBJECTIVES,
+        SPREAD_K,
+        SPREAD_K_BELOW,
+        SearchConfig,
+    )
 
     defaults = SearchConfig()
     p = sub.add_parser("search", help="evolutionary search for architectures that meet a "
@@ -68,7 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"device's calibration error, {DEFAULT_MARGIN:g} without one)")
     p.add_argument("--spread-k", type=float, default=defaults.spread_k, metavar="K",
                    help="upper bound = predicted x exp(K x spread of the candidate "
-                        "adaptations) (default %(default)s; 0: the prediction itself)")
+                        f"adaptations), K x {SPREAD_K_BELOW:g}/{SPREAD_K:g} where the "
+                        "prediction is below the device's fastest calibration measurement "
+                        "(default %(default)s; 0: the prediction itself)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=defaults.top,
                    help="architectures to print (default %(default)s)")
