@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from predictor.adaptation import DeviceState
-from predictor.errors import PredictorError, UnknownDeviceError
+from predictor.errors import PredictorError, UnknownDeviceError, known_names
 from predictor.storage import atomic_write_json
 
 DEVICE_FILE_VERSION = 1
@@ -146,8 +146,9 @@ def load_device(name: str, fingerprint: str | None = None) -> tuple[DeviceState,
     files = list_device_files()
     if name not in files:
         raise UnknownDeviceError(
-            f"Unknown device '{name}'; known: {sorted(files)}; adapt one first "
-            "(Predictor.adapt(..., save=True))")
+            f"Unknown device '{name}'; {known_names(name, files)} ('latpred devices' lists "
+            "them); calibrate it first ('latpred calibrate NAME', "
+            "Predictor.adapt(..., save=True))")
     path = files[name]
     try:
         obj = json.loads(path.read_text())

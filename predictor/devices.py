@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from predictor.errors import DataError, UnknownDeviceError
+from predictor.errors import DataError, UnknownDeviceError, known_names
 from predictor.tables import SPACES, check_space
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def get_device(name: str) -> Device:
         return registry[name]
     except KeyError:
         raise UnknownDeviceError(
-            f"Unknown device '{name}'; known: {sorted(registry)}; "
+            f"Unknown device '{name}'; {known_names(name, registry)}; "
             "add it to predictor/resources/devices.yaml or calibrate it first"
         ) from None
 

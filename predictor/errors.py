@@ -58,6 +58,23 @@ class UnknownDeviceError(PredictorError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def known_names(name: str, known, listed: int = 12) -> str:
+    """The known names for an error about an unknown `name`: all of them when there are at
+    most `listed`, else the closest (by spelling, then by shared prefix) and the count, so
+    that the error stays one readable line."""
+    import difflib
+
+    names = sorted(known)
+    if len(names) <= listed:
+        return f"known: {names}"
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+    stem = name.split("@")[0].split("_")[0].lower()
+    close += [n for n in names if stem and n.lower().startswith(stem) and n not in close]
+    if close:
+        return f"closest known: {close[:5]} ({len(names)} in all)"
+    return f"{len(names)} known, e.g. {names[:5]}"
+
+
 def first_line(exc: BaseException) -> str:
     """`Type: first line of the message`, for one-line error reports."""
     text = str(exc).strip()

@@ -73,11 +73,15 @@ def test_get_device() -> None:
 
 
 def test_unknown_device() -> None:
+    """One readable line: the closest names and the count, not all of them."""
     with pytest.raises(
-        UnknownDeviceError, match=re.escape("Unknown device 'foo'; known: [")
+        UnknownDeviceError, match=re.escape("Unknown device 'pixel'; closest known: [")
     ) as err:
+        get_device("pixel")
+    assert "'pixel2'" in str(err.value) and "'pixel3'" in str(err.value)
+    assert "in all)" in str(err.value) and "'gold_6226'" not in str(err.value)
+    with pytest.raises(UnknownDeviceError, match=r"Unknown device 'foo'; \d+ known, e\.g\. \["):
         get_device("foo")
-    assert "'pixel2'" in str(err.value)
     assert isinstance(err.value, KeyError)
 
 
