@@ -12,7 +12,12 @@ from predictor.cli_measure import add_plugin_argument
 
 def cmd_search(args: argparse.Namespace) -> int:
     from predictor.api import Predictor
-    from predictor.search import OBJECTIVES, SearchConfig, builtin_objective, search_device
+    from predictor.search import (
+        SearchConfig,
+        builtin_objective,
+        objective_names,
+        search_device,
+    )
     from predictor.spaces.custom import load_plugins
 
     load_plugins(args.plugin)
@@ -34,13 +39,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.space} on {args.device}: budget {result.budget_ms:g} ms (upper ms x "
           f"{1 + result.margin:g} <= budget), objective {args.objective} "
-          f"({OBJECTIVES[args.objective]}); {result.evaluations} evaluated, "
+          f"({objective_names()[args.objective]}); {result.evaluations} evaluated, "
           f"{result.feasible} within budget")
     print(f"{'predicted':>10}    {'upper':>10}    {'objective':>14}  arch")
     for row in result.rows():
         print(f"{row['latency_ms']:10.3f} ms {row['latency_bound_ms']:10.3f} ms "
-              f"{row['objective']:14,.0f}  {row['arch']}")
+              f"{_objective_text(row['objective']):>14}  {row['arch']}")
     return 0
+
+
+def _objective_text(value: float) -> str:
+    """Counts with thousands separators (params: 1,045,466), other values to 4 digits
+    (an accuracy: 67.31)."""
+    return f"{value:,.0f}" if abs(value) >= 1000 and float(value).is_integer() else f"{value:.4g}"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-ms", type=float, required=True, metavar="BUDGET",
                    help="latency budget in ms")
     p.add_argument("--objective", default="params",
-                   help=f"what to maximise: {', '.join(OBJECTIVES)} (default params)")
+                   help=f"what to maximise: {', '.join(OBJECTIVES)} (default params), or "
+                        "a name a --plugin registers (predictor.search.register_objective)")
     p.add_argument("--budget-evals", type=int, default=defaults.evaluations, metavar="N",
                    help="distinct architectures evaluated (default %(default)s)")
     p.add_argument("--population", type=int, default=defaults.population)

@@ -276,8 +276,37 @@ OBJECTIVES: dict[str, str] = {
 }
 
 
+# Objectives plugins register by name (`register_objective`): name -> (fn, description).
+_REGISTERED: dict[str, tuple[Objective, str]] = {}
+
+
+def register_objective(name: str, fn: Objective, description: str = "") -> None:
+    """Make `fn` (arch strings -> (n,) values, higher is better; called in batches, only on
+    archs within budget) available by name, e.g. to `latpred search --plugin FILE.py
+    --objective NAME`: a lookup of trained accuracies, a zero-cost proxy. Registering a
+    name again replaces it; built-in names are refused.
+
+    Raises:
+        SearchError: an empty or built-in name, or `fn` not callable.
+    """
+    if not name or name in OBJECTIVES:
+        raise SearchError(f"Cannot register objective '{name}': "
+                          + ("a built-in name" if name else "empty name"))
+    if not callable(fn):
+        raise SearchError(f"Objective '{name}' must be callable, got {type(fn).__name__}")
+    _REGISTERED[name] = (fn, description or "registered by a plugin")
+
+
+def objective_names() -> dict[str, str]:
+    """Every objective usable by name: built-ins, then registered ones, with descriptions."""
+    return {**OBJECTIVES, **{name: d for name, (_, d) in _REGISTERED.items()}}
+
+
 def builtin_objective(name: str, space: str | SearchSpace) -> Objective:
-    """A built-in objective (see `OBJECTIVES`) for `space`: arch strings -> (n,) values."""
+    """A built-in (see `OBJECTIVES`) or registered (`register_objective`) objective for
+    `space`: arch strings -> (n,) values."""
+    if name in _REGISTERED and name not in OBJECTIVES:
+        return _REGISTERED[name][0]
     space = get_search_space(space) if isinstance(space, str) else space
     if name == "params":
         return space.params
@@ -288,8 +317,9 @@ def builtin_objective(name: str, space: str | SearchSpace) -> Objective:
 
         templates = space_templates(space.name)
         return lambda archs: templates.totals(list(archs))["macs"].astype(np.float64)
-    raise SearchError(f"Unknown objective '{name}'; built-in: {sorted(OBJECTIVES)} "
-                      "(or pass a callable archs -> array to the Python API)")
+    raise SearchError(f"Unknown objective '{name}'; known: {list(objective_names())} "
+                      "(register one with register_objective in a --plugin, or pass a "
+                      "callable archs -> array to the Python API)")
 
 
 # -------------------------------------------------------------------------------- search
@@ -404,6 +434,10 @@ class _Evaluator:
                       else np.empty(0))
             if values.size != len(ok):
                 raise SearchError(f"objective returned {values.size} values for {len(ok)} archs")
+            bad = np.flatnonzero(~np.isfinite(values))
+            if bad.size:
+                raise SearchError(f"objective returned {values[bad[0]]} for arch {ok[bad[0]]} "
+                                  f"({bad.size} of {len(ok)} values not finite)")
             self.value.update(zip(ok, values.tolist(), strict=True))
             for k, t, u in zip(new, ms.tolist(), bound.tolist(), strict=True):
                 self.latency[k], self.bound[k] = t, u

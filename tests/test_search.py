@@ -294,3 +294,43 @@ def test_predictions_whose_candidates_disagree_are_flagged(predictor, tmp_path, 
         assert [r.get("uncertain", False) for r in rows] == [flagged] * 3
         # two candidates e^1.0 apart: spread (their std) 0.5, ratio exp(SPREAD_K x 0.5)
         assert (f"disagree by {np.exp(SPREAD_K * 0.5):.1f}x" in out.err) == flagged
+
+
+OBJECTIVE_PLUGIN = '''
+import numpy as np
+from predictor.search import register_objective
+
+def conv3x3_edges(archs):
+    return np.array([a.count("nor_conv_3x3") + 0.5 * a.count("avg_pool") for a in archs])
+
+register_objective("conv3x3_edges", conv3x3_edges, "3x3 convolutions in the cell")
+register_objective("broken", lambda archs: np.full(len(archs), np.nan))
+'''
+
+
+def test_cli_objective_from_a_plugin(tmp_path, capsys, budget) -> None:
+    """A `--plugin` registers an objective by name; the search maximises it and prints its
+    values; a non-finite value is one clear line naming the arch."""
+    plugin = tmp_path / "objectives.py"
+    plugin.write_text(OBJECTIVE_PLUGIN)
+    common = ["search", "--space", "nb201", "--plugin", str(plugin), "--device", DEVICE,
+              "--latency-ms", str(budget), "--budget-evals", "60", "--population", "20",
+              "--sample", "5", "--top", "3"]
+    assert _cli([*common, "--objective", "conv3x3_edges", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["objective"] == "conv3x3_edges" and len(out["archs"]) == 3
+    for row in out["archs"]:
+        a = row["arch"]
+        assert row["objective"] == a.count("nor_conv_3x3") + 0.5 * a.count("avg_pool")
+    assert _cli([*common, "--objective", "conv3x3_edges"]) == 0
+    text = capsys.readouterr().out
+    assert "3x3 convolutions in the cell" in text
+    assert _cli([*common, "--objective", "broken"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "objective returned nan for arch |" in err and len(err.splitlines()) == 1
+    from predictor.search import register_objective
+
+    with pytest.raises(SearchError, match="built-in"):
+        register_objective("params", len)
+    with pytest.raises(SearchError, match="callable"):
+        register_objective("x", 3)  # type: ignore[arg-type]
