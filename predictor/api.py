@@ -159,8 +159,8 @@ class Predictor:
         self.devices[device_name] = state
         self._infos[device_name] = {**(info or {}), "strategy": strategy, "metric": metric,
                                     "cv_log_residuals": [round(float(r), 5) for r in residuals],
-                                    # the bound's width depends on it (`search.bound_widths`)
-                                    "measured_range_ms": [float(y.min()), float(y.max())],
+                                    # in the metric's unit; the search bound depends on it
+                                    "measured_range": [float(y.min()), float(y.max())],
                                     **({"batch": batch} if batch is not None else {})}
         if state.labels:
             self._infos[device_name]["blend"] = {

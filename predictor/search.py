@@ -611,19 +611,19 @@ def uncertain(spread: np.ndarray, spread_k: float = SPREAD_K) -> np.ndarray:
     return np.exp(spread_k * np.asarray(spread)) > UNSURE_RATIO
 
 
-def bound_widths(fastest_ms: float, predicted_ms: np.ndarray, spread_k: float = SPREAD_K
+def bound_widths(fastest: float, predicted: np.ndarray, spread_k: float = SPREAD_K
                  ) -> np.ndarray:
     """(n,) k of each prediction's upper bound predicted x exp(k x spread): `spread_k`,
-    scaled by SPREAD_K_BELOW / SPREAD_K below `fastest_ms`, the device's fastest
-    measurement (0 when unknown: one width for all)."""
-    return np.where(np.asarray(predicted_ms) < fastest_ms,
+    scaled by SPREAD_K_BELOW / SPREAD_K below `fastest`, the device's smallest
+    measurement in the same unit (0 when unknown: one width for all)."""
+    return np.where(np.asarray(predicted) < fastest,
                     spread_k * SPREAD_K_BELOW / SPREAD_K, spread_k)
 
 
 def fastest_measured(info: dict) -> float:
-    """The fastest measurement a device was calibrated on (0.0 if not stored: shipped
-    training devices, files from before stop 30)."""
-    return float((info.get("measured_range_ms") or [0.0])[0])
+    """The smallest measurement a device was calibrated on, in its metric's unit (0.0 if
+    not stored: shipped training devices, files from before stop 30)."""
+    return float((info.get("measured_range") or [0.0])[0])
 
 
 def upper_estimate(predictor, device: str, values: np.ndarray, spread: np.ndarray,

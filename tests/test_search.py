@@ -251,12 +251,12 @@ def test_auto_calibration_bounds_by_the_spread_of_its_candidates(predictor, tmp_
     assert not predictor.predict_batch("nb201", others, DEVICE, with_spread=True)[1].any()
     bounded, upper = predictor_latency_fn(predictor, "nb201", "odd-board", spread_k=2.0)(others)
     # Below the fastest measurement the bound is narrower (`bound_widths`): both occur here.
-    fastest = predictor.device_info("odd-board")["measured_range_ms"][0]
+    fastest = predictor.device_info("odd-board")["measured_range"][0]
     assert fastest == pytest.approx(ms.min()) and 0 < (bounded < fastest).sum() < len(others)
     k = np.where(bounded < fastest, 2.0 * SPREAD_K_BELOW / SPREAD_K, 2.0)
     np.testing.assert_allclose(upper, bounded * np.exp(k * spread), rtol=1e-5)
     fresh = Predictor.load()
-    assert fresh.device_info("odd-board")["measured_range_ms"] == pytest.approx(
+    assert fresh.device_info("odd-board")["measured_range"] == pytest.approx(
         [ms.min(), ms.max()])
     again = fresh.predict_batch("nb201", others, "odd-board", with_spread=True)
     np.testing.assert_allclose(again[0], point, rtol=1e-5)
