@@ -16,6 +16,8 @@ fused activation) to a trained one that runs a similar kernel:
   hidden state by the recurrent weights and an elementwise gate update, in sequence (a
   recurrent op's cost grows with its sequence length through per-step overheads, not
   only its MACs);
+* 1-D convolutional networks (NCL activations) are read as 2-D ones of height 1
+  (`unfold_sequence`), their 1-D ops flagged (`sequence_ops`);
 * volumetric networks (3-D convolutions and pools, NCDHW activations) are read as their
   2-D counterparts, depth folded into height (`fold_volumetric`): no training graph
   has rank-5 activations, and the network priced video CNNs 6x too fast from features
@@ -165,11 +167,43 @@ def fold_volumetric(graph: OpGraph) -> OpGraph:
     return replace(graph, nodes=nodes, input_shapes=inputs)
 
 
+def sequence_ops(graph: OpGraph) -> dict[str, int]:
+    """Counts of 1-D convolutions and pools by op type, named "Conv (1-D)" and so on: no
+    training graph held them, so their predictions extrapolate even once unfolded."""
+    return dict(Counter(f"{n.op_type} (1-D)" for n in graph.nodes
+                        if n.op_type in _SPATIAL_OPS and len(n.kernel) == 1))
+
+
+def _unfold_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(N, C, L) -> (N, C, 1, L); other ranks as they are."""
+    return (*shape[:2], 1, shape[2]) if len(shape) == 3 else shape
+
+
+def unfold_sequence(graph: OpGraph) -> OpGraph:
+    """A 1-D convolutional network (audio, ECG, temporal CNNs) as the 2-D one of height 1
+    that runtimes execute alike: every rank-3 activation (N, C, L) becomes (N, C, 1, L),
+    as 1-D kernels, strides and dilations already read as (1, k). Training graphs hold
+    2-D feature maps only; shapes are featurised right-aligned, so (N, C, L) put the
+    channels where a feature map's height goes and the batch where its channels go (and
+    the input's length was lost). Chosen on selection runtimes (stop 30,
+    `scripts/select_sequence_unfold.py`: 10 1-D CNNs predicted from the reference set, MAPE
+    torch 1 thread 308 -> 155 %, ONNX Runtime 2 threads 58 -> 25 %). A graph that also multiplies rank-3 tensors (a transformer's
+    (B, S, D) activations, a conformer) is returned as it is, as is any without 1-D ops."""
+    if not sequence_ops(graph) or any(n.op_type in ("MatMul", "Gemm", "Einsum")
+                                      and len(n.input_shape) >= 3 for n in graph.nodes):
+        return graph
+    nodes = [replace(n, input_shape=_unfold_shape(n.input_shape),
+                     output_shape=_unfold_shape(n.output_shape)) for n in graph.nodes]
+    inputs = {name: _unfold_shape(shape) for name, shape in graph.input_shapes.items()}
+    return replace(graph, nodes=nodes, input_shapes=inputs)
+
+
 def stand_in_graph(graph: OpGraph, trained: Collection[str]) -> OpGraph:
     """`graph` with every node whose op type `trained` lacks replaced by its stand-in
-    (recurrent ops unrolled) and volumetric ops folded to 2-D (`fold_volumetric`); the
-    graph itself when nothing changes."""
-    graph = fold_volumetric(graph)
+    (recurrent ops unrolled), volumetric ops folded to 2-D (`fold_volumetric`) and 1-D
+    convolutional networks unfolded to 2-D (`unfold_sequence`); the graph itself when
+    nothing changes."""
+    graph = unfold_sequence(fold_volumetric(graph))
     trained = frozenset(trained)
     nodes: list[OpNode] = []
     heads: list[list[int]] = []  # per old node: new nodes reading its inputs

@@ -147,3 +147,51 @@ def test_volumetric_ops_are_reported_as_unfamiliar() -> None:
                     for d in (4, 16))
     ms = predictor.predict([small, large], device="silver_4114@nb201")
     assert ms[1] > ms[0] > 0
+
+
+def _audio_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(1, 16, 9, 4), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Conv1d(16, 32, 5, 2), nn.ReLU(), nn.MaxPool1d(2),
+                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, 4)).eval()
+
+
+def test_sequence_networks_are_read_as_2d_ones_of_height_1() -> None:
+    """1-D convolutional networks keep their work, with every (N, C, L) activation as
+    (N, C, 1, L), so channels and length sit where a 2-D feature map's do and the input's
+    length is its resolution; a transformer's rank-3 activations are left alone."""
+    from predictor.stand_ins import sequence_ops, unfold_sequence
+
+    graph = extract_graph(_audio_cnn(), example_input=torch.randn(1, 1, 4000))
+    assert sequence_ops(graph) == {"Conv (1-D)": 2, "MaxPool (1-D)": 1}
+    assert graph.input_resolution == 1  # (N, C, L) read as a sequence of length C
+    unfolded = stand_in_graph(graph, TRAINED)
+    assert unfolded.macs == graph.macs and unfolded.memory_bytes == graph.memory_bytes
+    first = unfolded.nodes[0]
+    assert first.input_shape == (1, 1, 1, 4000) and first.output_shape == (1, 16, 1, 998)
+    assert unfolded.primary_input_shape == (1, 1, 1, 4000)
+    assert unfolded.input_resolution == 4000
+    assert all(len(n.input_shape) != 3 for n in unfolded.nodes)
+    # a transformer with a 1-D convolution (a conformer-like block) is left alone
+    class ConvAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(32, 32, 3, padding=1, groups=32)
+            self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.conv(x.transpose(1, 2)).transpose(1, 2)
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    hybrid = extract_graph(ConvAttention().eval(), example_input=torch.randn(1, 10, 32))
+    assert sequence_ops(hybrid) == {"Conv (1-D)": 1}
+    assert unfold_sequence(hybrid) is hybrid
+
+
+def test_sequence_ops_are_reported_as_unfamiliar() -> None:
+    predictor = Predictor.load()
+    graph = extract_graph(_audio_cnn(), example_input=torch.randn(1, 1, 4000))
+    assert predictor.unfamiliar_ops(graph) == {"Conv (1-D)": 2, "MaxPool (1-D)": 1}
+    short, long = (extract_graph(_audio_cnn(), example_input=torch.randn(1, 1, n))
+                   for n in (4000, 32000))
+    ms = predictor.predict([short, long], device="silver_4114@nb201")
+    assert ms[1] > 2 * ms[0] > 0
