@@ -675,7 +675,7 @@ def search_device(predictor, space: str, device: str, budget_ms: float,
         if fastest <= budget_ms:
             raise
         # The usual cause on a calibrated device: everything within the budget is an
-        # extrapolation below the measurements, where the bound is widest.
+        # extrapolation below the measurements, where the candidates disagree most.
         raise NoFeasibleArchError(
             f"{exc}; every model '{device}' was calibrated on took longer than the budget "
             f"(fastest {fastest:.4g} ms): calibrating with a few models near the budget "

@@ -187,8 +187,9 @@ def unfold_sequence(graph: OpGraph) -> OpGraph:
     channels where a feature map's height goes and the batch where its channels go (and
     the input's length was lost). Chosen on selection runtimes (stop 30,
     `scripts/select_sequence_unfold.py`: 10 1-D CNNs predicted from the reference set, MAPE
-    torch 1 thread 308 -> 155 %, ONNX Runtime 2 threads 58 -> 25 %). A graph that also multiplies rank-3 tensors (a transformer's
-    (B, S, D) activations, a conformer) is returned as it is, as is any without 1-D ops."""
+    torch 1 thread 308 -> 155 %, ONNX Runtime 2 threads 58 -> 25 %). A graph that also
+    multiplies rank-3 tensors (a transformer's (B, S, D) activations, a conformer) is
+    returned as it is, as is any without 1-D ops."""
     if not sequence_ops(graph) or any(n.op_type in ("MatMul", "Gemm", "Einsum")
                                       and len(n.input_shape) >= 3 for n in graph.nodes):
         return graph
