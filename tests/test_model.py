@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -457,3 +459,32 @@ def test_local_blend_weights_judge_graphs_beyond_the_support_on_its_nearest_mode
     torch.testing.assert_close(w[:, :2], torch.full((2, 2), 0.5))  # within: global weights
     assert 0.5 < w[1, 2] < w[1, 3] < w[1, 4] and w[1, 4] > 0.95
     torch.testing.assert_close(w[:, 5], torch.full((2,), 0.5))
+
+
+def test_blend_drops_a_kernel_sum_far_off_its_other_members(sized_store) -> None:
+    """A kernel sum predicting a graph more than KERNEL_SUM_GUARD times off the blend's
+    other members (their weighted mean, or the zero-weight fallback's prediction in a
+    blend of kernel sums) leaves that graph to them; within the factor it keeps its
+    weight."""
+    from dataclasses import replace
+
+    from predictor.adaptation import KERNEL_SUM_GUARD, DeviceState, fit_kernel_sum
+
+    model = _model(sized_store).eval()
+    small = [6, 7, 8]
+    y = _kernel_device(sized_store.batch(small))
+    kernel = fit_kernel_sum(model, sized_store.batch(small), y)
+    network = adapt(model, sized_store.batch(small), y)
+    res = sized_store.batch(small)
+    gap = (predict(model, res, kernel) - predict(model, res, network)).abs().max()
+    assert float(gap) < math.log(KERNEL_SUM_GUARD) / 4  # the fitted members agree
+    for factor, agrees in ((2.0, True), (3 * KERNEL_SUM_GUARD, False)):
+        off = replace(kernel, kernel_sum=kernel.kernel_sum * factor)
+        for weights in ([0.7, 0.3], [1.0, 0.0]):
+            blend = DeviceState(network.z, network.a, network.b, members=[off, network],
+                                weights=torch.tensor(weights),
+                                labels=["kernelsum", "amortised"])
+            w = weights[0]
+            expected = (w * predict(model, res, off) + (1 - w) * predict(model, res, network)
+                        if agrees else predict(model, res, network))
+            torch.testing.assert_close(predict(model, res, blend), expected)
