@@ -484,13 +484,11 @@ def _kernel_sums_agree(m: DeviceState, preds: torch.Tensor, weights: torch.Tenso
     more than KERNEL_SUM_GUARD times off the blend's other members (their weighted mean
     log-latency, or the plain mean of the non-kernel members where all of them weigh 0,
     such as the fallback of a blend of kernel sums), which then predict it alone. A
-    kernel sum is a linear model in ms: a
-    weight fitted on one tiny support block scales without bound with another block's
-    work in that class (single layers calibrated on five conv blocks came out at up to
-    2,800x), where the network's members stay bounded."""
+    kernel sum is a linear model in ms: a weight fitted on one tiny support block scales
+    without bound with another block's work in that class (single layers calibrated on
+    five conv blocks came out at up to 2,800x), where the network's members stay bounded."""
     ok = torch.ones_like(preds, dtype=torch.bool)
-    kernel = torch.tensor([bool(getattr(sub, "kernel_sum", None) is not None)
-                           for sub in m.members])
+    kernel = torch.tensor([sub.kernel_sum is not None for sub in m.members])
     if not kernel.any() or kernel.all() or math.isinf(KERNEL_SUM_GUARD):
         return ok
     others = weights * (~kernel).float()[:, None]
