@@ -188,6 +188,18 @@ def test_time_runs_budget_and_ci() -> None:
     assert summarize("jitter", [1.0, 1.0, 3.0, 1.0]).noisy  # CV > 0.10
 
 
+def test_a_few_stalls_do_not_flag_a_stable_measurement() -> None:
+    rng = np.random.default_rng(0)
+    steady = 1.0 + 0.01 * rng.standard_normal(200)
+    stalled = np.concatenate([steady, [100.0, 80.0]])  # two preempted runs
+    m = summarize("stalls", stalled)
+    assert not m.noisy and m.cv < 0.02 and m.std_ms > 5  # std / mean would be ~0.9
+    assert abs(m.latency_ms - 1.0) < 0.01
+    normal = summarize("normal", 1.0 + 0.05 * rng.standard_normal(5000))
+    assert abs(normal.cv - 0.05) < 0.005  # equals std / mean for normal run times
+    assert summarize("spread", rng.uniform(0.5, 1.5, 200)).noisy
+
+
 def test_energy_is_a_number_or_explained(add_onnx: Path) -> None:
     m = measure_onnx(add_onnx, energy=True, **FAST)
     assert (m.energy_mj is not None and m.energy_mj > 0) or (m.energy_mj is None and m.energy_note)
