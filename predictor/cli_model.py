@@ -58,6 +58,11 @@ def _space_setting(args: argparse.Namespace) -> tuple[tuple[int, ...] | None, in
     return shape, args.classes
 
 
+def _readable(value: float) -> str:
+    """Three decimals, or three significant digits below 0.1 (a 4 µs model is not 0.000)."""
+    return f"{value:.3f}" if value >= 0.1 else f"{value:.3g}"
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -109,7 +114,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         unit = METRICS[args.metric]
         for row in rows:
-            print(f"{row[args.metric]:10.3f} {unit:<3s} (upper {row[f'{args.metric}_upper']:.3f}) "
+            print(f"{_readable(row[args.metric]):>10s} {unit:<3s} "
+                  f"(upper {_readable(row[f'{args.metric}_upper'])}) "
                   f"{row[key]}  ({args.device})")
     flagged = [(row[key], float(np.exp(SPREAD_K * s)))
                for row, s in zip(rows, spread, strict=True) if "uncertain" in row]
