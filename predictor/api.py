@@ -35,7 +35,12 @@ from predictor.graph import OpGraph, extract_graph
 from predictor.graph_store import GraphStore
 from predictor.onnx_io import InputShapes
 from predictor.spaces.custom import space_setting
-from predictor.stand_ins import sequence_ops, stand_in_graph, volumetric_ops
+from predictor.stand_ins import (
+    interpolation_ops,
+    sequence_ops,
+    stand_in_graph,
+    volumetric_ops,
+)
 
 MIN_SHOTS = 5
 DEFAULT_FINETUNE_STEPS = 20  # when the checkpoint's config sets none
@@ -180,7 +185,7 @@ class Predictor:
         only move or reshape data (no flops: Squeeze, Identity...) are left out. 3-D
         convolutions and pools count as "Conv (3-D)" and so on (no training graph held
         volumes; `predictor.stand_ins.fold_volumetric`), 1-D ones as "Conv (1-D)"
-        (`unfold_sequence`). Empty when the checkpoint does not record its training op
+        (`unfold_sequence`), cubic interpolation as "Resize (cubic)". Empty when the checkpoint does not record its training op
         types."""
         trained = self.checkpoint.info.get("op_types")
         if trained is None:
@@ -188,7 +193,7 @@ class Predictor:
         known = set(trained)
         return {**Counter(op for n in graph.nodes if n.macs or n.other_flops
                           for op in (n.op_type, n.activation) if op and op not in known),
-                **volumetric_ops(graph), **sequence_ops(graph)}
+                **volumetric_ops(graph), **sequence_ops(graph), **interpolation_ops(graph)}
 
     def known_devices(self) -> list[DeviceState]:
         """The checkpoint's training devices (shipped embeddings), for the nearest-device

@@ -195,3 +195,24 @@ def test_sequence_ops_are_reported_as_unfamiliar() -> None:
                    for n in (4000, 32000))
     ms = predictor.predict([short, long], device="silver_4114@nb201")
     assert ms[1] > 2 * ms[0] > 0
+
+
+class _Upsampler(nn.Module):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.conv, self.mode = nn.Conv2d(3, 8, 3, padding=1), mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(self.conv(x), scale_factor=2, mode=self.mode)
+
+
+@pytest.mark.parametrize("mode,onnx_mode", [("nearest", "nearest"), ("bilinear", "linear"),
+                                            ("bicubic", "cubic")])
+def test_only_cubic_interpolation_is_reported_as_unfamiliar(mode: str, onnx_mode: str) -> None:
+    """Training graphs resize by nearest and linear interpolation; cubic, which ONNX Runtime
+    runs ~100x slower, is flagged."""
+    graph = extract_graph(_Upsampler(mode).eval(), example_input=torch.randn(1, 3, 16, 16))
+    (resize,) = [n for n in graph.nodes if n.op_type == "Resize"]
+    assert resize.mode == onnx_mode and all(n.mode == "" for n in graph.nodes if n is not resize)
+    flagged = Predictor.load().unfamiliar_ops(graph)
+    assert flagged == ({"Resize (cubic)": 1} if mode == "bicubic" else {})
