@@ -21,7 +21,8 @@ from predictor.errors import PredictorError
 if TYPE_CHECKING:
     from predictor.onnx_io import InputShapes
 
-REFERENCE_CACHE = Path(__file__).resolve().parent.parent / "datasets" / "cache" / "reference"
+# None: `$LATPRED_CACHE_DIR`/reference, else the default cache folder's (`predictor.locations`).
+REFERENCE_CACHE: Path | None = None
 
 
 class CalibrationLockedError(PredictorError):
@@ -47,9 +48,11 @@ def device_lock(name: str, folder: Path) -> Iterator[None]:
 
 def reference_models(folder: Path | None = None, progress: bool = True) -> list[Path]:
     """ONNX files of the versioned reference calibration set (written once, then reused)."""
+    from predictor.corpus import cache_dir
     from predictor.generator import REFERENCE_SET_VERSION, reference_specs, write_models
 
-    folder = folder or REFERENCE_CACHE / f"v{REFERENCE_SET_VERSION}"
+    root = REFERENCE_CACHE if REFERENCE_CACHE is not None else cache_dir() / "reference"
+    folder = folder or root / f"v{REFERENCE_SET_VERSION}"
     return write_models(reference_specs(), folder, progress=progress)
 
 

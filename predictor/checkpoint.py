@@ -18,11 +18,12 @@ from predictor import __version__
 from predictor.config import TrainConfig, config_from_dict, config_to_dict
 from predictor.errors import PredictorError
 from predictor.features import FEATURE_SCHEMA, check_schema
+from predictor.locations import shipped
 from predictor.model import LatencyModel
 from predictor.storage import atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "latpred.ckpt"
+DEFAULT_CHECKPOINT = shipped("checkpoints") / "latpred.ckpt"
 
 
 class CheckpointError(PredictorError):

@@ -33,12 +33,13 @@ from predictor.errors import DataError, PredictorError
 from predictor.features import FEATURE_SCHEMA
 from predictor.graph import OpGraph, OpNode, graph_from_inferred
 from predictor.graph_store import GraphStore
+from predictor.locations import default_cache_dir
 from predictor.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV_VAR = "LATPRED_CACHE_DIR"
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "datasets" / "cache"
+DEFAULT_CACHE_DIR = default_cache_dir()
 # Bump when the graphs a builder emits change, so that old caches are not reused.
 BUILDER_VERSION = 4
 # A space's network is by default the graph of every op it runs, as eager PyTorch executes

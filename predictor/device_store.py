@@ -1,7 +1,8 @@
 """Stored device embeddings: one JSON file per device, tied to the checkpoint that made it.
 
 Shipped defaults live in the repository's `device_embeddings/`; user calibrations go to
-`$LATPRED_DEVICE_DIR` (default: the same folder). Files are written atomically and carry
+`$LATPRED_DEVICE_DIR` (default: the same folder in a checkout, the user's data folder in
+an installed wheel; `predictor.locations`). Files are written atomically and carry
 a version and the fingerprint of their checkpoint: an embedding is meaningless for
 another checkpoint, so a mismatch is a clear error.
 """
@@ -20,10 +21,11 @@ import torch
 
 from predictor.adaptation import DeviceState
 from predictor.errors import PredictorError, UnknownDeviceError, known_names
+from predictor.locations import default_user_device_dir, shipped
 from predictor.storage import atomic_write_json
 
 DEVICE_FILE_VERSION = 1
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "device_embeddings"
+SHIPPED_DIR = shipped("device_embeddings")
 DEVICE_DIR_ENV = "LATPRED_DEVICE_DIR"
 
 
@@ -41,10 +43,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def device_dirs() -> list[Path]:
-    """Folders searched for devices: the user's (if set), then the shipped one."""
+    """Folders searched for devices: the user's (`$LATPRED_DEVICE_DIR`, else
+    `locations.default_user_device_dir()`), then the shipped one; new calibrations go to
+    the first."""
     user = os.environ.get(DEVICE_DIR_ENV)
-    dirs = [Path(user)] if user else []
-    return dirs + [SHIPPED_DIR]
+    first = Path(user) if user else default_user_device_dir()
+    return [first] if first == SHIPPED_DIR else [first, SHIPPED_DIR]
 
 
 def _tensor_to_json(t: torch.Tensor) -> dict[str, Any]:

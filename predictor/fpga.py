@@ -33,11 +33,12 @@ from predictor.fpga_data import TARGETS
 from predictor.graph import OpGraph
 from predictor.graph_store import GraphBatch
 from predictor.hls4ml import DSP_MIN_BITS, STRATEGIES, FpgaConfig, HlsLayer, analytic_terms
+from predictor.locations import shipped
 from predictor.model import Standardiser
 from predictor.storage import atomic_write_bytes
 
 FORMAT = 1
-DEFAULT_FPGA_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "fpga.ckpt"
+DEFAULT_FPGA_CHECKPOINT = shipped("checkpoints") / "fpga.ckpt"
 HLS_NODE_FEATURES: tuple[str, ...] = (
     "is_mac", "is_conv", "log2_n_in", "log2_n_out", "log2_weights", "log2_positions",
     "log2_rf_used", "log2_multipliers", "log2_cycles", "log2_rf_ratio", "rf_adjusted",
