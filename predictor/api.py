@@ -43,6 +43,9 @@ from predictor.stand_ins import (
 )
 
 MIN_SHOTS = 5
+# Unfamiliar op types below this share of a graph's work (MACs + other flops) are not
+# reported: they cannot move its prediction much.
+UNFAMILIAR_MIN_SHARE = 0.01
 DEFAULT_FINETUNE_STEPS = 20  # when the checkpoint's config sets none
 SPACE_CHUNK = 1024  # search-space graphs per network call in `predict_batch`
 _STORE_BATCH_ERROR = ("batch applies to models or OpGraphs, not to a GraphStore: re-batch "
@@ -182,7 +185,9 @@ class Predictor:
     def unfamiliar_ops(self, graph: OpGraph) -> dict[str, int]:
         """Op types in `graph` that no training graph of the checkpoint held, with their
         counts (e.g. {"LSTM": 1}): its prediction for such a model extrapolates. Ops that
-        only move or reshape data (no flops: Squeeze, Identity...) are left out. 3-D
+        only move or reshape data (no flops: Squeeze, Identity...) are left out, and so are
+        op types doing under UNFAMILIAR_MIN_SHARE of the graph's work (a BERT's Equal and
+        Where on its attention mask). 3-D
         convolutions and pools count as "Conv (3-D)" and so on (no training graph held
         volumes; `predictor.stand_ins.fold_volumetric`), 1-D ones as "Conv (1-D)"
         (`unfold_sequence`), cubic interpolation as "Resize (cubic)". Empty when the checkpoint does not record its training op
@@ -191,8 +196,14 @@ class Predictor:
         if trained is None:
             return {}
         known = set(trained)
-        return {**Counter(op for n in graph.nodes if n.macs or n.other_flops
-                          for op in (n.op_type, n.activation) if op and op not in known),
+        work: Counter = Counter()
+        count: Counter = Counter()
+        for n in graph.nodes:
+            for op in {n.op_type, n.activation} - known - {""}:
+                work[op] += n.macs + n.other_flops
+                count[op] += 1
+        total = max(graph.macs + graph.other_flops, 1)
+        return {**{op: count[op] for op in count if work[op] >= UNFAMILIAR_MIN_SHARE * total},
                 **volumetric_ops(graph), **sequence_ops(graph), **interpolation_ops(graph)}
 
     def known_devices(self) -> list[DeviceState]:

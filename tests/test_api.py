@@ -151,6 +151,29 @@ def test_models_with_op_types_no_training_graph_held_are_flagged(shipped, tmp_pa
     assert "LSTM x1" in out.stderr and "extrapolates" in out.stderr
 
 
+def test_unfamiliar_ops_doing_next_to_no_work_are_not_reported(shipped) -> None:
+    """A BERT's attention mask goes through Equal and Where, which no training graph held:
+    a thousandth of its work, so its prediction does not extrapolate."""
+    import torch
+    from torch import nn
+
+    from predictor.graph import extract_graph
+
+    class MaskedEncoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True)
+
+        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.layer(x, src_key_padding_mask=mask == 0)
+
+    graph = extract_graph(MaskedEncoder().eval(), example_input=(
+        torch.randn(1, 32, 64), torch.ones(1, 32, dtype=torch.long)))
+    ops = {n.op_type for n in graph.nodes}
+    assert {"Equal", "Where"} & ops and not set(shipped.checkpoint.info["op_types"]) >= ops
+    assert shipped.unfamiliar_ops(graph) == {}
+
+
 def test_cli_predict_json(tmp_path) -> None:
     path = tmp_path / "m.onnx"
     path.write_bytes(SPACES["fbnet"].build_onnx("-".join(["k3_e3"] * 22)).SerializeToString())
