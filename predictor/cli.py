@@ -50,11 +50,11 @@ def _human(n: float) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from predictor.graph import extract_graph
-    from predictor.onnx_io import parse_input_shapes
+    from predictor.onnx_io import expand_model_paths, parse_input_shapes
 
     shape = parse_input_shapes(args.input_shape)
     results = []
-    for model in args.models:
+    for model in expand_model_paths(args.models):
         summary = extract_graph(model, input_shape=shape).summary()
         summary = {"model": str(model), **summary}
         results.append(summary)
@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="operator graph summary of ONNX models")
-    p.add_argument("models", nargs="+", metavar="MODEL.onnx")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx",
+                   help="ONNX files; a folder stands for its .onnx files")
     add_input_shapes_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per model")
     p.set_defaults(handler=cmd_inspect)

@@ -84,12 +84,13 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from predictor.errors import MeasurementError, ModelNotFoundError
     from predictor.measure import SpeedProbe, measure_many, measure_onnx
     from predictor.measurements import provenance, write_measurements_csv
-    from predictor.onnx_io import parse_input_shapes
+    from predictor.onnx_io import expand_model_paths, parse_input_shapes
 
     if args.backend == "torch":
         raise MeasurementError("--backend torch times a Python torch.nn.Module, not an ONNX "
                                "file; use --backend onnxruntime, or in Python "
                                "predictor.measure.measure_torch(module, example_input)")
+    args.models = expand_model_paths(args.models)
     missing = [m for m in args.models if not Path(m).is_file()]
     if missing:  # fail before spending minutes on the models that exist
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -131,7 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Time ONNX models with warm-up and repeated runs until the median is "
                     "stable; write a CSV whose comment lines record the hardware, versions "
                     "and settings.")
-    p.add_argument("models", nargs="+", metavar="MODEL.onnx")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx",
+                   help="ONNX files; a folder stands for its .onnx files")
     p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
                    help=_TORCH_BACKEND_HELP)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")

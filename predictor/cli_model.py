@@ -68,11 +68,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from predictor.api import METRICS, Predictor
     from predictor.errors import PredictorError
-    from predictor.onnx_io import parse_input_shapes
+    from predictor.onnx_io import expand_model_paths, parse_input_shapes
     from predictor.search import SPREAD_K, uncertain, upper_estimate
     from predictor.spaces.custom import load_plugins
 
     load_plugins(args.plugin)
+    args.models = expand_model_paths(args.models)
 
     if bool(args.models) == bool(args.space):
         raise PredictorError("Give either ONNX models, or --space with --archs FILE")
@@ -142,7 +143,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from predictor.calibration import calibrate, measure_reference_set
     from predictor.errors import PredictorError
     from predictor.measurements import read_measurements_csv
-    from predictor.onnx_io import parse_input_shapes
+    from predictor.onnx_io import expand_model_paths, parse_input_shapes
     from predictor.spaces.custom import load_plugins
 
     load_plugins(args.plugin)
@@ -178,7 +179,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         rows, info = measure_reference_set(backend=args.backend, device=args.device_kind,
                                            threads=args.threads,
                                            graph_optimization=args.graph_optimization,
-                                           batch=args.batch or 1, include=args.include,
+                                           batch=args.batch or 1, include=expand_model_paths(args.include),
                                            input_shape=shape)
     else:
         rows, info = read_measurements_csv(args.measurements, value=args.metric)
@@ -251,7 +252,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("predict", help="predict latency of ONNX models on a known device")
-    p.add_argument("models", nargs="*", metavar="MODEL.onnx")
+    p.add_argument("models", nargs="*", metavar="MODEL.onnx",
+                   help="ONNX files; a folder stands for its .onnx files")
     p.add_argument("--device", required=True)
     _add_space_arguments(p)
     p.add_argument("--archs", type=Path, default=None, metavar="FILE",

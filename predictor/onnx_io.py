@@ -57,6 +57,25 @@ def parse_shape(text: str) -> Shape:
     return shape
 
 
+def expand_model_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """CLI model arguments as files: a folder stands for its ``*.onnx`` files (sorted, not
+    recursive); files are kept as given, existing or not (loading names a missing one).
+
+    Raises:
+        ModelNotFoundError: a folder holds no ``.onnx`` file.
+    """
+    out: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found = sorted(item.glob("*.onnx"))
+            if not found:
+                raise ModelNotFoundError(f"No .onnx files in folder {item}")
+            out += found
+        else:
+            out.append(item)
+    return out
+
+
 def parse_input_shapes(values: str | Sequence[str] | None) -> InputShapes:
     """Parse `--input-shape` values: one ``SHAPE`` (the first input's), or ``NAME=SHAPE``
     per input (e.g. ``input_ids=1,128``); inputs left out take the sizes of the dims they
@@ -150,6 +169,9 @@ def read_model(source: ModelSource, example_input: Any = None) -> onnx.ModelProt
         name = "<bytes>"
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            raise ModelNotFoundError(f"{path} is a folder, not an ONNX file; pass its files "
+                                     f"(the CLI takes a folder for its .onnx files)")
         if not path.is_file():
             raise ModelNotFoundError(f"Model file not found: {path}")
         model = _parse(path.read_bytes(), str(path))

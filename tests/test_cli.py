@@ -72,6 +72,28 @@ def test_missing_file(tmp_path: Path) -> None:
     _assert_one_line_error(run_cli("inspect", str(tmp_path / "nope.onnx")), "not found")
 
 
+def test_a_folder_stands_for_its_onnx_files(tmp_path: Path, tiny_onnx: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("b.onnx", "a.onnx"):
+        shutil.copy(tiny_onnx, folder / name)
+    (folder / "notes.txt").write_text("not a model\n")
+    result = run_cli("inspect", str(folder), "--json")
+    assert result.returncode == 0, result.stderr
+    assert [r["model"] for r in json.loads(result.stdout)] == [
+        str(folder / "a.onnx"), str(folder / "b.onnx")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_one_line_error(run_cli("inspect", str(empty)), "No .onnx files in folder")
+    from predictor.errors import ModelNotFoundError
+    from predictor.graph import extract_graph
+
+    with pytest.raises(ModelNotFoundError, match="is a folder"):
+        extract_graph(folder)  # the API takes files: a folder is a clear error
+
+
 def test_not_onnx(tmp_path: Path) -> None:
     bad = tmp_path / "notes.onnx"
     bad.write_text("this is not a model\n")
