@@ -186,3 +186,13 @@ def test_train_init_from_is_checked_before_any_data_is_built(tmp_path: Path) -> 
     result = run_cli(*args[:2], str(config), *args[3:], "--init-from", "checkpoints/latpred.ckpt")
     _assert_one_line_error(result, "model config differs")
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_calibration_report_names_the_blend_and_its_held_out_error() -> None:
+    from predictor.cli_model import _calibration_summary
+
+    stored = {"strategy": "nearest", "cv_log_residuals": [0.1, -0.2, 0.05],
+              "blend": {"amortised": 0.3, "nearest": 0.5, "opscale": 0.15, "linear": 0.05}}
+    assert _calibration_summary(stored) == (
+        "auto: nearest 0.50, amortised 0.30, opscale 0.15, ...; out-of-fold error median 11 %")
+    assert _calibration_summary({"strategy": "finetune"}) == "strategy: finetune"
