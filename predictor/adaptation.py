@@ -671,6 +671,11 @@ AUTO_MIX_BANDWIDTH = 0.1
 # 16.2 %) and loses little on like ones (NB201 / FBNet meta-valid: 0.961 / 0.896 against
 # 0.967 / 0.918; `scripts/benchmark_strategies.py --shots 5`).
 AUTO_MIN_SHOTS = 5
+# "auto+kernelsum": the geometric mean of "auto" and "kernelsum+net" (a kernel sum more
+# than KERNEL_SUM_GUARD off "auto", or beyond its kernel reach, leaves a graph to "auto").
+# Candidate for devices calibrated on the shipped reference set (stop 31,
+# scripts/select_reference_strategy.py).
+AUTO_WITH_KERNEL_SUM = "auto+kernelsum"
 
 
 def _strategy_states(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
@@ -831,6 +836,15 @@ def adapt_with_residuals(model: LatencyModel, support: GraphBatch, log_latency: 
     """
     cv = dict(finetune_steps=finetune_steps, lr=lr, rank_weight=rank_weight, known=known,
               folds=folds)
+    if strategy == AUTO_WITH_KERNEL_SUM:
+        parts = [adapt_with_residuals(model, support, log_latency, name, **cv,
+                                      min_shots=min_shots)
+                 for name in ("auto", "kernelsum+net")]
+        (blend, choice, blend_residuals), (kernel, _, kernel_residuals) = parts
+        state = DeviceState(blend.z, blend.a, blend.b, members=[blend, kernel],
+                            weights=torch.full((2,), 0.5), labels=["auto", "kernelsum+net"],
+                            alternatives=blend.alternatives)
+        return state, choice, (blend_residuals + kernel_residuals) / 2
     if strategy == "auto" and log_latency.numel() >= min_shots:
         residuals = cross_validated_residuals(model, support, log_latency, **cv)
         names = list(residuals)
@@ -907,5 +921,9 @@ def adapt_named(model: LatencyModel, support: GraphBatch, log_latency: torch.Ten
     if strategy == "auto":
         return adapt_selected(model, support, log_latency, finetune_steps=finetune_steps,
                               lr=lr, known=known)
+    if strategy == AUTO_WITH_KERNEL_SUM:
+        state, _, _ = adapt_with_residuals(model, support, log_latency, strategy,
+                                           finetune_steps=finetune_steps, lr=lr, known=known)
+        return state, strategy
     return adapt_strategy(model, support, log_latency, strategy, finetune_steps=finetune_steps,
                           lr=lr, known=known), strategy

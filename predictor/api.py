@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from predictor.adaptation import (
+    AUTO_WITH_KERNEL_SUM,
     STRATEGIES,
     DeviceState,
     adapt_with_residuals,
@@ -145,10 +146,9 @@ class Predictor:
         (for "auto" the heaviest candidate) is recorded in the device's
         `info["strategy"]`, the blend's weights in `info["blend"]`.
         """
-        names = list(STRATEGIES)
-        if strategy != "auto" and strategy not in names:
-            raise PredictorError(f"Unknown adaptation strategy '{strategy}'; "
-                                 f"use 'auto' or one of {names}")
+        names = ["auto", AUTO_WITH_KERNEL_SUM, *STRATEGIES]
+        if strategy not in names:
+            raise PredictorError(f"Unknown adaptation strategy '{strategy}'; use one of {names}")
         y = check_latencies(latencies_ms, len(models), check_metric(metric))
         if isinstance(models, GraphStore) and batch is not None:
             raise PredictorError(_STORE_BATCH_ERROR)

@@ -140,7 +140,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from predictor.api import Predictor
-    from predictor.calibration import calibrate, measure_reference_set
+    from predictor.calibration import REFERENCE_SET_STRATEGY, calibrate, measure_reference_set
     from predictor.errors import PredictorError
     from predictor.measurements import read_measurements_csv
     from predictor.onnx_io import expand_model_paths, parse_input_shapes
@@ -162,7 +162,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         shape, classes = _space_setting(args)
         predictor = Predictor.load(args.checkpoint)
         stored = calibrate(predictor, args.name, rows, {**info, "source": str(args.measurements)},
-                           strategy=args.strategy, input_shape=shape, space=args.space,
+                           strategy=args.strategy or "auto", input_shape=shape, space=args.space,
                            num_classes=classes, metric=args.metric,
                            graph=args.graph or "eager")
         return _report_calibration(args, stored, len(rows),
@@ -184,8 +184,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         rows, info = read_measurements_csv(args.measurements, value=args.metric)
         info = {**info, "source": str(args.measurements)}
+    strategy = args.strategy or (REFERENCE_SET_STRATEGY[args.device_kind] if args.measure
+                                 else "auto")
     predictor = Predictor.load(args.checkpoint)
-    stored = calibrate(predictor, args.name, rows, info, strategy=args.strategy,
+    stored = calibrate(predictor, args.name, rows, info, strategy=strategy,
                        input_shape=shape, metric=args.metric, batch=args.batch)
     return _report_calibration(args, stored, len(rows),
                                f"latpred predict MODEL.onnx --device {args.name}")
@@ -312,10 +314,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the batch the models are timed at: --measure runs the reference set "
                         "at B (--backend torch); with --measurements, the batch your batch-1 "
                         "files were timed at. Predictions on the device then default to B")
-    p.add_argument("--strategy", default="auto",
-                   help="auto (a blend weighted by cross-validated error), amortised, nearest, "
-                        "finetune, finetune+nearest, opscale (per-op-class cost scales), "
-                        "kernelsum (per-op-class kernel counts and work), kernelsum+net")
+    p.add_argument("--strategy", default=None,
+                   help="auto (a blend weighted by cross-validated error; the default, except "
+                        "for --measure on a CPU: auto+kernelsum, its geometric mean with "
+                        "kernelsum+net), amortised, nearest, finetune, finetune+nearest, "
+                        "opscale (per-op-class cost scales), kernelsum (per-op-class kernel "
+                        "counts and work), kernelsum+net")
     _add_space_arguments(p)
     _add_metric_argument(p, "the measured column of the CSV to calibrate on: latency_ms "
                             "(default) or energy_mj (an energy device)")

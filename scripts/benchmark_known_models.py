@@ -13,7 +13,8 @@ default families: the shipped checkpoint trains on smaller U-Nets (`zoo3`) and, 
 stop 29, ConvNeXt-like models (`zoo6`), never on GPT-like decoders) are measured here (cached in a CSV with provenance;
 --remeasure to redo, --measurements to read passes taken elsewhere). The predictor is calibrated on the reference models with
 each adaptation strategy (`--references 10`: on version 1's ten only) and predicts the
-known networks; MACs (log ms = a log MACs + b) and the per-device linear fit on
+known networks (`latpred+auto+kernelsum` is what `latpred calibrate NAME --measure` does
+on a CPU, `calibration.REFERENCE_SET_STRATEGY`; the plot shows it); MACs (log ms = a log MACs + b) and the per-device linear fit on
 MACs/params/memory/depth, fitted on the same models, are the baselines. The default
 runtime, ONNX Runtime 1 thread, is the local benchmark's held-out device (never trained
 on); choose settings on other runtimes (`--runtime torch-1t`, a meta-valid configuration
@@ -44,7 +45,8 @@ from predictor.model_sets import BENCHMARK_CONFIGS, HELD_OUT_CONFIG, RuntimeConf
 
 CACHE = Path("datasets/cache/known_models")
 RUNTIMES = BENCHMARK_CONFIGS
-STRATEGIES = ("auto", "amortised", "nearest", "finetune", "opscale", "kernelsum+net", "linear")
+STRATEGIES = ("auto+kernelsum", "auto", "amortised", "nearest", "finetune", "opscale",
+              "kernelsum+net", "linear")
 
 
 # Networks from `model_zoo`, beyond the generator's default families (the shipped checkpoint
@@ -186,7 +188,7 @@ def report(out: dict) -> None:
                 f"{out['summary'][m][part][metric]:{fmt}}" for m in methods) + " |")
 
 
-def plot(out: dict, path: Path, method: str = "latpred+auto") -> None:
+def plot(out: dict, path: Path, method: str = "latpred+auto+kernelsum") -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -5,7 +5,8 @@ with and without stand-ins (`predictor.stand_ins`).
     python scripts/benchmark_unfamiliar_ops.py --json results/unfamiliar_ops.json
 
 Times the reference set and the models below in one pass under ONNX Runtime (`--threads`,
-default 1), adapts the shipped predictor to the reference set (strategy auto), and prints
+default 1), adapts the shipped predictor to the reference set (as `latpred calibrate --measure`
+does on a CPU: `calibration.REFERENCE_SET_STRATEGY`, auto+kernelsum since stop 31), and prints
 predicted / measured per model: "raw" featurises the graphs as extracted (untrained op
 types feed untrained weights, volumes stay rank 5), "stand-ins" as `latpred predict` does. Writes a PNG next to
 the JSON.
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from predictor.api import Predictor
-from predictor.calibration import measure_reference_set
+from predictor.calibration import REFERENCE_SET_STRATEGY, measure_reference_set
 from predictor.graph import extract_graph
 from predictor.graph_store import GraphStore
 
@@ -147,7 +148,8 @@ def main() -> None:
             {p.resolve() for p in paths}]
     measured = np.array([by_path[p.resolve()] for p in paths])
     predictor = Predictor.load(args.checkpoint)
-    predictor.adapt("this-cpu", refs, [by_path[p.resolve()] for p in refs])
+    predictor.adapt("this-cpu", refs, [by_path[p.resolve()] for p in refs],
+                    strategy=REFERENCE_SET_STRATEGY["cpu"])  # as `latpred calibrate --measure`
     raw = predictor.predict(GraphStore.from_graphs([extract_graph(p) for p in paths]),
                             device="this-cpu")
     stand_in = predictor.predict(paths, device="this-cpu")

@@ -61,6 +61,12 @@ def test_calibrate_from_csv_then_predict(measured, tmp_path) -> None:
     ms = np.array([row["latency_ms"] for row in json.loads(pred.stdout)])
     # Unseen models of the calibrated device: within 25% of the measured latency.
     assert np.all(np.abs(ms / latency[10:] - 1) < 0.25), (ms, latency[10:])
+    # your own measurements default to auto; the reference set's strategy is one flag away
+    assert "auto" not in stored["blend"]  # the plain blend of candidates
+    mixed = _cli("calibrate", "mixed", "--measurements", str(root / "m.csv"), "--strategy",
+                 "auto+kernelsum", "--json", env=env)
+    assert mixed.returncode == 0, mixed.stderr
+    assert json.loads(mixed.stdout)["blend"] == {"auto": 0.5, "kernelsum+net": 0.5}
 
 
 @pytest.mark.parametrize("rows, message", [

@@ -488,3 +488,33 @@ def test_blend_drops_a_kernel_sum_far_off_its_other_members(sized_store) -> None
             expected = (w * predict(model, res, off) + (1 - w) * predict(model, res, network)
                         if agrees else predict(model, res, network))
             torch.testing.assert_close(predict(model, res, blend), expected)
+
+
+def test_auto_with_kernel_sum_is_the_geometric_mean_of_its_two_adaptations(
+        sized_store, tmp_path, monkeypatch) -> None:
+    """"auto+kernelsum" (reference-set calibrations on a CPU) predicts the mean log-latency
+    of "auto" and "kernelsum+net" fitted on the same measurements, keeps auto's candidates
+    for the spread, and survives a save / load round trip."""
+    from predictor.adaptation import AUTO_WITH_KERNEL_SUM, adapt_with_residuals, predict_with_spread
+    from predictor.device_store import load_device, save_device
+
+    model = _model(sized_store).eval()
+    support = list(range(0, 12, 2))
+    batch, rest = sized_store.batch(support), sized_store.batch(list(range(1, 12, 2)))
+    y = _kernel_device(batch)
+    parts = {name: adapt_with_residuals(model, batch, y, name, finetune_steps=2)
+             for name in ("auto", "kernelsum+net", AUTO_WITH_KERNEL_SUM)}
+    mixed, choice, residuals = parts[AUTO_WITH_KERNEL_SUM]
+    assert mixed.labels == ["auto", "kernelsum+net"] and choice == parts["auto"][1]
+    auto_pred = predict(model, rest, parts["auto"][0])
+    kernel_pred = predict(model, rest, parts["kernelsum+net"][0])
+    assert float((auto_pred - kernel_pred).abs().max()) < math.log(4)  # the guard stays out
+    torch.testing.assert_close(predict(model, rest, mixed), (auto_pred + kernel_pred) / 2)
+    torch.testing.assert_close(residuals, (parts["auto"][2] + parts["kernelsum+net"][2]) / 2)
+    alternatives = [predict(model, rest, a) for a in parts["auto"][0].alternatives]
+    spread = torch.stack([predict(model, rest, mixed), *alternatives]).std(dim=0, unbiased=False)
+    torch.testing.assert_close(predict_with_spread(model, rest, mixed)[1], spread)
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path))
+    save_device("mixed", mixed, "fp", {})
+    loaded, _ = load_device("mixed", "fp")
+    torch.testing.assert_close(predict(model, rest, loaded), predict(model, rest, mixed))
