@@ -47,6 +47,11 @@ MIN_SHOTS = 5
 # Unfamiliar op types below this share of a graph's work (MACs + other flops) are not
 # reported: they cannot move its prediction much.
 UNFAMILIAR_MIN_SHARE = 0.01
+# ... except quantization ops, cheap themselves but a sign that the ops between them run
+# in int8 (ONNX Runtime fuses a QDQ model's convolutions into QLinearConv).
+QUANTIZATION_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+    "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul"})
 DEFAULT_FINETUNE_STEPS = 20  # when the checkpoint's config sets none
 SPACE_CHUNK = 1024  # search-space graphs per network call in `predict_batch`
 _STORE_BATCH_ERROR = ("batch applies to models or OpGraphs, not to a GraphStore: re-batch "
@@ -187,7 +192,7 @@ class Predictor:
         counts (e.g. {"LSTM": 1}): its prediction for such a model extrapolates. Ops that
         only move or reshape data (no flops: Squeeze, Identity...) are left out, and so are
         op types doing under UNFAMILIAR_MIN_SHARE of the graph's work (a BERT's Equal and
-        Where on its attention mask). 3-D
+        Where on its attention mask) unless they quantize (QUANTIZATION_OPS). 3-D
         convolutions and pools count as "Conv (3-D)" and so on (no training graph held
         volumes; `predictor.stand_ins.fold_volumetric`), 1-D ones as "Conv (1-D)"
         (`unfold_sequence`), cubic interpolation as "Resize (cubic)". Empty when the checkpoint does not record its training op
@@ -203,7 +208,8 @@ class Predictor:
                 work[op] += n.macs + n.other_flops
                 count[op] += 1
         total = max(graph.macs + graph.other_flops, 1)
-        return {**{op: count[op] for op in count if work[op] >= UNFAMILIAR_MIN_SHARE * total},
+        return {**{op: count[op] for op in count
+                   if work[op] >= UNFAMILIAR_MIN_SHARE * total or op in QUANTIZATION_OPS},
                 **volumetric_ops(graph), **sequence_ops(graph), **interpolation_ops(graph)}
 
     def known_devices(self) -> list[DeviceState]:

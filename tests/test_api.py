@@ -174,6 +174,24 @@ def test_unfamiliar_ops_doing_next_to_no_work_are_not_reported(shipped) -> None:
     assert shipped.unfamiliar_ops(graph) == {}
 
 
+def test_quantization_ops_are_reported_however_little_work_they_do(shipped, tmp_path) -> None:
+    """A dynamically quantized MLP: DynamicQuantizeLinear does a sliver of the work, but
+    it means the matmuls run in int8, which no training graph did."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from torch import nn
+
+    from predictor.graph import extract_graph
+
+    mlp = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256)).eval()
+    fp32, int8 = tmp_path / "mlp.onnx", tmp_path / "mlp_int8.onnx"
+    torch.onnx.export(mlp, (torch.randn(1, 256),), str(fp32), dynamo=False)
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    flagged = shipped.unfamiliar_ops(extract_graph(int8))
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= set(flagged), flagged
+    assert shipped.unfamiliar_ops(extract_graph(fp32)) == {}
+
+
 def test_cli_predict_json(tmp_path) -> None:
     path = tmp_path / "m.onnx"
     path.write_bytes(SPACES["fbnet"].build_onnx("-".join(["k3_e3"] * 22)).SerializeToString())
