@@ -36,6 +36,14 @@ REFERENCE_CACHE: Path | None = None
 REFERENCE_SET_STRATEGY = {"cpu": "auto+kernelsum", "cuda": "auto"}
 
 
+def default_strategy(provenance: dict[str, Any], space: str | None = None) -> str:
+    """REFERENCE_SET_STRATEGY for ONNX models timed by `measure_reference_set` (its
+    provenance names the reference set version and the device kind), "auto" otherwise."""
+    if space is None and "reference_set_version" in provenance:
+        return REFERENCE_SET_STRATEGY.get(str(provenance.get("device")), "auto")
+    return "auto"
+
+
 class CalibrationLockedError(PredictorError):
     """Another calibration of the same device is running."""
 
@@ -141,7 +149,7 @@ def measured_graphs(models: Sequence[Any], input_shape: InputShapes = None) -> l
 
 
 def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: dict[str, Any],
-              *, strategy: str = "auto", input_shape=None, space: str | None = None,
+              *, strategy: str | None = None, input_shape=None, space: str | None = None,
               num_classes: int | None = None, metric: str = "latency_ms",
               batch: int | None = None, graph: str = "eager") -> dict[str, Any]:
     """Adapt `predictor` to device `name` from measured rows and store it.
@@ -161,6 +169,7 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
             Stored like the setting.
         batch: the batch the models were timed at, where their files hold another (see
             `Predictor.adapt`); not with `space` (give it in `input_shape`).
+        strategy: how to adapt (`Predictor.adapt`); default `default_strategy`.
 
     The device goes to the user device folder (`$LATPRED_DEVICE_DIR`) when set, else
     to the shipped `device_embeddings/`.
@@ -196,6 +205,7 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
         info.update(space=space, input_shape=list(shape), num_classes=classes,
                     batch_size=shape[0], graph=graph)
         input_shape = None
+    strategy = strategy or default_strategy(provenance, space)
     with device_lock(name, folder):
         predictor.adapt(name, models, values, input_shape=input_shape, strategy=strategy,
                         metric=metric, save=True, info=info, batch=batch)

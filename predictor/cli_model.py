@@ -140,7 +140,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from predictor.api import Predictor
-    from predictor.calibration import REFERENCE_SET_STRATEGY, calibrate, measure_reference_set
+    from predictor.calibration import calibrate, measure_reference_set
     from predictor.errors import PredictorError
     from predictor.measurements import read_measurements_csv
     from predictor.onnx_io import expand_model_paths, parse_input_shapes
@@ -162,7 +162,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         shape, classes = _space_setting(args)
         predictor = Predictor.load(args.checkpoint)
         stored = calibrate(predictor, args.name, rows, {**info, "source": str(args.measurements)},
-                           strategy=args.strategy or "auto", input_shape=shape, space=args.space,
+                           strategy=args.strategy, input_shape=shape, space=args.space,
                            num_classes=classes, metric=args.metric,
                            graph=args.graph or "eager")
         return _report_calibration(args, stored, len(rows),
@@ -184,10 +184,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         rows, info = read_measurements_csv(args.measurements, value=args.metric)
         info = {**info, "source": str(args.measurements)}
-    strategy = args.strategy or (REFERENCE_SET_STRATEGY[args.device_kind] if args.measure
-                                 else "auto")
     predictor = Predictor.load(args.checkpoint)
-    stored = calibrate(predictor, args.name, rows, info, strategy=strategy,
+    stored = calibrate(predictor, args.name, rows, info, strategy=args.strategy,
                        input_shape=shape, metric=args.metric, batch=args.batch)
     return _report_calibration(args, stored, len(rows),
                                f"latpred predict MODEL.onnx --device {args.name}")

@@ -326,3 +326,16 @@ def test_batch_needs_the_torch_backend_or_a_model_path(tmp_path) -> None:
                   env=env)
     assert result.returncode != 0 and "--input-shape" in result.stderr
     assert not (tmp_path / "devices" / "b.json").exists()
+
+
+def test_reference_set_calibrations_default_to_their_strategy() -> None:
+    """A CPU's reference-set measurements adapt with REFERENCE_SET_STRATEGY (chosen on
+    selection runtimes), a GPU's and anyone's own measurements with auto."""
+    from predictor.calibration import REFERENCE_SET_STRATEGY, default_strategy
+    from predictor.measurements import provenance
+
+    cpu = provenance("onnxruntime", "cpu", 1, None, "all", reference_set_version=2)
+    assert default_strategy(cpu) == REFERENCE_SET_STRATEGY["cpu"] == "auto+kernelsum"
+    assert default_strategy({**cpu, "device": "cuda"}) == "auto"
+    assert default_strategy(provenance("onnxruntime", "cpu", 1, None, "all")) == "auto"
+    assert default_strategy(cpu, space="nb201") == "auto"
