@@ -147,7 +147,9 @@ class Predictor:
         `strategy`: "auto" (default) blends the candidate adaptations (the amortised
         embedding, fine-tuning, the nearest-known-device ensemble, op-class scales, kernel
         sums; see `predictor.adaptation.STRATEGIES`) with weights from their
-        cross-validated errors on the measurements; or name one of them. The strategy
+        cross-validated errors on the measurements; "auto+kernelsum" is the geometric
+        mean of that blend and "kernelsum+net" (what `calibration.calibrate` uses for a
+        CPU's reference-set measurements); or name one of them. The strategy
         (for "auto" the heaviest candidate) is recorded in the device's
         `info["strategy"]`, the blend's weights in `info["blend"]`.
         """
