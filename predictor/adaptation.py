@@ -673,8 +673,8 @@ AUTO_MIX_BANDWIDTH = 0.1
 AUTO_MIN_SHOTS = 5
 # "auto+kernelsum": the geometric mean of "auto" and "kernelsum+net" (a kernel sum more
 # than KERNEL_SUM_GUARD off "auto", or beyond its kernel reach, leaves a graph to "auto").
-# Candidate for devices calibrated on the shipped reference set (stop 31,
-# scripts/select_reference_strategy.py).
+# What a CPU calibrated on the shipped reference set uses (stop 31,
+# `calibration.REFERENCE_SET_STRATEGY`).
 AUTO_WITH_KERNEL_SUM = "auto+kernelsum"
 
 
