@@ -152,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("latpred: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left (`latpred predict ... | head`): stop quietly, as Unix tools do;
+        # stdout goes to devnull so that the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

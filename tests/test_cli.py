@@ -196,3 +196,13 @@ def test_the_calibration_report_names_the_blend_and_its_held_out_error() -> None
     assert _calibration_summary(stored) == (
         "auto: nearest 0.50, amortised 0.30, opscale 0.15, ...; out-of-fold error median 11 %")
     assert _calibration_summary({"strategy": "finetune"}) == "strategy: finetune"
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """`latpred devices | head -1`: the closed pipe ends the command quietly (exit 141)."""
+    proc = subprocess.Popen([sys.executable, "-m", "predictor.cli", "devices"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
