@@ -198,9 +198,11 @@ def test_the_calibration_report_names_the_blend_and_its_held_out_error() -> None
     assert _calibration_summary({"strategy": "finetune"}) == "strategy: finetune"
 
 
-def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
-    """`latpred devices | head -1`: the closed pipe ends the command quietly (exit 141)."""
-    proc = subprocess.Popen([sys.executable, "-m", "predictor.cli", "devices"],
+def test_a_reader_that_leaves_early_gets_no_traceback(tiny_onnx: Path) -> None:
+    """`latpred inspect ... | head -1`: the closed pipe ends the command quietly (exit 141).
+    The output (300 summaries) is larger than a pipe's buffer, so the writer meets it."""
+    proc = subprocess.Popen([sys.executable, "-m", "predictor.cli", "inspect",
+                             *[str(tiny_onnx)] * 300],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.read(10)
     proc.stdout.close()
