@@ -37,6 +37,7 @@ def zoo_models(runtime: str) -> tuple[list, np.ndarray]:
     """(OpGraphs, latencies ms) of model set zoo1 timed under `runtime` here (cached)."""
     import shutil
 
+    from predictor.generator import export_spec
     from predictor.graph import extract_graph
     from predictor.model_sets import (
         TRAINING_CONFIGS,
@@ -53,8 +54,6 @@ def zoo_models(runtime: str) -> tuple[list, np.ndarray]:
     if not (root / "zoo1" / f"{device}.csv").exists():
         measure_device("zoo1", device, TRAINING_CONFIGS[runtime], root=root)
     task = load_model_set_task("zoo1", device, root=root)
-    from predictor.generator import export_spec
-
     specs = model_set_specs("zoo1", root)
     graphs = [extract_graph(export_spec(specs[i])) for i in task.pool]
     return graphs, np.asarray(task.latency_ms, dtype=float)
