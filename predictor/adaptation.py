@@ -52,6 +52,12 @@ KERNEL_SUM_RIDGE = 0.01
 # layers calibrated on 5 + 5 blocks).
 KERNEL_SUM_REACH = 2.0
 KERNEL_SUM_WORK_REACH = 30.0
+# Below the support set a kernel sum's constant, which no measurement pins down when the
+# smallest model does 3 M flops, dominates: a graph whose total work is under the
+# support's least over KERNEL_SUM_LOW_WORK_REACH is left to the network too. Stop 32:
+# 40 networks of 4-70 us calibrated on the reference set under ORT 2 threads, kernel
+# sums 3.2-9.7x over (auto 0.9-1.7x).
+KERNEL_SUM_LOW_WORK_REACH = 4.0
 # A kernel-sum member of an "auto" blend predicts a graph only within this factor of the
 # blend's other members (`_kernel_sums_agree`). Stop 30, seen on this CPU's single layers
 # (one draw blended kernel sums alone and priced tiny conv blocks at 60-140x their time);
@@ -103,6 +109,11 @@ class DeviceState:
     # range (a transformer after CNNs) is predicted without the fine-tuned members
     # (`untuned_share`).
     local_mix: torch.Tensor | None = None
+    # The runtime's per-inference floor in ms (`predictor.measure.call_floor_ms`), added
+    # to every prediction of the top-level state: the device was adapted on latencies
+    # less this floor, so that a network with next to no work costs the floor, not a
+    # fraction of the smallest calibration model (`with_call_floor`). 0: none known.
+    call_floor_ms: float = 0.0
 
     def to_dict(self) -> dict:
         return {"z": self.z.detach().cpu(), "a": self.a.detach().cpu(), "b": self.b.detach().cpu(),
@@ -117,7 +128,7 @@ class DeviceState:
                 "weights": None if self.weights is None else self.weights.detach().cpu(),
                 "labels": list(self.labels),
                 "local_errors": self.local_errors, "local_x": self.local_x,
-                "local_mix": self.local_mix}
+                "local_mix": self.local_mix, "call_floor_ms": float(self.call_floor_ms)}
 
     @classmethod
     def from_dict(cls, d: dict) -> DeviceState:
@@ -127,7 +138,8 @@ class DeviceState:
                    d.get("op_scale"), [cls.from_dict(m) for m in d.get("alternatives", [])],
                    d.get("kernel_sum"), None if base is None else cls.from_dict(base),
                    d.get("kernel_reach"), d.get("weights"), list(d.get("labels", [])),
-                   d.get("local_errors"), d.get("local_x"), d.get("local_mix"))
+                   d.get("local_errors"), d.get("local_x"), d.get("local_mix"),
+                   float(d.get("call_floor_ms", 0.0)))
 
 
 def rank_loss(pred: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -395,15 +407,29 @@ def fit_kernel_sum(model: LatencyModel, support: GraphBatch, log_latency: torch.
 
 
 def kernel_sum_reach(support_features: torch.Tensor) -> torch.Tensor:
-    """(2 len(OP_CLASSES),) float64: the most kernels and work per op class that a kernel
-    sum fitted on graphs with these `kernel_sum_features` predicts (`KERNEL_SUM_REACH`,
-    `KERNEL_SUM_WORK_REACH`); work is unbounded in a class whose kernels did no work in
-    the support set (its weight per unit of work is 0)."""
+    """(2 len(OP_CLASSES) + 1,) float64: the most kernels and work per op class that a
+    kernel sum fitted on graphs with these `kernel_sum_features` predicts
+    (`KERNEL_SUM_REACH`, `KERNEL_SUM_WORK_REACH`; work is unbounded in a class whose
+    kernels did no work in the support set: its weight per unit of work is 0), then the
+    least total work (`KERNEL_SUM_LOW_WORK_REACH`)."""
     classes = len(OP_CLASSES)
-    most = support_features.double().amax(dim=0)
+    features = support_features.double()
+    most = features.amax(dim=0)
     work = torch.where(most[classes:] > 0, KERNEL_SUM_WORK_REACH * most[classes:],
                        torch.full_like(most[classes:], torch.finfo(torch.float64).max))
-    return torch.cat([KERNEL_SUM_REACH * most[:classes], work])
+    least = features[:, classes:].sum(dim=1).amin() / KERNEL_SUM_LOW_WORK_REACH
+    return torch.cat([KERNEL_SUM_REACH * most[:classes], work, least[None]])
+
+
+def within_kernel_reach(features: torch.Tensor, reach: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: graphs with these `kernel_sum_features` within `kernel_sum_reach`.
+    Files of stop 24 to 31 hold no least work, earlier ones kernel counts only."""
+    classes = len(OP_CLASSES)
+    upper = reach[:2 * classes]
+    covered = (features[:, :upper.numel()] <= upper).all(dim=1)
+    if reach.numel() > 2 * classes:
+        covered &= features[:, classes:].sum(dim=1) >= reach[2 * classes]
+    return covered
 
 
 def _kernel_design(model: LatencyModel, batch: GraphBatch, base: DeviceState | None,
@@ -471,8 +497,8 @@ def _member_log_latency(model: LatencyModel, batch: GraphBatch, m: DeviceState,
             cache["kernel_features"] = kernel_sum_features(batch)
         features = cache["kernel_features"]
         x = _kernel_design(model, batch, m.kernel_base, h, plan, cache, features)
-        covered = everything if m.kernel_reach is None else \
-            (features[:, :m.kernel_reach.numel()] <= m.kernel_reach).all(dim=1)
+        covered = (everything if m.kernel_reach is None
+                   else within_kernel_reach(features, m.kernel_reach))
         # Non-negative weights; the floor only guards a graph without any known kernel.
         return torch.log((x @ m.kernel_sum).clamp_min(1e-6)).float(), covered
     return m.a * _network_raw(model, batch, m, h, plan, cache) + m.b, everything
@@ -529,7 +555,7 @@ def _network_members(state: DeviceState) -> list[DeviceState]:
 
 def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch.Tensor:
     """Calibrated log(latency in ms) (B,) of `batch` on the adapted device."""
-    return _predict_states(model, batch, [state])[0]
+    return with_call_floor(_predict_states(model, batch, [state])[0], state.call_floor_ms)
 
 
 def predict_with_spread(model: LatencyModel, batch: GraphBatch, state: DeviceState
@@ -538,10 +564,18 @@ def predict_with_spread(model: LatencyModel, batch: GraphBatch, state: DeviceSta
     and its `alternatives`): how far the candidate adaptations of the same measurements
     disagree on each graph, large where the device is unlike the training devices and
     the graph unlike the measured ones. Zeros for a state without alternatives."""
-    preds = _predict_states(model, batch, [state, *state.alternatives])
+    preds = [with_call_floor(p, state.call_floor_ms)
+             for p in _predict_states(model, batch, [state, *state.alternatives])]
     spread = (torch.stack(preds).std(dim=0, unbiased=False) if len(preds) > 1
               else torch.zeros_like(preds[0]))
     return preds[0], spread
+
+
+def with_call_floor(log_ms: torch.Tensor, floor_ms: float) -> torch.Tensor:
+    """log(exp(`log_ms`) + `floor_ms`): a prediction of the work plus the runtime's floor."""
+    if floor_ms <= 0:
+        return log_ms
+    return torch.logaddexp(log_ms, torch.full_like(log_ms, math.log(floor_ms)))
 
 
 def _predict_states(model: LatencyModel, batch: GraphBatch, states: list[DeviceState]

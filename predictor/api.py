@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -92,6 +93,19 @@ def check_latencies(latencies_ms: Sequence[float], count: int,
     return y
 
 
+def usable_call_floor(call_floor_ms: float | None, latencies: np.ndarray, metric: str
+                      ) -> float:
+    """The floor `Predictor.adapt` subtracts: 0 without one, at most half the smallest
+    latency; a clear error for a negative or non-finite floor, or one with energy."""
+    if call_floor_ms is None or call_floor_ms == 0:
+        return 0.0
+    if not math.isfinite(call_floor_ms) or call_floor_ms < 0:
+        raise PredictorError(f"call_floor_ms must be a finite time >= 0 ms, got {call_floor_ms}")
+    if metric != "latency_ms":
+        raise PredictorError(f"A call floor is a latency; the device is calibrated on {metric}")
+    return float(min(call_floor_ms, 0.5 * float(latencies.min())))
+
+
 class Predictor:
     """A checkpoint plus the devices it knows (shipped and calibrated)."""
 
@@ -137,7 +151,8 @@ class Predictor:
               metric: str = "latency_ms",
               input_shape: InputShapes = None, strategy: str = "auto",
               finetune_steps: int | None = None, save: bool = False,
-              info: dict[str, Any] | None = None, batch: int | None = None) -> DeviceState:
+              info: dict[str, Any] | None = None, batch: int | None = None,
+              call_floor_ms: float | None = None) -> DeviceState:
         """Adapt to a device from measured models; with `save`, store it for later sessions.
 
         `batch`: the batch size the models were measured at, when their graphs hold
@@ -152,11 +167,18 @@ class Predictor:
         CPU's reference-set measurements); or name one of them. The strategy
         (for "auto" the heaviest candidate) is recorded in the device's
         `info["strategy"]`, the blend's weights in `info["blend"]`.
+
+        `call_floor_ms`: the runtime's time for a network with next to no work
+        (`predictor.measure.call_floor_ms`, timed the way the models were): the device is
+        adapted on the latencies less it and adds it to every prediction, so that tiny
+        models are not predicted at a fraction of it. At most half the smallest latency is
+        used (a larger floor was not timed like the models).
         """
         names = ["auto", AUTO_WITH_KERNEL_SUM, *STRATEGIES]
         if strategy not in names:
             raise PredictorError(f"Unknown adaptation strategy '{strategy}'; use one of {names}")
         y = check_latencies(latencies_ms, len(models), check_metric(metric))
+        floor = usable_call_floor(call_floor_ms, y, metric)
         if isinstance(models, GraphStore) and batch is not None:
             raise PredictorError(_STORE_BATCH_ERROR)
         store = (models if isinstance(models, GraphStore)
@@ -164,19 +186,21 @@ class Predictor:
         steps = (finetune_steps if finetune_steps is not None
                  else self.checkpoint.config.finetune_steps or DEFAULT_FINETUNE_STEPS)
         support = store.batch(range(len(store)))
-        log_y = torch.tensor(np.log(y), dtype=torch.float32)
+        log_y = torch.tensor(np.log(y - floor), dtype=torch.float32)
         lr = self.checkpoint.config.finetune_lr
         # The residuals say how wrong this device's predictions are on models it was not
         # adapted on (5-fold on the measurements): what a caller needs to keep a budget.
         state, strategy, residuals = adapt_with_residuals(
             self.model, support, log_y, strategy, finetune_steps=steps, lr=lr,
             known=self.known_devices())
+        state.call_floor_ms = floor
         self.devices[device_name] = state
         self._infos[device_name] = {**(info or {}), "strategy": strategy, "metric": metric,
                                     "cv_log_residuals": [round(float(r), 5) for r in residuals],
                                     # in the metric's unit; the search bound depends on it
                                     "measured_range": [float(y.min()), float(y.max())],
-                                    **({"batch": batch} if batch is not None else {})}
+                                    **({"batch": batch} if batch is not None else {}),
+                                    **({"call_floor_ms": floor} if floor > 0 else {})}
         if state.labels:
             self._infos[device_name]["blend"] = {
                 name: round(float(w), 4) for name, w in zip(state.labels, state.weights,

@@ -44,6 +44,29 @@ def default_strategy(provenance: dict[str, Any], space: str | None = None) -> st
     return "auto"
 
 
+# Devices whose calibrations subtract and add back the runtime's per-inference floor
+# recorded with their measurements (`Predictor.adapt(call_floor_ms=...)`). Chosen on this
+# CPU's selection runtimes (ORT 2 threads, ORT unoptimised 1 thread): 36 networks of
+# 4-65 us MAPE 44 -> 27 % and 57 -> 49 %; the well-known networks 6.1 -> 5.7 % and 3.35
+# -> 3.43 % (`scripts/benchmark_small_models.py`). GPUs: no evidence yet.
+CALL_FLOOR_DEVICES = ("cpu",)
+
+
+def provenance_call_floor(provenance: dict[str, Any], metric: str = "latency_ms",
+                          space: str | None = None) -> float | None:
+    """The `call_floor_ms` a measurement's provenance records (`latpred measure`,
+    `measure_reference_set`), for latency on a CALL_FLOOR_DEVICES device; else None."""
+    value = provenance.get("call_floor_ms")
+    if (value in (None, "") or metric != "latency_ms" or space is not None
+            or str(provenance.get("device")) not in CALL_FLOOR_DEVICES):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise PredictorError(f"Measurement provenance: call_floor_ms {value!r} is not a "
+                             "number") from None
+
+
 class CalibrationLockedError(PredictorError):
     """Another calibration of the same device is running."""
 
@@ -91,7 +114,7 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
     (`predictor.measure.speed_probe_for`)."""
 
     from predictor.generator import REFERENCE_SET_VERSION, reference_specs
-    from predictor.measure import measure_many, measure_onnx, speed_probe_for
+    from predictor.measure import call_floor_ms, measure_many, measure_onnx, speed_probe_for
     from predictor.measurements import provenance
     from predictor.model_sets import RuntimeConfig, measure_spec
 
@@ -129,8 +152,10 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
                                       progress=progress)
     rows = [{"model": m.model, "latency_ms": m.latency_ms, "p10_ms": m.p10_ms,
              "p90_ms": m.p90_ms, "cv": m.cv, "noisy": m.noisy} for m in measured]
+    floor = call_floor_ms(backend, device, threads, graph_optimization)
     info = provenance(backend, device, threads, batch if batch != 1 else None, graph_optimization,
                       reference_set_version=REFERENCE_SET_VERSION, speed_probe_ms=probe_ms,
+                      call_floor_ms=floor,
                       **({"included": [str(p) for p in include]} if include else {}))
     return rows, info
 
@@ -208,5 +233,6 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
     strategy = strategy or default_strategy(provenance, space)
     with device_lock(name, folder):
         predictor.adapt(name, models, values, input_shape=input_shape, strategy=strategy,
-                        metric=metric, save=True, info=info, batch=batch)
+                        metric=metric, save=True, info=info, batch=batch,
+                        call_floor_ms=provenance_call_floor(provenance, metric, space))
     return load_device(name, predictor.fingerprint)[1]

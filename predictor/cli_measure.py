@@ -82,7 +82,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from functools import partial
 
     from predictor.errors import MeasurementError, ModelNotFoundError
-    from predictor.measure import SpeedProbe, measure_many, measure_onnx
+    from predictor.measure import SpeedProbe, call_floor_ms, measure_many, measure_onnx
     from predictor.measurements import provenance, write_measurements_csv
     from predictor.onnx_io import expand_model_paths, parse_input_shapes
 
@@ -110,6 +110,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
                 max_seconds=args.max_seconds, energy=args.energy),
         probe=probe, progress=sys.stderr.isatty())
     info["speed_probe_ms"] = probe_ms if probe_ms is not None else "off"
+    # What a network with next to no work takes here; `latpred calibrate --measurements`
+    # of this file adds it to predictions of tiny models (see `Predictor.adapt`).
+    info["call_floor_ms"] = call_floor_ms(args.backend, args.device, args.threads,
+                                          args.graph_optimization)
     write_measurements_csv(args.out, rows, info)
     if args.json:
         print(json.dumps({"provenance": info, "measurements": [asdict(m) for m in rows],

@@ -215,6 +215,8 @@ def _calibration_summary(stored: dict) -> str:
     residuals = np.asarray(stored.get("cv_log_residuals") or [], dtype=float)
     if residuals.size:
         how += f"; out-of-fold error median {100 * np.median(np.expm1(np.abs(residuals))):.0f} %"
+    if stored.get("call_floor_ms"):
+        how += f"; call floor {1e3 * stored['call_floor_ms']:.1f} us"
     return how
 
 

@@ -80,7 +80,8 @@ def _state_to_json(state: DeviceState) -> dict[str, Any]:
             "labels": list(state.labels),
             "local_errors": None if state.local_errors is None else state.local_errors.tolist(),
             "local_x": None if state.local_x is None else state.local_x.tolist(),
-            "local_mix": None if state.local_mix is None else state.local_mix.tolist()}
+            "local_mix": None if state.local_mix is None else state.local_mix.tolist(),
+            **({"call_floor_ms": state.call_floor_ms} if state.call_floor_ms > 0 else {})}
 
 
 def _state_from_json(d: dict[str, Any]) -> DeviceState:
@@ -106,7 +107,8 @@ def _state_from_json(d: dict[str, Any]) -> DeviceState:
                        None if d.get("local_x") is None
                        else torch.tensor(d["local_x"], dtype=torch.float64),
                        None if d.get("local_mix") is None
-                       else torch.tensor(d["local_mix"], dtype=torch.float64))
+                       else torch.tensor(d["local_mix"], dtype=torch.float64),
+                       float(d.get("call_floor_ms", 0.0)))
 
 
 def save_device(name: str, state: DeviceState, fingerprint: str, info: dict[str, Any],

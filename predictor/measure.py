@@ -570,3 +570,39 @@ def measure_many(sources: Sequence[Any], measure: Callable[[Any], Measurement], 
                            p90_ms=m.p90_ms * f, mean_ms=m.mean_ms * f, std_ms=m.std_ms * f,
                            speed_factor=f))
     return out, reference
+
+
+# ----------------------------------------------------------------------------- call floor
+def floor_model() -> bytes:
+    """One Add on a one-element tensor: the least a runtime can run, so that its time is
+    what every inference pays whatever the network (the call, binding inputs, copying
+    outputs; on a GPU a launch and a synchronisation)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    one = numpy_helper.from_array(np.ones(1, np.float32), "one")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["y"])], "call_floor",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def call_floor_ms(backend: str = "onnxruntime", device: str = "cpu", threads: int | None = None,
+                  graph_optimization: str = "all", max_seconds: float = 1.0) -> float:
+    """Median ms of `floor_model` under the measurement's runtime and settings: the time
+    of a network with next to no work (a 4 us MLP on this project's VM, 3.6 us of which
+    is this floor), which a predictor fitted on larger models cannot extrapolate to."""
+    if backend != "torch":
+        return measure_onnx(floor_model(), device=device, threads=threads,
+                            graph_optimization=graph_optimization,
+                            max_seconds=max_seconds).latency_ms
+    import torch
+
+    class AddOne(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 1
+
+    return measure_torch(AddOne(), torch.zeros(1), device=device, threads=threads,
+                         max_seconds=max_seconds).latency_ms

@@ -48,7 +48,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from predictor import __version__
 from predictor.api import Predictor
-from predictor.calibration import CalibrationLockedError, device_lock, measured_graphs
+from predictor.calibration import (
+    CalibrationLockedError,
+    device_lock,
+    measured_graphs,
+    provenance_call_floor,
+)
 from predictor.corpus import SPACES
 from predictor.device_store import describe_devices, device_dirs, list_device_files, load_device
 from predictor.errors import PredictorError, UnknownDeviceError
@@ -390,7 +395,9 @@ class PredictionService:
             if store is None:
                 store = self._graphs(req)
             self.calibrator.adapt(req.name, store, req.values, metric=req.metric,
-                                  strategy=req.strategy, save=True, info=info)
+                                  strategy=req.strategy, save=True, info=info,
+                                  call_floor_ms=provenance_call_floor(
+                                      info["provenance"], req.metric, req.space))
             stored = load_device(req.name, self.calibrator.fingerprint)[1]
         log.info("calibrated %s from %d samples (strategy %s)", req.name, len(req.values),
                  stored.get("strategy"))

@@ -249,6 +249,38 @@ def test_fine_tuned_device_file_round_trips_and_old_format_loads(shipped, tmp_pa
                                expected, rtol=1e-6)
 
 
+def test_a_call_floor_comes_off_the_measurements_and_onto_every_prediction(
+        shipped, tmp_path, monkeypatch) -> None:
+    """With the runtime's per-inference floor, `adapt` fits the latencies less the floor
+    and each prediction adds it back: a network with next to no work costs more than the
+    floor, however far below the calibration models it lies; stored and loaded with the
+    device; capped at half the smallest latency; bad floors are clear errors."""
+    from predictor.errors import PredictorError
+    from predictor.measure import floor_model
+
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path))
+    archs = SPACES["nb201"].archs()[:: 1500][:10]
+    graphs = shipped.space_graphs("nb201", archs)
+    ms = shipped.predict_batch("nb201", archs, "pixel3@nb201")
+    floor = 0.3 * float(ms.min())
+    shipped.adapt("plain", graphs, ms, strategy="amortised")
+    state = shipped.adapt("floored", graphs, ms, strategy="amortised", call_floor_ms=floor,
+                          save=True)
+    assert state.call_floor_ms == floor and shipped.device_info("floored")["call_floor_ms"] == floor
+    tiny = shipped.graphs([floor_model()])
+    plain, floored = shipped.predict(tiny, "plain")[0], shipped.predict(tiny, "floored")[0]
+    assert plain < floor < floored
+    # the calibration's own models stay where they were measured
+    np.testing.assert_allclose(shipped.predict(graphs, "floored"), ms, rtol=0.3)
+    assert Predictor.load().predict(tiny, "floored")[0] == pytest.approx(floored, rel=1e-6)
+    capped = shipped.adapt("capped", graphs, ms, strategy="amortised", call_floor_ms=1e3)
+    assert capped.call_floor_ms == pytest.approx(0.5 * ms.min())
+    with pytest.raises(PredictorError, match="call_floor_ms must be a finite time"):
+        shipped.adapt("bad", graphs, ms, call_floor_ms=-1.0)
+    with pytest.raises(PredictorError, match="A call floor is a latency"):
+        shipped.adapt("bad", graphs, ms, call_floor_ms=floor, metric="energy_mj")
+
+
 def _predict_and_threads(predictor, archs: list[str]) -> tuple[np.ndarray, int]:
     import torch
 

@@ -263,6 +263,9 @@ def test_reference_set_plus_included_models(tmp_path, monkeypatch) -> None:
     assert all(r["latency_ms"] > 0 for r in rows) and info["included"] == [str(own)]
     stored = calibrate(Predictor.load(), "with-own", rows, info, input_shape=(1, 3, 24, 24))
     assert len(stored["measurements"]) == 6 and stored["provenance"]["included"] == [str(own)]
+    # the runtime's floor, timed with the set, comes off the latencies (see Predictor.adapt)
+    smallest = min(r["latency_ms"] for r in rows)
+    assert stored["call_floor_ms"] == min(info["call_floor_ms"], smallest / 2) > 0
     # the shape fixes the included model's dynamic dims; the reference models keep theirs
     graphs = calibration.measured_graphs([r["model"] for r in rows], (1, 3, 24, 24))
     assert [g.primary_input_shape for g in graphs] == \
@@ -339,3 +342,18 @@ def test_reference_set_calibrations_default_to_their_strategy() -> None:
     assert default_strategy({**cpu, "device": "cuda"}) == "auto"
     assert default_strategy(provenance("onnxruntime", "cpu", 1, None, "all")) == "auto"
     assert default_strategy(cpu, space="nb201") == "auto"
+
+
+def test_the_call_floor_of_a_provenance_applies_to_a_cpus_latency() -> None:
+    """The floor `latpred measure` and `--measure` record (a string in a CSV) is used for
+    a CPU's latency; not on a GPU (no evidence yet), for energy or for architectures."""
+    from predictor.calibration import provenance_call_floor
+
+    cpu = {"device": "cpu", "call_floor_ms": "0.0036"}
+    assert provenance_call_floor(cpu) == 0.0036
+    assert provenance_call_floor({**cpu, "device": "cuda"}) is None
+    assert provenance_call_floor(cpu, metric="energy_mj") is None
+    assert provenance_call_floor(cpu, space="nb201") is None
+    assert provenance_call_floor({"device": "cpu"}) is None
+    with pytest.raises(PredictorError, match="call_floor_ms 'fast' is not a number"):
+        provenance_call_floor({**cpu, "call_floor_ms": "fast"})

@@ -196,6 +196,8 @@ def test_the_calibration_report_names_the_blend_and_its_held_out_error() -> None
     assert _calibration_summary(stored) == (
         "auto: nearest 0.50, amortised 0.30, opscale 0.15, ...; out-of-fold error median 11 %")
     assert _calibration_summary({"strategy": "finetune"}) == "strategy: finetune"
+    assert _calibration_summary({"strategy": "auto", "call_floor_ms": 0.0036}) == \
+        "strategy: auto; call floor 3.6 us"
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback(tiny_onnx: Path) -> None:

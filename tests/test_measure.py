@@ -26,6 +26,8 @@ from predictor.errors import (
 from predictor.measure import (
     Measurement,
     SpeedProbe,
+    call_floor_ms,
+    floor_model,
     make_inputs,
     measure_many,
     measure_onnx,
@@ -258,6 +260,15 @@ def test_speed_probe_is_a_valid_model_and_times_it() -> None:
     assert SpeedProbe(threads=1).time_ms() > 0
 
 
+def test_the_call_floor_is_the_least_a_runtime_takes() -> None:
+    """A one-element Add, timed under ONNX Runtime and as a torch module: positive, and far
+    below the 13 M MAC probe network under the same runtime."""
+    onnx.checker.check_model(onnx.load_from_string(floor_model()), full_check=True)
+    probe = measure_onnx(probe_model(), threads=1, max_seconds=0.3).latency_ms
+    assert 0 < call_floor_ms(threads=1, max_seconds=0.3) < probe / 3
+    assert 0 < call_floor_ms("torch", threads=1, max_seconds=0.3) < probe / 3
+
+
 def test_torch_speed_probe_runs_the_same_network() -> None:
     """The GPU probe is `probe_model` as a torch module: same weights, same output."""
     import onnxruntime as ort
@@ -410,6 +421,7 @@ def test_cli_measure_writes_csv(tmp_path: Path, add_onnx: Path) -> None:
     rows, info = read_measurements_csv(out)
     assert Path(rows[0]["model"]) == add_onnx.resolve() and rows[0]["latency_ms"] > 0
     assert info["threads"] == "1" and info["graph_optimization"] == "basic"
+    assert 0 < float(info["call_floor_ms"]) < rows[0]["latency_ms"] * 5
     with out.open() as handle:
         assert next(csv.reader(line for line in handle if not line.startswith("#")))[:2] == \
             ["model", "latency_ms"]

@@ -381,14 +381,17 @@ def test_kernel_sum_leaves_graphs_beyond_its_measurements_to_the_network(sized_s
 def test_kernel_sum_leaves_far_more_work_per_class_to_the_network(sized_store) -> None:
     """Fitted on one ResNet-18 at 32 px, the kernel sum reaches the same kernels with 12x
     the work (112 px) but not with 49x (224 px): a cost per unit of work fitted where
-    launches dominate is not extrapolated that far. A class whose kernels did no work in
-    the support set is unbounded in work (its weight per unit of work is 0)."""
+    launches dominate is not extrapolated that far, nor to a graph with under a quarter of
+    the support's least work. A class whose kernels did no work in the support set is
+    unbounded in work (its weight per unit of work is 0)."""
     from predictor.adaptation import (
+        KERNEL_SUM_LOW_WORK_REACH,
         KERNEL_SUM_WORK_REACH,
         DeviceState,
         fit_kernel_sum,
         kernel_sum_features,
     )
+    from predictor.measure import floor_model
     from predictor.model import OP_CLASSES
 
     model = _model(sized_store).eval()
@@ -399,7 +402,7 @@ def test_kernel_sum_leaves_far_more_work_per_class_to_the_network(sized_store) -
     blend = DeviceState(network.z, network.a, network.b, members=[kernel, network],
                         weights=torch.tensor([0.7, 0.3]), labels=["kernelsum", "amortised"])
     work = kernel_sum_features(support)[0, len(OP_CLASSES):]
-    reach = kernel.kernel_reach[len(OP_CLASSES):]
+    reach = kernel.kernel_reach[len(OP_CLASSES):-1]
     torch.testing.assert_close(reach[work > 0], KERNEL_SUM_WORK_REACH * work[work > 0])
     assert bool((reach[work == 0] > 1e300).all())
     within = sized_store.batch([11])
@@ -409,6 +412,12 @@ def test_kernel_sum_leaves_far_more_work_per_class_to_the_network(sized_store) -
     huge = GraphStore.from_graphs([extract_graph(model_zoo.export("resnet18", (1, 3, 224, 224)))])
     torch.testing.assert_close(predict(model, huge.batch([0]), blend),
                                predict(model, huge.batch([0]), network))
+    # far less work than any support graph: the kernel sum's constant would dominate
+    tiny = GraphStore.from_graphs([extract_graph(floor_model())])
+    assert float(kernel_sum_features(tiny.batch([0]))[0, len(OP_CLASSES):].sum()) < \
+        float(work.sum()) / KERNEL_SUM_LOW_WORK_REACH
+    torch.testing.assert_close(predict(model, tiny.batch([0]), blend),
+                               predict(model, tiny.batch([0]), network))
 
 
 def test_auto_blend_drops_fine_tuned_members_beyond_the_supports_mix_of_ops(sized_store) -> None:

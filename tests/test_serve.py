@@ -19,6 +19,7 @@ with warnings.catch_warnings():  # starlette's TestClient nags about httpx vs ht
 
 from predictor.api import Predictor  # noqa: E402
 from predictor.calibration import device_lock  # noqa: E402
+from predictor.corpus import SPACES  # noqa: E402
 from predictor.serve import MAX_ARCHS, create_app  # noqa: E402
 from predictor.spaces import nb201  # noqa: E402
 
@@ -156,6 +157,25 @@ def test_calibrate_then_predict(client, predictor, device_dir) -> None:
     r = client.post("/calibrate", json={**body, "name": "ort-board", "graph": "exported"})
     assert r.status_code == 200, r.text
     assert r.json()["info"]["graph"] == "exported"
+
+
+def test_uploaded_models_calibrate_with_the_call_floor_of_their_provenance(client,
+                                                                          predictor) -> None:
+    """ONNX uploads timed by `latpred measure` on a CPU post its provenance: the device
+    takes the recorded call floor off the latencies (as `latpred calibrate` does); a floor
+    that is not a number is a clear 4xx."""
+    body = calibration_body("cpu-board", predictor=predictor)
+    models = [{"name": f"a{i}.onnx", "onnx_b64": b64(SPACES["nb201"].build_onnx(arch)
+                                                    .SerializeToString())}
+              for i, arch in enumerate(body.pop("archs"))]
+    body = {**body, "space": None, "models": models,
+            "provenance": {"device": "cpu", "call_floor_ms": 0.004}}
+    r = client.post("/calibrate", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["info"]["call_floor_ms"] == 0.004
+    r = client.post("/calibrate", json={**body, "provenance": {"device": "cpu",
+                                                                "call_floor_ms": "soon"}})
+    assert r.status_code == 400 and "call_floor_ms 'soon' is not a number" in r.json()["detail"]
 
 
 def test_energy_device_calibrates_and_predicts_energy(client, predictor) -> None:
