@@ -155,7 +155,7 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
     floor = call_floor_ms(backend, device, threads, graph_optimization)
     info = provenance(backend, device, threads, batch if batch != 1 else None, graph_optimization,
                       reference_set_version=REFERENCE_SET_VERSION, speed_probe_ms=probe_ms,
-                      call_floor_ms=floor,
+                      **({"call_floor_ms": floor} if floor is not None else {}),
                       **({"included": [str(p) for p in include]} if include else {}))
     return rows, info
 

@@ -112,8 +112,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     info["speed_probe_ms"] = probe_ms if probe_ms is not None else "off"
     # What a network with next to no work takes here; `latpred calibrate --measurements`
     # of this file adds it to predictions of tiny models (see `Predictor.adapt`).
-    info["call_floor_ms"] = call_floor_ms(args.backend, args.device, args.threads,
-                                          args.graph_optimization)
+    floor = call_floor_ms(args.backend, args.device, args.threads, args.graph_optimization)
+    if floor is not None:
+        info["call_floor_ms"] = floor
     write_measurements_csv(args.out, rows, info)
     if args.json:
         print(json.dumps({"provenance": info, "measurements": [asdict(m) for m in rows],
