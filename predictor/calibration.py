@@ -48,7 +48,9 @@ def default_strategy(provenance: dict[str, Any], space: str | None = None) -> st
 # recorded with their measurements (`Predictor.adapt(call_floor_ms=...)`). Chosen on this
 # CPU's selection runtimes (ORT 2 threads, ORT unoptimised 1 thread): 36 networks of
 # 4-65 us MAPE 44 -> 27 % and 57 -> 49 %; the well-known networks 6.1 -> 5.7 % and 3.35
-# -> 3.43 % (`scripts/benchmark_small_models.py`). GPUs: no evidence yet.
+# -> 3.43 % (`scripts/benchmark_small_models.py`). Not GPUs: at batch 1 their launches and
+# synchronisation are much of every training model's time, which the network learned to
+# predict with the rest; taking a floor off first would need evidence there.
 CALL_FLOOR_DEVICES = ("cpu",)
 
 
