@@ -124,21 +124,26 @@ Predictor = Callable[[GraphStore, np.ndarray, np.ndarray, np.ndarray], np.ndarra
 
 
 def predictor_fn(model, strategy: str = "amortised", finetune_steps: int = 20,
-                 finetune_lr: float = 1e-2, chunk: int = 1024, known: list | None = None
-                 ) -> Predictor:
+                 finetune_lr: float = 1e-2, chunk: int = 1024, known: list | None = None,
+                 call_floor_ms: float | None = None) -> Predictor:
     """Wrap a `LatencyModel` as (store, support, y_ms, test) -> predicted ms.
 
     `strategy`: one of `predictor.adaptation.STRATEGIES` or "auto" (cross-validated choice).
     `known`: device states of known (training) devices for the nearest-device ensemble.
+    `call_floor_ms`: the runtime's per-inference floor, taken off the support's latencies
+    and added to the predictions as `Predictor.adapt` does (`usable_call_floor`).
     """
     from predictor.adaptation import adapt_named, predict
+    from predictor.api import usable_call_floor
 
     def run(store: GraphStore, support: np.ndarray, y_ms: np.ndarray, test: np.ndarray
             ) -> np.ndarray:
-        y = torch.tensor(np.log(y_ms), dtype=torch.float32)
+        floor = usable_call_floor(call_floor_ms, np.asarray(y_ms), "latency_ms")
+        y = torch.tensor(np.log(np.asarray(y_ms) - floor), dtype=torch.float32)
         batch = store.batch(support)
         state, _ = adapt_named(model, batch, y, strategy, finetune_steps=finetune_steps,
                                lr=finetune_lr, known=known)
+        state.call_floor_ms = floor
         out = [predict(model, store.batch(test[i:i + chunk]), state)
                for i in range(0, test.size, chunk)]
         return torch.exp(torch.cat(out)).numpy().astype(np.float64)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from predictor.api import Predictor
+from predictor.calibration import CALL_FLOOR_DEVICES
 from predictor.evaluation import linear_fit_baseline, macs_baseline, metrics, predictor_fn
 from predictor.generator import (
     REFERENCE_SET_VERSION,
@@ -98,22 +99,29 @@ def measure_network(item: tuple[Any, Path], config: RuntimeConfig, max_seconds: 
 
 
 def measured(runtime: str, remeasure: bool, max_seconds: float,
-             files: list[Path] | None) -> dict[str, float]:
-    """{model name: latency ms} of `networks()` under `runtime`."""
-    from predictor.measure import measure_many, speed_probe_for
+             files: list[Path] | None) -> tuple[dict[str, float], float | None]:
+    """({model name: latency ms} of `networks()` under `runtime`, the runtime's call floor
+    in ms as the measurements record it, or None: files from before stop 32)."""
+    from predictor.measure import call_floor_ms, measure_many, speed_probe_for
     from predictor.measurements import provenance, read_measurements_csv, write_measurements_csv
 
-    def by_name(rows: list[dict]) -> dict[str, float]:
-        return {Path(str(r["model"])).stem: float(r["latency_ms"]) for r in rows}
+    def read(path: Path) -> tuple[dict[str, float], float | None]:
+        rows, info = read_measurements_csv(path)
+        floor = info.get("call_floor_ms")
+        return ({Path(str(r["model"])).stem: float(r["latency_ms"]) for r in rows},
+                float(floor) if floor else None)
 
     if files:
-        passes = [by_name(read_measurements_csv(f)[0]) for f in files]
-        return {k: float(np.exp(np.mean([np.log(p[k]) for p in passes]))) for k in passes[0]}
+        passes = [read(f) for f in files]
+        floors = [f for _, f in passes if f is not None]
+        return ({k: float(np.exp(np.mean([np.log(p[k]) for p, _ in passes])))
+                 for k in passes[0][0]},
+                float(np.median(floors)) if len(floors) == len(passes) else None)
     csv = CACHE / f"{runtime}-ref{REFERENCE_SET_VERSION}.csv"
     paths = network_files(CACHE / "onnx")
     if csv.exists() and not remeasure:
-        cached = by_name(read_measurements_csv(csv)[0])
-        if {p.stem for p in paths} <= set(cached):  # else a network was added: measure again
+        cached = read(csv)
+        if {p.stem for p in paths} <= set(cached[0]):  # else a network was added: measure again
             return cached
     config = RUNTIMES[runtime]
     rows, probe_ms = measure_many(
@@ -121,14 +129,23 @@ def measured(runtime: str, remeasure: bool, max_seconds: float,
         partial(measure_network, config=config, max_seconds=max_seconds),
         probe=speed_probe_for(config.backend, config.device, config.threads),
         desc=f"measure ({runtime})")
+    floor = call_floor_ms(config.backend, config.device, config.threads,
+                          config.graph_optimization)
     write_measurements_csv(csv, rows, provenance(
         config.backend, config.device, config.threads, config.batch, config.graph_optimization,
-        runtime_config=runtime, speed_probe_ms=probe_ms, max_seconds=max_seconds))
-    return by_name(read_measurements_csv(csv)[0])
+        runtime_config=runtime, speed_probe_ms=probe_ms, max_seconds=max_seconds,
+        **({"call_floor_ms": floor} if floor is not None else {})))
+    return read(csv)
 
 
 def run(args: argparse.Namespace) -> dict:
-    latency = measured(args.runtime, args.remeasure, args.max_seconds, args.measurements)
+    latency, recorded_floor = measured(args.runtime, args.remeasure, args.max_seconds,
+                                       args.measurements)
+    # `latpred calibrate --measure` on a CPU takes the runtime's call floor off the
+    # reference set's latencies; so does the first column where the measurements hold one.
+    floor = recorded_floor if args.call_floor_ms is None else args.call_floor_ms
+    if RUNTIMES[args.runtime].device not in CALL_FLOOR_DEVICES:
+        floor = None
     paths = network_files(CACHE / "onnx")
     names = [p.stem for p in paths]
     n_refs = len(reference_specs())
@@ -150,13 +167,16 @@ def run(args: argparse.Namespace) -> dict:
     store = predictor.graphs([paths[i] for i in keep], batch=batch)  # as `latpred predict`
     known_devices = predictor.known_devices()
     methods = {f"latpred+{s}" if s != "amortised" else "latpred":
-               predictor_fn(predictor.model, s, known=known_devices) for s in STRATEGIES}
+               predictor_fn(predictor.model, s, known=known_devices,
+                            call_floor_ms=floor if s == STRATEGIES[0] else None)
+               for s in STRATEGIES}
     methods.update({"macs": macs_baseline, "linear-baseline": linear_fit_baseline})
     predictions = {name: fn(store, support, y[support], test) for name, fn in methods.items()}
     families = {"zoo": np.array([n in ZOO_NETWORKS for n in known]),
                 "cnn": np.array([k == "cnn" for k in kinds]),
                 "transformer": np.array([k != "cnn" for k in kinds])}
     return {"runtime": args.runtime, "references": len(refs), "included": list(args.include),
+            "call_floor_ms": floor,
             "models": known,
             "kinds": kinds, "measured_ms": y[test].tolist(),
             "predicted_ms": {m: p.tolist() for m, p in predictions.items()},
@@ -170,7 +190,9 @@ def report(out: dict) -> None:
     methods = list(out["predicted_ms"])
     also = f" and {', '.join(out['included'])}" if out["included"] else ""
     print(f"\n## Known networks on this machine ({out['runtime']}), calibrated on "
-          f"{out['references']} reference models{also}\n\n"
+          f"{out['references']} reference models{also}"
+          + (f"; call floor {1e3 * out['call_floor_ms']:.1f} us (first column)"
+             if out.get("call_floor_ms") else "") + "\n\n"
           "error of the prediction, % of the measured latency\n")
     print("| model | measured ms | " + " | ".join(methods) + " |")
     print("|---|---|" + "---|" * len(methods))
@@ -229,6 +251,9 @@ def main() -> None:
     parser.add_argument("--include", nargs="+", default=[], metavar="NETWORK",
                         help="also calibrate on these known networks (as `latpred calibrate "
                              "--measure --include` would) and predict the others")
+    parser.add_argument("--call-floor-ms", type=float, default=None, metavar="MS",
+                        help="the runtime's call floor for the first column (default: as "
+                             "the measurements record it; 0: none)")
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

@@ -6,7 +6,8 @@ with and without stand-ins (`predictor.stand_ins`).
 
 Times the reference set and the models below in one pass under ONNX Runtime (`--threads`,
 default 1), adapts the shipped predictor to the reference set (as `latpred calibrate --measure`
-does on a CPU: `calibration.REFERENCE_SET_STRATEGY`, auto+kernelsum since stop 31), and prints
+does on a CPU: `calibration.REFERENCE_SET_STRATEGY`, auto+kernelsum since stop 31, the
+runtime's call floor taken off since stop 32), and prints
 predicted / measured per model: "raw" featurises the graphs as extracted (untrained op
 types feed untrained weights, volumes stay rank 5), "stand-ins" as `latpred predict` does. Writes a PNG next to
 the JSON.
@@ -142,14 +143,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     paths = export_all(CACHE)
-    rows, _ = measure_reference_set(threads=args.threads, include=paths)
+    rows, info = measure_reference_set(threads=args.threads, include=paths)
     by_path = {Path(r["model"]).resolve(): r["latency_ms"] for r in rows}
     refs = [Path(r["model"]) for r in rows if Path(r["model"]).resolve() not in
             {p.resolve() for p in paths}]
     measured = np.array([by_path[p.resolve()] for p in paths])
     predictor = Predictor.load(args.checkpoint)
-    predictor.adapt("this-cpu", refs, [by_path[p.resolve()] for p in refs],
-                    strategy=REFERENCE_SET_STRATEGY["cpu"])  # as `latpred calibrate --measure`
+    predictor.adapt("this-cpu", refs, [by_path[p.resolve()] for p in refs],  # as `latpred
+                    strategy=REFERENCE_SET_STRATEGY["cpu"],         # calibrate --measure`
+                    call_floor_ms=info.get("call_floor_ms"))
     raw = predictor.predict(GraphStore.from_graphs([extract_graph(p) for p in paths]),
                             device="this-cpu")
     stand_in = predictor.predict(paths, device="this-cpu")

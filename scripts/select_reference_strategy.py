@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
     seq_names, seq_paths, seq_times = seq.measure(args.max_seconds)
     seq_graphs = predictor.graphs(seq_paths, batch=1)
     for runtime in ("torch-1t", "ort-2t", "ort-noopt-1t"):
-        ms = known.measured(runtime, False, 3.0, [Path(args.reference_csv.format(runtime))])
+        ms, _ = known.measured(runtime, False, 3.0, [Path(args.reference_csv.format(runtime))])
         ref_ms = [ms[p.stem] for p in ref_files]
         net_ms = np.array([ms[p.stem] for p in net_files])
         results[f"known networks, {runtime}"] = evaluate(

@@ -104,7 +104,7 @@ def run(max_seconds: float) -> dict:
     out: dict = {"models": names, "measured_ms": times, "predicted_ms": {}, "mape": {}}
     unfold = stand_ins.unfold_sequence
     for runtime in RUNTIMES:
-        ref_ms = known.measured(runtime, False, 3.0, [Path(REFERENCE_CSV.format(runtime))])
+        ref_ms, _ = known.measured(runtime, False, 3.0, [Path(REFERENCE_CSV.format(runtime))])
         predictor.adapt(runtime, predictor.graphs(refs, batch=1), [ref_ms[p.stem] for p in refs])
         y = np.array(times[runtime])
         for label, fn in (("as is", lambda g: g), ("unfolded", unfold)):
