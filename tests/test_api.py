@@ -273,6 +273,20 @@ def test_a_call_floor_comes_off_the_measurements_and_onto_every_prediction(
     # the calibration's own models stay where they were measured
     np.testing.assert_allclose(shipped.predict(graphs, "floored"), ms, rtol=0.3)
     assert Predictor.load().predict(tiny, "floored")[0] == pytest.approx(floored, rel=1e-6)
+    # the benchmarks' adaptation (`evaluation.predictor_fn`) takes it off the same way
+    from predictor.evaluation import predictor_fn
+    from predictor.graph import extract_graph
+    from predictor.graph_store import GraphStore
+
+    ops = [extract_graph(SPACES["nb201"].build_onnx(a)) for a in archs]
+    last = extract_graph(floor_model())
+    shipped.adapt("fn-check", GraphStore.from_graphs(ops), ms, strategy="amortised",
+                  call_floor_ms=floor)
+    expected = shipped.predict(GraphStore.from_graphs([last]), "fn-check")
+    fn = predictor_fn(shipped.model, "amortised", call_floor_ms=floor)
+    np.testing.assert_allclose(fn(GraphStore.from_graphs([*ops, last]), np.arange(10), ms,
+                                  np.array([10])), expected, rtol=1e-5)
+    assert expected[0] > floor
     capped = shipped.adapt("capped", graphs, ms, strategy="amortised", call_floor_ms=1e3)
     assert capped.call_floor_ms == pytest.approx(0.5 * ms.min())
     with pytest.raises(PredictorError, match="call_floor_ms must be a finite time"):
