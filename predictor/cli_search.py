@@ -17,6 +17,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         builtin_objective,
         objective_names,
         search_device,
+        suggest_for_device,
     )
     from predictor.spaces.custom import load_plugins
 
@@ -27,6 +28,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                           spread_k=args.spread_k)
     config.check()
     predictor = Predictor.load(args.checkpoint)
+    if args.suggest is not None:
+        archs = suggest_for_device(predictor, args.space, args.device, args.latency_ms,
+                                   args.objective, args.suggest, config)
+        print(json.dumps(archs, indent=2) if args.json else "\n".join(archs))
+        return 0
     result = search_device(predictor, args.space, args.device, args.latency_ms,
                            args.objective, config)
     if args.json:
@@ -43,8 +49,9 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"{result.feasible} within budget")
     print(f"{'predicted':>10}    {'upper':>10}    {'objective':>14}  arch")
     for row in result.rows():
+        timed = "  (measured)" if row["measured"] else ""
         print(f"{row['latency_ms']:10.3f} ms {row['latency_bound_ms']:10.3f} ms "
-              f"{_objective_text(row['objective']):>14}  {row['arch']}")
+              f"{_objective_text(row['objective']):>14}  {row['arch']}{timed}")
     return 0
 
 
@@ -60,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         OBJECTIVES,
         SPREAD_K,
         SPREAD_K_BELOW,
+        SUGGEST_FRACTIONS,
         SearchConfig,
     )
 
@@ -89,6 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"adaptations), K x {SPREAD_K_BELOW:g}/{SPREAD_K:g} where the "
                         "prediction is below the device's fastest calibration measurement "
                         "(default %(default)s; 0: the prediction itself)")
+    p.add_argument("--suggest", type=int, default=None, metavar="N",
+                   help=f"instead of searching, print N (1-{len(SUGGEST_FRACTIONS)}) archs to "
+                        "time on the device: the best arch whose prediction meets the budget, "
+                        "then 0.95 of it, 0.9 of it... Calibrate again with them added to your "
+                        "CSV: the search holds archs the device was calibrated on to their "
+                        "measured latency")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=defaults.top,
                    help="architectures to print (default %(default)s)")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -393,13 +393,25 @@ class SearchResult:
     feasible: int
     history: np.ndarray = field(repr=False)
     bound_ms: np.ndarray | None = None
+    # (k,) bool: the arch's latency is a measurement, not a prediction (`with_measurements`)
+    measured: np.ndarray | None = None
 
     def rows(self) -> list[dict]:
         bounds = self.latency_ms if self.bound_ms is None else self.bound_ms
+        timed = np.zeros(len(self.archs), bool) if self.measured is None else self.measured
         return [{"arch": a, "latency_ms": float(t), "latency_bound_ms": float(u),
-                 "objective": float(o)}
-                for a, t, u, o in zip(self.archs, self.latency_ms, bounds, self.objective,
-                                      strict=True)]
+                 "objective": float(o), "measured": bool(m)}
+                for a, t, u, o, m in zip(self.archs, self.latency_ms, bounds, self.objective,
+                                         timed, strict=True)]
+
+    def with_timed(self, timed: Mapping[str, float]) -> SearchResult:
+        """This result with the archs in `timed` marked measured and bounded by their
+        time x (1 + MEASURED_SLACK), what the search held them to."""
+        measured = np.array([a in timed for a in self.archs], dtype=bool)
+        before = self.latency_ms if self.bound_ms is None else self.bound_ms
+        bounds = np.array([timed[a] * (1 + MEASURED_SLACK) if a in timed else float(b)
+                           for a, b in zip(self.archs, before, strict=True)])
+        return replace(self, bound_ms=bounds, measured=measured)
 
 
 class _Evaluator:
@@ -502,7 +514,8 @@ def _resolve(space: str | SearchSpace, objective: str | Objective) -> tuple[Sear
 
 def regularized_evolution(space: str | SearchSpace, latency_fn: LatencyFn, budget_ms: float,
                           objective: str | Objective = "params",
-                          config: SearchConfig = SearchConfig()) -> SearchResult:
+                          config: SearchConfig = SearchConfig(),
+                          initial: Sequence[str] = ()) -> SearchResult:
     """Maximise `objective` subject to `upper(arch) * (1 + margin) <= budget_ms`.
 
     Args:
@@ -514,6 +527,8 @@ def regularized_evolution(space: str | SearchSpace, latency_fn: LatencyFn, budge
         objective: a built-in name (`OBJECTIVES`) or a callable arch strings -> (n,),
             higher is better; called only on architectures that meet the budget.
         config: population, tournament size, evaluation budget, margin, seed.
+        initial: archs that start in the population (e.g. ones timed on the device),
+            the rest of it random.
 
     Returns:
         The `config.top` best feasible architectures found.
@@ -531,10 +546,13 @@ def regularized_evolution(space: str | SearchSpace, latency_fn: LatencyFn, budge
 
     genes: dict[str, tuple[int, ...]] = {}
     population: deque[str] = deque()
+    seeded = list(dict.fromkeys(space.genes(a) for a in initial))[:config.population]
     tries = 0
     while len(population) < config.population and ev.left > 0 and tries < 100:
         tries += 1  # fill with distinct random archs (a tiny space may run out)
-        batch = [space.random(rng) for _ in range(config.population - len(population))]
+        batch = seeded + [space.random(rng)
+                          for _ in range(config.population - len(population) - len(seeded))]
+        seeded = []
         keys = [space.key(g) for g in batch]
         genes.update(zip(keys, batch, strict=True))
         seen = set(population)
@@ -583,6 +601,69 @@ def random_search(space: str | SearchSpace, latency_fn: LatencyFn, budget_ms: fl
 
 
 # ------------------------------------------------------------------ with the predictor
+
+
+# -------------------------------------------------------------- timing candidates
+# How much a repeated timing of an arch may differ from the one that was taken: a timed arch
+# is held to measured x (1 + MEASURED_SLACK) <= budget, not to the predictor's margin.
+MEASURED_SLACK = 0.02
+# Where `suggest_measurements` looks for archs to time: the best arch whose point
+# prediction meets each of these fractions of the budget, so that a predictor a few per
+# cent off at the budget still has a timed arch within it.
+SUGGEST_FRACTIONS = (1.0, 0.95, 0.9, 0.85, 0.8)
+
+
+def with_measurements(latency_fn: LatencyFn, measured: Mapping[str, float],
+                      margin: float) -> LatencyFn:
+    """`latency_fn` in which timed archs (canonical strings -> ms) report their time, and
+    a bound that the search's constraint (bound x (1 + `margin`) <= budget) turns into
+    time x (1 + MEASURED_SLACK) <= budget: a measurement needs no allowance for the
+    predictor's error."""
+    timed = {k: float(v) for k, v in measured.items()}
+
+    def fn(archs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ms, bound = (a.copy() for a in _point_and_bound(latency_fn(archs), len(archs)))
+        for i, arch in enumerate(archs):
+            if arch in timed:
+                ms[i] = timed[arch]
+                bound[i] = timed[arch] * (1 + MEASURED_SLACK) / (1 + margin)
+        return ms, bound
+
+    return fn
+
+
+def suggest_measurements(space: str | SearchSpace, latency_fn: LatencyFn, budget_ms: float,
+                         objective: str | Objective = "params", count: int = 5,
+                         config: SearchConfig = SearchConfig(),
+                         measured: Sequence[str] = ()) -> list[str]:
+    """Archs worth timing before trusting a search under `budget_ms`: for each of the
+    first `count` SUGGEST_FRACTIONS of the budget, the best arch by objective whose point
+    prediction (no margin, no spread) meets it and that is not in `measured` yet. Where
+    the search's answer comes from, the predictor extrapolates most (a tight budget lies
+    below a random calibration's archs); a device calibrated again with these timed, and
+    searched `with_measurements`, returns archs known to meet the budget.
+
+    Raises:
+        SearchError: `count` outside 1..len(SUGGEST_FRACTIONS), a bad budget or setting.
+    """
+    budget_ms = _check_budget(budget_ms)
+    if not 1 <= count <= len(SUGGEST_FRACTIONS):
+        raise SearchError(f"Suggest 1 to {len(SUGGEST_FRACTIONS)} archs to time, got {count}")
+
+    def point(archs: list[str]) -> np.ndarray:
+        return _point_and_bound(latency_fn(archs), len(archs))[0]
+
+    chosen: list[str] = []
+    for fraction in SUGGEST_FRACTIONS[:count]:
+        skip = set(measured) | set(chosen)
+        try:
+            found = regularized_evolution(space, point, budget_ms * fraction, objective,
+                                          replace(config, margin=0.0,
+                                                  top=config.top + len(skip)))
+        except NoFeasibleArchError:
+            continue
+        chosen += [a for a in found.archs if a not in skip][:1]
+    return chosen
 
 
 def device_margin(residuals: Sequence[float] | None, quantile: float = MARGIN_QUANTILE
@@ -668,8 +749,12 @@ def search_device(predictor, space: str, device: str, budget_ms: float,
     info = predictor.device_info(device)
     if config.margin is None:
         config = replace(config, margin=device_margin(info.get("cv_log_residuals")))
+    timed = measured_archs(info, space)
+    if timed:  # archs the device was calibrated on are known, not predicted
+        latency_fn = with_measurements(latency_fn, timed, config.margin)
     try:
-        return regularized_evolution(space, latency_fn, budget_ms, objective, config)
+        return regularized_evolution(space, latency_fn, budget_ms, objective, config,
+                                     initial=list(timed)).with_timed(timed)
     except NoFeasibleArchError as exc:
         fastest = fastest_measured(info)
         if fastest <= budget_ms:
@@ -680,3 +765,27 @@ def search_device(predictor, space: str, device: str, budget_ms: float,
             f"{exc}; every model '{device}' was calibrated on took longer than the budget "
             f"(fastest {fastest:.4g} ms): calibrating with a few models near the budget "
             "narrows the bound there") from None
+
+
+def measured_archs(info: dict, space: str) -> dict[str, float]:
+    """{canonical arch: ms} of the `space` archs a device was calibrated on (its stored
+    measurements; none for an energy device or one calibrated on ONNX files)."""
+    if info.get("space") != space or info.get("metric", "latency_ms") != "latency_ms":
+        return {}
+    search_space = get_search_space(space)
+    return {search_space.key(search_space.genes(row["arch"])): float(row["latency_ms"])
+            for row in info.get("measurements", []) if "arch" in row and "latency_ms" in row}
+
+
+def suggest_for_device(predictor, space: str, device: str, budget_ms: float,
+                       objective: str | Objective = "params", count: int = 5,
+                       config: SearchConfig = SearchConfig()) -> list[str]:
+    """`suggest_measurements` for a known device (what `latpred search --suggest` prints):
+    archs to time and calibrate the device on again before searching under `budget_ms`;
+    archs it was calibrated on are not suggested again."""
+    _check_budget(budget_ms)
+    get_search_space(space)
+    latency_fn = predictor_latency_fn(predictor, space, device, spread_k=0.0)
+    measured = list(measured_archs(predictor.device_info(device), space))
+    return suggest_measurements(space, latency_fn, budget_ms, objective, count, config,
+                                measured)

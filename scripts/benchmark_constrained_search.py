@@ -66,13 +66,20 @@ from predictor.search import (
     device_margin,
     get_search_space,
     regularized_evolution,
+    suggest_measurements,
+    with_measurements,
 )
 from predictor.splits import get_split
 from predictor.tables import load_latency_table, valid_mask
 
 SHOTS = 10
 BUDGETS = {"tight": 10, "median": 50, "loose": 90}  # percentiles of measured latency
-SURROGATES = ("latpred", "macs", "oracle")
+SURROGATES = ("latpred", "latpred+timed", "macs", "oracle")
+# latpred+timed: 5 of the 10 measurements are the draw's first 5 archs, the other 5 are
+# timed where the search will answer (`search.suggest_measurements` on a device calibrated
+# on the first 5, one per fraction of the budget), then the device is calibrated on all
+# 10 and searched `with_measurements` (timed archs report their table latency).
+TIMED_FIRST = 5
 # The reference surrogate "oracle" is the measured table itself times lognormal noise of
 # this standard deviation in log space, drawn once per calibration draw: what the same
 # search and margin rule reach with a predictor that is off by about this much on every
@@ -110,6 +117,29 @@ def latpred_surrogate(predictor: Predictor, name: str, archs: list[str], support
     predictor.adapt(name, graphs, y_ms, strategy="auto")
     return lambda ids: predictor.predict_batch("nb201", [archs[i] for i in ids], name,
                                                input_shape=shape, with_spread=True)
+
+
+def timed_surrogates(predictor: Predictor, name: str, archs: list[str], index: dict[str, int],
+                     table: np.ndarray, support: np.ndarray, budgets: dict[str, float],
+                     objective, batch: int, config: SearchConfig) -> dict:
+    """Per budget: (the latpred surrogate of a device calibrated on the support's first
+    TIMED_FIRST archs plus the archs `suggest_measurements` proposes to time for that
+    budget, its calibration residuals, {timed arch: table latency})."""
+    first = support[:TIMED_FIRST]
+    scout = TableSurrogate(index, latpred_surrogate(predictor, f"{name}-first", archs, first,
+                                                    table[first], batch), table[first].min())
+    out = {}
+    for budget, ms in budgets.items():
+        measured = [archs[i] for i in first]
+        extra = suggest_measurements("nb201", scout, ms, objective,
+                                     SHOTS - TIMED_FIRST, config, measured)
+        ids = np.array([*first, *(index[a] for a in extra)])
+        device = f"{name}-{budget}"
+        fn = TableSurrogate(index, latpred_surrogate(predictor, device, archs, ids, table[ids],
+                                                     batch), table[ids].min())
+        out[budget] = (fn, predictor.device_info(device).get("cv_log_residuals"),
+                       {archs[i]: float(table[i]) for i in ids})
+    return out
 
 
 def macs_surrogate(store, support: np.ndarray, y_ms: np.ndarray):
@@ -192,6 +222,10 @@ def run(args: argparse.Namespace) -> dict:
                    "oracle": TableSurrogate(index, oracle_fn, y.min())}
             residuals = {"latpred": predictor.device_info(calibrated).get("cv_log_residuals"),
                          "macs": macs_residuals, "oracle": oracle_residuals}
+            timed = {} if args.coverage_only else timed_surrogates(
+                predictor, f"{calibrated}-timed", archs, index, table, case.support, budgets,
+                objective, batch, SearchConfig(evaluations=args.budget_evals,
+                                               seed=args.seed + case.seed, top=args.top))
             if args.coverage:
                 ms_all, spread = predictor.predict_with_spread(store, calibrated)
                 slack = np.log1p(_margin(args.margins[0], residuals["latpred"]))
@@ -202,12 +236,22 @@ def run(args: argparse.Namespace) -> dict:
             for margin, k in ([] if args.coverage_only else settings):
                 fns["latpred"].k = k
                 for budget, ms in budgets.items():
-                    for name, fn in fns.items():
+                    surrogates = dict(fns)
+                    if budget in timed:
+                        timed[budget][0].k = k
+                        surrogates["latpred+timed"] = timed[budget][0]
+                        residuals["latpred+timed"] = timed[budget][1]
+                    for name, fn in surrogates.items():
                         config = SearchConfig(evaluations=args.budget_evals,
                                               margin=_margin(margin, residuals[name]),
                                               seed=args.seed + case.seed, top=args.top)
+                        initial: list[str] = []
+                        if name == "latpred+timed":  # as `search_device` on such a device
+                            fn = with_measurements(fn, timed[budget][2], config.margin)
+                            initial = list(timed[budget][2])
                         try:
-                            found = regularized_evolution(space, fn, ms, objective, config).archs
+                            found = regularized_evolution(space, fn, ms, objective, config,
+                                                          initial=initial).archs
                         except NoFeasibleArchError:
                             found = []
                         s = score(found, index, table, valid, values, ms)
@@ -280,9 +324,10 @@ def tables(summaries: dict, which: str, evals: int, top: int, seeds: int,
         lines += [f"\n## NB201 {which} devices, K={SHOTS}, margin {margin}, {evals} "
                   f"evaluations, top {top}, {seeds} draws\n",
                   f"feasible share / objective gap ({objective}) of the returned archs\n",
-                  "| device | budget | ms | latpred share | latpred gap | macs share | macs gap "
+                  "| device | budget | ms | latpred share | latpred gap | latpred+timed share "
+                  "| latpred+timed gap | macs share | macs gap "
                   f"| oracle±{ORACLE_NOISE:.0%} share | oracle±{ORACLE_NOISE:.0%} gap |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for dev, per_dev in summary["devices"].items():
             for budget, r in per_dev.items():
                 lines.append(f"| {dev} | {budget} | {r['latpred']['budget_ms']:.3f} | "
@@ -384,7 +429,8 @@ def plot(raw: dict, path: Path, title: str, objective: str) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.8 * rows), squeeze=False)
     scale, label = (1e6, "params (M)") if objective == "params" else (1.0, objective)
     markers = {"tight": "o", "median": "s", "loose": "^"}
-    colours = {"latpred": "tab:blue", "macs": "tab:orange", "oracle": "tab:green"}
+    colours = {"latpred": "tab:blue", "latpred+timed": "tab:purple", "macs": "tab:orange",
+               "oracle": "tab:green"}
     for ax, device in zip(axes.flat, devices, strict=False):
         for budget, per_budget in raw[device].items():
             for name, runs in per_budget.items():

@@ -334,3 +334,52 @@ def test_cli_objective_from_a_plugin(tmp_path, capsys, budget) -> None:
         register_objective("params", len)
     with pytest.raises(SearchError, match="callable"):
         register_objective("x", 3)  # type: ignore[arg-type]
+
+
+def test_suggested_archs_meet_fractions_of_the_budget_and_skip_timed_ones(latency,
+                                                                          budget) -> None:
+    """One arch per fraction of the budget (1, 0.95, ...), each predicted within it, none
+    already timed; a count outside 1..5 is an error."""
+    from predictor.search import SUGGEST_FRACTIONS, suggest_measurements
+
+    config = SearchConfig(evaluations=200, population=20, sample=5, seed=3)
+    first = suggest_measurements("nb201", latency, budget, "params", 1, config)
+    archs = suggest_measurements("nb201", latency, budget, "params", 5, config,
+                                 measured=first)
+    assert len(archs) == len(set(archs)) == 5 and first[0] not in archs
+    assert np.all(latency(archs) <= budget * np.array(SUGGEST_FRACTIONS))
+    with pytest.raises(SearchError, match="Suggest 1 to 5 archs"):
+        suggest_measurements("nb201", latency, budget, "params", 6, config)
+
+
+def test_archs_a_device_was_calibrated_on_are_held_to_their_measurement(
+        predictor, latency, budget, tmp_path, monkeypatch, capsys) -> None:
+    """The search treats an arch the device was calibrated on as measured: the largest
+    NB201 network, predicted far over the budget but timed within it, is the answer,
+    marked measured; `latpred search --suggest` names archs not timed yet."""
+    from predictor.calibration import calibrate
+    from predictor.cli import main
+    from predictor.search import MEASURED_SLACK, search_device, with_measurements
+
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path))
+    space = get_search_space("nb201")
+    heavy = space.key([space.options.index("nor_conv_3x3")] * space.positions)
+    rng = np.random.default_rng(5)
+    archs = [space.key(space.random(rng)) for _ in range(9)]
+    assert latency([heavy])[0] > 1.5 * budget
+    rows = [{"arch": a, "latency_ms": float(t)} for a, t in zip(archs, latency(archs),
+                                                                strict=True)]
+    rows.append({"arch": heavy, "latency_ms": 0.5 * budget})
+    calibrate(predictor, "timed-board", rows, {}, space="nb201")
+    config = SearchConfig(evaluations=100, population=20, sample=5, top=3)
+    result = search_device(predictor, "nb201", "timed-board", budget, "params", config)
+    assert result.archs[0] == heavy and result.rows()[0]["measured"]
+    assert result.bound_ms[0] == pytest.approx(0.5 * budget * (1 + MEASURED_SLACK))
+    # the wrapper itself: timed archs report their time, a bound the margin turns into it
+    ms, bound = with_measurements(latency, {heavy: 2.0}, 0.1)([heavy, archs[0]])
+    assert ms[0] == 2.0 and bound[0] * 1.1 == pytest.approx(2.0 * (1 + MEASURED_SLACK))
+    assert ms[1] == bound[1] == pytest.approx(latency([archs[0]])[0])
+    assert main(["search", "--space", "nb201", "--device", "timed-board", "--latency-ms",
+                 str(budget), "--suggest", "2", "--budget-evals", "100", "--json"]) == 0
+    suggested = json.loads(capsys.readouterr().out)
+    assert len(suggested) == 2 and not {heavy, *archs} & set(suggested)
