@@ -645,6 +645,7 @@ def suggest_measurements(space: str | SearchSpace, latency_fn: LatencyFn, budget
 
     Raises:
         SearchError: `count` outside 1..len(SUGGEST_FRACTIONS), a bad budget or setting.
+        NoFeasibleArchError: no arch found is even predicted within the budget.
     """
     budget_ms = _check_budget(budget_ms)
     if not 1 <= count <= len(SUGGEST_FRACTIONS):
@@ -661,6 +662,8 @@ def suggest_measurements(space: str | SearchSpace, latency_fn: LatencyFn, budget
                                           replace(config, margin=0.0,
                                                   top=config.top + len(skip)))
         except NoFeasibleArchError:
+            if fraction == SUGGEST_FRACTIONS[0]:
+                raise  # nothing is even predicted within the budget: say so
             continue
         chosen += [a for a in found.archs if a not in skip][:1]
     return chosen

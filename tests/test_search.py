@@ -350,6 +350,8 @@ def test_suggested_archs_meet_fractions_of_the_budget_and_skip_timed_ones(latenc
     assert np.all(latency(archs) <= budget * np.array(SUGGEST_FRACTIONS))
     with pytest.raises(SearchError, match="Suggest 1 to 5 archs"):
         suggest_measurements("nb201", latency, budget, "params", 6, config)
+    with pytest.raises(NoFeasibleArchError, match="No architecture meets"):
+        suggest_measurements("nb201", latency, budget / 100, "params", 2, config)
 
 
 def test_archs_a_device_was_calibrated_on_are_held_to_their_measurement(
