@@ -178,7 +178,8 @@ def measured_graphs(models: Sequence[Any], input_shape: InputShapes = None) -> l
 def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: dict[str, Any],
               *, strategy: str | None = None, input_shape=None, space: str | None = None,
               num_classes: int | None = None, metric: str = "latency_ms",
-              batch: int | None = None, graph: str = "eager") -> dict[str, Any]:
+              batch: int | None = None, graph: str = "eager",
+              call_floor_ms: float | None = None) -> dict[str, Any]:
     """Adapt `predictor` to device `name` from measured rows and store it.
 
     Args:
@@ -197,6 +198,8 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
         batch: the batch the models were timed at, where their files hold another (see
             `Predictor.adapt`); not with `space` (give it in `input_shape`).
         strategy: how to adapt (`Predictor.adapt`); default `default_strategy`.
+        call_floor_ms: the runtime's per-inference floor (`Predictor.adapt`); default:
+            the one the provenance records, for a CPU's latency (`provenance_call_floor`).
 
     The device goes to the user device folder (`$LATPRED_DEVICE_DIR`) when set, else
     to the shipped `device_embeddings/`.
@@ -236,5 +239,6 @@ def calibrate(predictor, name: str, rows: Sequence[dict[str, Any]], provenance: 
     with device_lock(name, folder):
         predictor.adapt(name, models, values, input_shape=input_shape, strategy=strategy,
                         metric=metric, save=True, info=info, batch=batch,
-                        call_floor_ms=provenance_call_floor(provenance, metric, space))
+                        call_floor_ms=(provenance_call_floor(provenance, metric, space)
+                                       if call_floor_ms is None else call_floor_ms))
     return load_device(name, predictor.fingerprint)[1]

@@ -152,7 +152,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                              "or --measurements FILE.csv")
     if args.graph is not None and not args.space:
         raise PredictorError("--graph applies to --space architectures only")
+    if args.call_floor_ms is not None and args.measure:
+        raise PredictorError("--call-floor-ms goes with --measurements; --measure times the "
+                             "floor itself")
     if args.space:
+        if args.call_floor_ms is not None:
+            raise PredictorError("--call-floor-ms applies to ONNX models, not --space "
+                                 "architectures")
         if args.measure:
             raise PredictorError("--space calibrates from --measurements FILE.csv "
                                  "(header arch,latency_ms), not --measure")
@@ -186,7 +192,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         info = {**info, "source": str(args.measurements)}
     predictor = Predictor.load(args.checkpoint)
     stored = calibrate(predictor, args.name, rows, info, strategy=args.strategy,
-                       input_shape=shape, metric=args.metric, batch=args.batch)
+                       input_shape=shape, metric=args.metric, batch=args.batch,
+                       call_floor_ms=args.call_floor_ms)
     return _report_calibration(args, stored, len(rows),
                                f"latpred predict MODEL.onnx --device {args.name}")
 
@@ -314,6 +321,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the batch the models are timed at: --measure runs the reference set "
                         "at B (--backend torch); with --measurements, the batch your batch-1 "
                         "files were timed at. Predictions on the device then default to B")
+    p.add_argument("--call-floor-ms", type=float, default=None, metavar="MS",
+                   help="with --measurements: your runtime's time for a network with next to "
+                        "no work (e.g. one Add), taken off the latencies and added to every "
+                        "prediction, so that tiny models are not predicted below it "
+                        "(default: what a `latpred measure` CSV records; 0: none)")
     p.add_argument("--strategy", default=None,
                    help="auto (a blend weighted by cross-validated error; the default, except "
                         "for --measure on a CPU: auto+kernelsum, its geometric mean with "

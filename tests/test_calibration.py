@@ -67,6 +67,16 @@ def test_calibrate_from_csv_then_predict(measured, tmp_path) -> None:
                  "auto+kernelsum", "--json", env=env)
     assert mixed.returncode == 0, mixed.stderr
     assert json.loads(mixed.stdout)["blend"] == {"auto": 0.5, "kernelsum+net": 0.5}
+    # a floor the user timed in their own harness; none for architectures or --measure
+    floored = _cli("calibrate", "floored", "--measurements", str(root / "m.csv"),
+                   "--call-floor-ms", "0.01", "--json", env=env)
+    assert floored.returncode == 0, floored.stderr
+    assert json.loads(floored.stdout)["call_floor_ms"] == 0.01
+    assert "call_floor_ms" not in stored
+    for extra in (["--measure"], ["--space", "nb201", "--measurements", str(root / "m.csv")]):
+        bad = _cli("calibrate", "x", *extra, "--call-floor-ms", "0.01", env=env)
+        assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+        assert "--call-floor-ms" in bad.stderr
 
 
 @pytest.mark.parametrize("rows, message", [
