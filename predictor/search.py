@@ -600,9 +600,6 @@ def random_search(space: str | SearchSpace, latency_fn: LatencyFn, budget_ms: fl
     return ev.result(budget_ms, margin, config.top)
 
 
-# ------------------------------------------------------------------ with the predictor
-
-
 # -------------------------------------------------------------- timing candidates
 # How much a repeated timing of an arch may differ from the one that was taken: a timed arch
 # is held to measured x (1 + MEASURED_SLACK) <= budget, not to the predictor's margin.
@@ -667,6 +664,9 @@ def suggest_measurements(space: str | SearchSpace, latency_fn: LatencyFn, budget
             continue
         chosen += [a for a in found.archs if a not in skip][:1]
     return chosen
+
+
+# ------------------------------------------------------------------ with the predictor
 
 
 def device_margin(residuals: Sequence[float] | None, quantile: float = MARGIN_QUANTILE
