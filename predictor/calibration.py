@@ -107,10 +107,10 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Time the reference set on this machine: (rows {model, latency_ms, ...}, provenance).
 
-    `backend="onnxruntime"` times the ONNX files; `"torch"` times the same networks as torch
+    `backend="onnxruntime"` (or `"openvino"`) times the ONNX files; `"torch"` times the same networks as torch
     modules (e.g. on a GPU where ONNX Runtime has no CUDA provider), at `batch` (the rows
     still name the batch-1 ONNX files: calibrate with the same batch). `include`: the
-    user's own ONNX files, timed the same way after the reference set (ONNX Runtime only;
+    user's own ONNX files, timed the same way after the reference set (not with torch;
     `input_shape` fixes their dynamic dims), so the device is calibrated on models like
     those it will predict too. Times get `measure_many`'s speed-drift correction
     (`predictor.measure.speed_probe_for`)."""
@@ -123,15 +123,15 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
     if batch != 1 and backend != "torch":
         raise PredictorError(f"Batch {batch} needs --backend torch: the reference ONNX files "
                              "are exported at batch 1")
-    if include and backend != "onnxruntime":
-        raise PredictorError("--include times your ONNX files with ONNX Runtime; with "
+    if include and backend == "torch":
+        raise PredictorError("--include times your ONNX files with ONNX Runtime or OpenVINO; with "
                              f"--backend {backend}, time them yourself and calibrate with "
                              "--measurements FILE.csv (the reference set's rows included)")
     missing = [str(p) for p in include if not Path(p).is_file()]
     if missing:
         raise PredictorError(f"--include: no such file: {', '.join(missing)}")
     paths = reference_models(progress=progress)
-    if backend == "onnxruntime":
+    if backend in ("onnxruntime", "openvino"):
         own = {Path(p) for p in include}
         sources: list[Any] = paths + [Path(p) for p in include]
         settings = dict(backend=backend, device=device, threads=threads,
@@ -146,8 +146,8 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
         def measure(source: tuple) -> Any:
             return measure_spec(source[0], config, max_seconds=max_seconds, name=str(source[1]))
     else:
-        raise PredictorError(f"Measuring the reference set supports backends 'onnxruntime' "
-                             f"and 'torch', not '{backend}'; time the models yourself and "
+        raise PredictorError(f"Measuring the reference set supports backends 'onnxruntime', "
+                             f"'openvino' and 'torch', not '{backend}'; time the models yourself and "
                              "pass --measurements FILE.csv")
     probe = speed_probe_for(backend, device, threads)
     measured, probe_ms = measure_many(sources, measure, probe=probe, desc="reference set",

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 _TORCH_BACKEND_HELP = (
-    "onnxruntime (default) times ONNX files. torch times a Python torch.nn.Module, which a "
+    "onnxruntime (default) times ONNX files; openvino too (CPU, fp32; pip install "
+    "'latpred[openvino]'). torch times a Python torch.nn.Module, which a "
     "file is not: from the command line it is an error; in Python call "
     "predictor.measure.measure_torch(module, example_input)")
 
@@ -124,7 +125,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     gpu = f", GPU {info['gpu']}" if "gpu" in info else ""
     print(f"on {info['cpu']} ({info['logical_cores']} logical cores{gpu}), {info['os']}, "
           f"Python {info['python']}")
-    print(f"{args.backend} {info['onnxruntime']} on {args.device}, threads {info['threads']}, "
+    print(f"{args.backend} {info.get(args.backend, info['onnxruntime'])} on {args.device}, threads {info['threads']}, "
           f"batch {info['batch']}, graph optimization {args.graph_optimization}, "
           f"{info['date']}")
     print(f"wrote {args.out}")
@@ -139,8 +140,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "and settings.")
     p.add_argument("models", nargs="+", metavar="MODEL.onnx",
                    help="ONNX files; a folder stands for its .onnx files")
-    p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
-                   help=_TORCH_BACKEND_HELP)
+    p.add_argument("--backend", choices=("onnxruntime", "openvino", "torch"),
+                   default="onnxruntime", help=_TORCH_BACKEND_HELP)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="intra-op threads (inter-op 1); default: the runtime's choice")

@@ -306,12 +306,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "ONNX path, relative to the CSV's folder), or with --space "
                         "arch,latency_ms")
     p.add_argument("--include", type=Path, nargs="+", default=[], metavar="MODEL.onnx",
-                   help="with --measure: also time these models of yours (ONNX Runtime) and "
+                   help="with --measure: also time these models of yours (as --backend) and "
                         "calibrate on them: models like those you will predict (a size or "
                         "kind the reference set lacks) make predictions interpolate")
-    p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
-                   help="how --measure runs the reference set: ONNX Runtime, or the same "
-                        "networks as torch modules (a GPU without ONNX Runtime's CUDA provider)")
+    p.add_argument("--backend", choices=("onnxruntime", "openvino", "torch"),
+                   default="onnxruntime",
+                   help="how --measure runs the reference set: ONNX Runtime, OpenVINO (CPU), "
+                        "or the same networks as torch modules (a GPU without ONNX Runtime's "
+                        "CUDA provider)")
     p.add_argument("--device-kind", choices=("cpu", "cuda"), default="cpu",
                    help="where --measure runs the models")
     p.add_argument("--threads", type=int, default=None)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # torch is imported lazily: timing ONNX models must not pay f
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "torch", "openvino")
 DEVICES = ("cpu", "cuda")
 GRAPH_OPTIMIZATIONS = ("all", "extended", "basic", "disabled")
 _ORT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED",
@@ -262,6 +262,35 @@ def _ort_runner(session: Any, feeds: dict[str, np.ndarray], device: str) -> Call
     return run
 
 
+def _openvino_runner(source: str | bytes, name: str, feeds: dict[str, np.ndarray], device: str,
+                     threads: int | None, graph_optimization: str) -> Callable[[], object]:
+    """An OpenVINO CPU inference request on `feeds`, in fp32 (OpenVINO would otherwise run
+    bf16 on CPUs that have it: another precision than the model's)."""
+    if device != "cpu":
+        raise MeasurementError(f"Backend 'openvino' runs on device 'cpu' here, not {device!r}")
+    if graph_optimization != "all":
+        raise MeasurementError("Backend 'openvino' always optimises the graph; "
+                               f"graph_optimization {graph_optimization!r} needs onnxruntime")
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise MeasurementError("Backend 'openvino' needs the openvino package: "
+                               "pip install 'latpred[openvino]'") from exc
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+              "INFERENCE_PRECISION_HINT": "f32"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        model = core.read_model(source) if isinstance(source, str) else core.read_model(source, b"")
+        model.reshape({i.get_any_name(): ov.PartialShape(list(feeds[i.get_any_name()].shape))
+                       for i in model.inputs if i.get_any_name() in feeds})
+        request = core.compile_model(model, "CPU", config).create_infer_request()
+    except Exception as exc:  # OpenVINO raises RuntimeError / OpConversionFailure / ...
+        raise MeasurementError(f"OpenVINO cannot load {name}: {_first_line(exc)}") from exc
+    return lambda: request.infer(feeds)
+
+
 def measure_onnx(
     model: str | os.PathLike | bytes | onnx.ModelProto,
     *,
@@ -279,10 +308,12 @@ def measure_onnx(
     energy: bool = False,
     energy_seconds: float = ENERGY_SECONDS,
 ) -> Measurement:
-    """Time an ONNX model with ONNX Runtime on random inputs; see `time_runs` for the stop rule.
+    """Time an ONNX model with ONNX Runtime (or OpenVINO) on random inputs; see `time_runs`
+    for the stop rule.
 
     Args:
         model: ONNX path, ONNX bytes or an `onnx.ModelProto`.
+        backend: `onnxruntime`, or `openvino` (CPU, fp32; graph_optimization `all` only).
         device: `cpu` (CPU execution provider) or `cuda` (CUDA execution provider; inputs
             and outputs stay on the GPU).
         threads: intra-op threads (inter-op then 1); None keeps ONNX Runtime's default.
@@ -302,7 +333,7 @@ def measure_onnx(
     if backend == "torch":
         raise MeasurementError("Backend 'torch' times a torch.nn.Module: call "
                                "`measure_torch(module, example_input)`; ONNX models use "
-                               "backend 'onnxruntime'")
+                               "backend 'onnxruntime' or 'openvino'")
     if not isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview, onnx.ModelProto)):
         raise InvalidModelError(f"measure_onnx takes an ONNX path, bytes or onnx.ModelProto, not "
                                 f"{type(model).__name__}; time a torch.nn.Module with "
@@ -313,13 +344,17 @@ def measure_onnx(
     # ORT reads a path itself, so external weight files next to the model are found.
     source = str(model) if isinstance(model, (str, os.PathLike)) else (
         bytes(model) if not isinstance(model, onnx.ModelProto) else proto.SerializeToString())
-    session = _ort_session(source, name, device, threads, graph_optimization)
-    run = _ort_runner(session, feeds, device)
+    if backend == "openvino":
+        run = _openvino_runner(source, name, feeds, device, threads, graph_optimization)
+    else:
+        run = _ort_runner(_ort_session(source, name, device, threads, graph_optimization),
+                          feeds, device)
     try:
         run()
     except Exception as exc:
         shapes = {k: list(v.shape) for k, v in feeds.items()}
-        raise MeasurementError(f"ONNX Runtime failed to run {name} on random inputs {shapes}: "
+        runtime = "OpenVINO" if backend == "openvino" else "ONNX Runtime"
+        raise MeasurementError(f"{runtime} failed to run {name} on random inputs {shapes}: "
                                f"{_first_line(exc)}") from exc
     times = time_runs(run, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds,
                       warmup=warmup, target_rel_ci=target_rel_ci)
@@ -598,7 +633,7 @@ def call_floor_ms(backend: str = "onnxruntime", device: str = "cpu", threads: in
     are kept."""
     try:
         if backend != "torch":
-            return measure_onnx(floor_model(), device=device, threads=threads,
+            return measure_onnx(floor_model(), backend=backend, device=device, threads=threads,
                                 graph_optimization=graph_optimization,
                                 max_seconds=max_seconds).latency_ms
         import torch

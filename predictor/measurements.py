@@ -84,6 +84,7 @@ def provenance(backend: str, device: str, threads: int | None = None, batch: int
         "python": platform.python_version(),
         "onnxruntime": _version("onnxruntime"),
         "torch": _version("torch"),
+        **({"openvino": _version("openvino")} if backend == "openvino" else {}),
         "latpred": __version__,
         "backend": backend,
         "device": device,

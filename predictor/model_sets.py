@@ -34,7 +34,7 @@ class RuntimeConfig:
     """How models are run when a device of a model set is measured."""
 
     name: str
-    backend: str  # "onnxruntime" or "torch"
+    backend: str  # "onnxruntime", "torch" or "openvino"
     threads: int | None  # None: the runtime's default (host threads matter little on a GPU)
     graph_optimization: str = "all"
     device: str = "cpu"  # "cpu" or "cuda"
@@ -51,6 +51,9 @@ TRAINING_CONFIGS: dict[str, RuntimeConfig] = {c.name: c for c in (
     RuntimeConfig("ort-basic-2t", "onnxruntime", 2, "basic"),
     RuntimeConfig("ort-noopt-2t", "onnxruntime", 2, "disabled"),
     RuntimeConfig("torch-2t", "torch", 2),
+    # another CPU runtime (oneDNN-based kernels, fp32): more runtimes for the embedding
+    RuntimeConfig("ov-1t", "openvino", 1),
+    RuntimeConfig("ov-2t", "openvino", 2),
     # batch-1 GPU latency follows the number of kernel launches far more than MACs
     RuntimeConfig("torch-cuda", "torch", None, device="cuda"),
     # batch 32 on a GPU: compute-bound where batch 1 is launch-bound
@@ -182,8 +185,8 @@ def measure_device(name: str, device: str, config: RuntimeConfig, *, max_seconds
 def measure_spec(spec: Any, config: RuntimeConfig, *, max_seconds: float = 1.0,
                  energy: bool = False, energy_seconds: float | None = None,
                  name: str | None = None) -> Any:
-    """Time one generator spec under `config` (torch: the module itself; onnxruntime: its
-    ONNX export); the `Measurement` is named `name` or the spec's name."""
+    """Time one generator spec under `config` (torch: the module itself; onnxruntime and
+    openvino: its ONNX export); the `Measurement` is named `name` or the spec's name."""
     from dataclasses import replace
 
     from predictor.energy import ENERGY_SECONDS
@@ -201,8 +204,8 @@ def measure_spec(spec: Any, config: RuntimeConfig, *, max_seconds: float = 1.0,
         raise MeasurementError(f"Runtime config {config.name!r}: generated ONNX models are "
                                f"exported at batch 1; batch {config.batch} needs the torch backend")
     else:
-        m = measure_onnx(export_spec(spec), device=config.device, threads=config.threads,
-                         graph_optimization=config.graph_optimization,
+        m = measure_onnx(export_spec(spec), backend=config.backend, device=config.device,
+                         threads=config.threads, graph_optimization=config.graph_optimization,
                          max_seconds=max_seconds, **window)
     return replace(m, model=name or spec.name)
 

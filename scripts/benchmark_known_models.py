@@ -76,7 +76,7 @@ def network_files(folder: Path) -> list[Path]:
 
 def measure_network(item: tuple[Any, Path], config: RuntimeConfig, max_seconds: float) -> Any:
     """Time a network, (generator spec or zoo name, its ONNX file), under `config`: torch
-    runs the module, ONNX Runtime the file."""
+    runs the module, ONNX Runtime or OpenVINO the file."""
     from dataclasses import replace
 
     from predictor import model_zoo
@@ -85,8 +85,9 @@ def measure_network(item: tuple[Any, Path], config: RuntimeConfig, max_seconds: 
 
     source, path = item
     if config.backend != "torch":
-        m = measure_onnx(path, device=config.device, threads=config.threads,
-                         graph_optimization=config.graph_optimization, max_seconds=max_seconds)
+        m = measure_onnx(path, backend=config.backend, device=config.device,
+                         threads=config.threads, graph_optimization=config.graph_optimization,
+                         max_seconds=max_seconds)
     elif not isinstance(source, str):
         m = measure_spec(source, config, max_seconds=max_seconds)
     else:

@@ -243,8 +243,25 @@ def test_reference_set_measured_as_torch_modules(tmp_path, monkeypatch) -> None:
     _, at_two = calibration.measure_reference_set(backend="torch", max_seconds=0.1,
                                                   progress=False, batch=2)
     assert info["batch"] == "as in model" and at_two["batch"] == 2
-    with pytest.raises(PredictorError, match="backends 'onnxruntime' and 'torch'"):
+    with pytest.raises(PredictorError, match="'openvino' and 'torch', not 'tvm'"):
         calibration.measure_reference_set(backend="tvm", progress=False)
+
+
+def test_reference_set_measured_with_openvino(tmp_path, monkeypatch) -> None:
+    """`--measure --backend openvino` times the reference ONNX files with OpenVINO and
+    records its version and its own call floor."""
+    pytest.importorskip("openvino")
+    from predictor import calibration, generator
+
+    small = generator.sample_specs(7, 3, kinds=("cnn",), small=True)
+    monkeypatch.setattr(generator, "reference_specs", lambda: small)
+    monkeypatch.setattr(calibration, "REFERENCE_CACHE", tmp_path)
+    rows, info = calibration.measure_reference_set(backend="openvino", threads=1,
+                                                   max_seconds=0.1, progress=False)
+    assert [Path(r["model"]).name for r in rows] == [f"{s.name}.onnx" for s in small]
+    assert all(r["latency_ms"] > 0 for r in rows)
+    assert info["backend"] == "openvino" and info["openvino"][0].isdigit()
+    assert 0 < info["call_floor_ms"] < max(r["latency_ms"] for r in rows)
 
 
 def test_reference_set_plus_included_models(tmp_path, monkeypatch) -> None:

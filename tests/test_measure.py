@@ -113,6 +113,41 @@ def test_torch_backend_points_to_measure_torch(add_onnx: Path) -> None:
         measure_onnx(add_onnx, backend="torch")
 
 
+def test_openvino_times_the_same_models() -> None:
+    """OpenVINO (CPU, fp32) runs the ONNX files ONNX Runtime runs: more work is slower, a
+    fixed batch reshapes a dynamic input, and the floor is below the probe network."""
+    pytest.importorskip("openvino")
+    ov = {**FAST, "backend": "openvino"}
+    small, big = measure_onnx(_add_model([1, 64]), **ov), measure_onnx(_matmul_model(), **ov)
+    assert 0 < small.latency_ms and big.latency_ms > 5 * small.latency_ms, (small, big)
+    assert measure_onnx(_add_model(["batch", 64]), batch=4, **ov).latency_ms > 0
+    probe = measure_onnx(probe_model(), **ov).latency_ms
+    assert 0 < call_floor_ms("openvino", threads=1, max_seconds=0.3) < probe
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"graph_optimization": "basic"}, "always optimises"), ({"device": "cuda"}, "'cpu'")])
+def test_openvino_options_it_lacks_are_clear(add_onnx: Path, kwargs: dict, message: str) -> None:
+    pytest.importorskip("openvino")
+    with pytest.raises(MeasurementError, match=message):
+        measure_onnx(add_onnx, backend="openvino", **kwargs)
+
+
+def test_openvino_rejects_a_model_it_cannot_read(tmp_path: Path) -> None:
+    """A valid ONNX file with an op OpenVINO lacks: one line naming the model."""
+    pytest.importorskip("openvino")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.example")
+    model = helper.make_model(helper.make_graph([node], "custom", [x], [y]), opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, path)
+    with pytest.raises(MeasurementError, match="custom.onnx") as info:
+        measure_onnx(path, backend="openvino", **FAST)
+    assert "\n" not in str(info.value)
+
+
 def test_cuda_without_provider_is_clear(add_onnx: Path) -> None:
     import onnxruntime as ort
 
@@ -426,6 +461,17 @@ def test_cli_measure_writes_csv(tmp_path: Path, add_onnx: Path) -> None:
     with out.open() as handle:
         assert next(csv.reader(line for line in handle if not line.startswith("#")))[:2] == \
             ["model", "latency_ms"]
+
+
+def test_cli_measure_with_openvino_records_its_version(tmp_path: Path, add_onnx: Path) -> None:
+    pytest.importorskip("openvino")
+    out = tmp_path / "ov.csv"
+    result = run_cli("measure", str(add_onnx), "--backend", "openvino", "--threads", "1",
+                     "--max-seconds", "0.2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows, info = read_measurements_csv(out)
+    assert info["backend"] == "openvino" and info["openvino"][0].isdigit()
+    assert rows[0]["latency_ms"] > 0 and float(info["call_floor_ms"]) > 0
 
 
 @pytest.mark.parametrize("extra", [[], ["--backend", "torch"]])

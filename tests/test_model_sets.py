@@ -95,6 +95,19 @@ def test_torch_config_measures_modules_and_records_the_runtime(small_set) -> Non
     assert np.isfinite(task.latency_ms).all()
 
 
+def test_openvino_config_times_the_exports(small_set) -> None:
+    """The OpenVINO training configs time every model of a set (CNNs and transformers)."""
+    pytest.importorskip("openvino")
+    config = model_sets.TRAINING_CONFIGS["ov-1t"]
+    path = model_sets.measure_device("tiny", "here-ov-1t", config, max_seconds=0.1,
+                                     root=small_set, progress=False)
+    rows, info = read_measurements_csv(path)
+    assert info["backend"] == "openvino" and info["threads"] == "1"
+    assert info["openvino"][0].isdigit() and all(r["latency_ms"] > 0 for r in rows)
+    task = model_sets.load_model_set_task("tiny", "here-ov-1t", small_set)
+    assert np.isfinite(task.latency_ms).all() and task.pool.size == 7
+
+
 def test_a_batch_config_times_the_module_at_that_batch(small_set) -> None:
     from predictor.errors import MeasurementError
 
