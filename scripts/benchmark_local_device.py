@@ -98,10 +98,11 @@ def measured_models(n_cnn: int, n_transformer: int, remeasure: bool, max_seconds
             list(zip(specs, paths, strict=True)),
             lambda sp: measure_spec(sp[0], config, max_seconds=max_seconds, energy=energy,
                                     energy_seconds=energy_seconds, name=sp[1].name),
-            probe=speed_probe_for(config.backend, config.device),
+            probe=speed_probe_for(config.backend, config.device, config.threads),
             desc=f"measure ({config.backend}, {config.device}, batch {config.batch})")
         write_measurements_csv(csv, measured, provenance(
-            config.backend, config.device, None, config.batch, "all", runtime_config=runtime,
+            config.backend, config.device, config.threads, config.batch, config.graph_optimization,
+            runtime_config=runtime,
             max_seconds=max_seconds, energy_seconds=energy_seconds))
         rows, _ = read_measurements_csv(csv)
     kinds = {s.name: s.kind for s in specs}
