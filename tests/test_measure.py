@@ -133,6 +133,12 @@ def test_openvino_options_it_lacks_are_clear(add_onnx: Path, kwargs: dict, messa
         measure_onnx(add_onnx, backend="openvino", **kwargs)
 
 
+def test_openvino_missing_says_how_to_install(add_onnx: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with pytest.raises(MeasurementError, match=r"pip install 'latpred\[openvino\]'"):
+        measure_onnx(add_onnx, backend="openvino", **FAST)
+
+
 def test_openvino_rejects_a_model_it_cannot_read(tmp_path: Path) -> None:
     """A valid ONNX file with an op OpenVINO lacks: one line naming the model."""
     pytest.importorskip("openvino")
