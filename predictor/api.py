@@ -238,6 +238,21 @@ class Predictor:
                    if work[op] >= UNFAMILIAR_MIN_SHARE * total or op in QUANTIZATION_OPS},
                 **volumetric_ops(graph), **sequence_ops(graph), **interpolation_ops(graph)}
 
+    def pick_calibration(self, models: Sequence[Any] | GraphStore, n: int = 10, *,
+                         input_shape: InputShapes = None) -> list[int]:
+        """Which `n` of `models` to time to calibrate a new device: indices, in pick
+        order, of models that together cover the pool's sizes and the ways their
+        relative costs differ across the known devices
+        (`calibration.pick_calibration_models`). At least MIN_SHOTS."""
+        from predictor.calibration import latency_signatures, pick_calibration_models
+
+        if type(n) is not int or n < MIN_SHOTS:
+            raise PredictorError(f"Pick at least {MIN_SHOTS} calibration models, not {n!r}")
+        store = models if isinstance(models, GraphStore) else self.graphs(models, input_shape)
+        if n > len(store):
+            raise PredictorError(f"Cannot pick {n} calibration models from {len(store)}")
+        return pick_calibration_models(latency_signatures(self, store), n)
+
     def known_devices(self) -> list[DeviceState]:
         """The checkpoint's training devices (shipped embeddings), for the nearest-device
         ensemble; empty when none match this checkpoint."""

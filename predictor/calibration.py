@@ -162,6 +162,76 @@ def measure_reference_set(*, backend: str = "onnxruntime", device: str = "cpu",
     return rows, info
 
 
+# Which of a user's models to time for a calibration (`pick_calibration_models`): the
+# models nearest the centres of a k-means over their *latency signatures*, each model's
+# predicted log-latency on every known (training) device: its mean (size) and, weighted
+# by PICK_SIGNATURE_WEIGHT, its deviations from that mean (how its relative cost changes
+# across hardware: depthwise convolutions, attention, launches). Chosen on selection
+# devices only (stop 33): picked from a random half of a model set's CNNs (and
+# transformers, case c) against random ones, "auto", 20 draws
+# (`benchmark_local_device.py --valid SET/DEVICE --seeds 20 --picked`), MAPE % of cases
+# a / b / c: zoo1 CPU torch 1 thread 13.1 / 15.3 / 13.7 -> 11.1 / 14.3 / 13.5, zoo2
+# 16.5 / 13.5 / 17.4 -> 17.7 / 17.3 / 15.4, zoo8 18.1 / 21.5 / 18.3 -> 17.0 / 19.9 /
+# 16.0, zoo2 H200 batch 1 13.6 / 19.7 / 11.0 -> 10.1 / 7.4 / 10.0, batch 32 13.5 / 14.4 /
+# 12.9 -> 12.6 / 15.1 / 12.1 (mean 15.5 -> 14.0; 11 of 15 cells better). In a first
+# diagnostic (10 draws) size alone (weight 0) did worse than random on zoo2 (18.1 % in
+# a against 16.8), and farthest-point picks (k-centre) too (20.5 %): they take outliers.
+PICK_SIGNATURE_WEIGHT = 2.0
+
+
+def latency_signatures(predictor: Any, store: Any) -> Any:
+    """(n, 1 + D) float64: each graph's mean predicted log-latency over the predictor's D
+    known devices, then its per-device deviations from that mean (centred over the
+    graphs) x PICK_SIGNATURE_WEIGHT / sqrt(D). Without known devices: log MACs alone."""
+    import numpy as np
+    import torch
+
+    from predictor.adaptation import graph_log_macs, predict
+
+    batch = store.batch(np.arange(len(store)))
+    known = predictor.known_devices()
+    if not known:
+        return graph_log_macs(batch).numpy()[:, None]
+    with torch.no_grad():
+        logs = torch.stack([predict(predictor.model, batch, s) for s in known], 1).double()
+    size = logs.mean(1, keepdim=True)
+    deviation = logs - size
+    deviation = deviation - deviation.mean(0, keepdim=True)
+    scale = PICK_SIGNATURE_WEIGHT / len(known) ** 0.5
+    return torch.cat([size, scale * deviation], 1).numpy()
+
+
+def pick_calibration_models(features: Any, n: int, iterations: int = 30) -> list[int]:
+    """Indices of `n` of the rows of `features` (n_models, F) to time: k-means with
+    k-means++ seeding, then per centre the model nearest it not yet picked. In pick order.
+    The rows are sorted by value first and the seed is fixed, so the same models come
+    back in whatever order they are given."""
+    import numpy as np
+
+    x = np.asarray(features, dtype=np.float64)
+    if not 1 <= n <= len(x):
+        raise PredictorError(f"Cannot pick {n} calibration models from {len(x)}")
+    order = np.lexsort(x.T[::-1])
+    x = x[order]
+    rng = np.random.default_rng(0)
+    centres = [x[rng.integers(len(x))]]
+    for _ in range(n - 1):
+        d = np.min([((x - c) ** 2).sum(1) for c in centres], axis=0)
+        centres.append(x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else
+                       x[rng.integers(len(x))])
+    c = np.array(centres)
+    for _ in range(iterations):
+        member = np.argmin(((x[:, None] - c[None]) ** 2).sum(2), axis=1)
+        c = np.array([x[member == k].mean(0) if (member == k).any() else c[k]
+                      for k in range(n)])
+    picked: list[int] = []
+    for centre in c:
+        d = ((x - centre) ** 2).sum(1)
+        d[picked] = np.inf
+        picked.append(int(np.argmin(d)))
+    return [int(order[i]) for i in picked]
+
+
 def measured_graphs(models: Sequence[Any], input_shape: InputShapes = None) -> list:
     """The operator graphs of measured models, as they were measured: `input_shape` fixes
     the dims of models with dynamic inputs only (a model with fixed inputs, such as the

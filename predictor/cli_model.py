@@ -227,6 +227,27 @@ def _calibration_summary(stored: dict) -> str:
     return how
 
 
+def cmd_pick(args: argparse.Namespace) -> int:
+    from predictor.api import Predictor
+    from predictor.errors import ModelNotFoundError
+    from predictor.onnx_io import expand_model_paths, parse_input_shapes
+
+    models = expand_model_paths(args.models)
+    missing = [m for m in models if not Path(m).is_file()]
+    if missing:
+        raise ModelNotFoundError(f"Model file not found: {missing[0]}")
+    picked = Predictor.load(args.checkpoint).pick_calibration(
+        models, args.n, input_shape=parse_input_shapes(args.input_shape))
+    if args.json:
+        print(json.dumps([{"model": str(models[i])} for i in picked], indent=2))
+        return 0
+    for i in picked:
+        print(models[i])
+    print(f"# time these {len(picked)} (latpred measure ... --out m.csv), then: "
+          "latpred calibrate NAME --measurements m.csv", file=sys.stderr)
+    return 0
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     from predictor.device_store import describe_devices
 
@@ -340,6 +361,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_calibrate)
+
+    p = sub.add_parser("pick", help="which of your models to time to calibrate a new device")
+    p.add_argument("models", nargs="+", metavar="MODEL.onnx",
+                   help="your candidate ONNX files; a folder stands for its .onnx files")
+    p.add_argument("-n", type=positive_int, default=10,
+                   help="how many to time (default 10, at least 5)")
+    add_input_shapes_argument(p)
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--json", action="store_true", help="a JSON list of {model}")
+    p.set_defaults(handler=cmd_pick)
 
     p = sub.add_parser("devices", help="list known devices (shipped and calibrated)")
     p.add_argument("--json", action="store_true")

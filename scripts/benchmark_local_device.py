@@ -16,6 +16,9 @@ choosing training settings without looking at the test device); on a set of one 
 `--blocks` takes single layers and blocks from the test seed instead (conv / transposed
 conv / resize / pooling blocks as "CNNs", linear / attention / encoder blocks as
 "transformers"): what per-layer latency tables hold (`zoo5` trains on other seeds).
+`--picked` calibrates on the models `latpred pick` chooses (`Predictor.pick_calibration`)
+from a random half of the CNNs (and of the transformers, case c) in each draw: what a
+hardware team that lets latpred choose which of its models to time gets.
 """
 
 from __future__ import annotations
@@ -186,14 +189,25 @@ def run(args: argparse.Namespace) -> dict:
     one_kind = cnn.size <= 10 or tf.size <= 5  # e.g. zoo3's U-Nets, zoo4's RNNs
     cases = ({"10 -> rest": []} if one_kind else
              {"a: 10 CNN -> CNN": [], "b: 10 CNN -> transformer": [], "c: 5+5 -> rest": []})
+    if args.picked:  # the models `latpred pick` chooses, from a random half of each kind
+        from predictor.calibration import latency_signatures, pick_calibration_models
+
+        signatures = latency_signatures(predictor, store)
+
+        def choose(rng: np.random.Generator, kind: np.ndarray, n: int) -> np.ndarray:
+            pool = rng.choice(kind, kind.size // 2, replace=False)
+            return pool[pick_calibration_models(signatures[pool], n)]
+    else:
+        def choose(rng: np.random.Generator, kind: np.ndarray, n: int) -> np.ndarray:
+            return rng.choice(kind, n, replace=False)
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
         if one_kind:
             sup = rng.choice(len(rows), 10, replace=False)
             cases["10 -> rest"].append((sup, np.setdiff1d(np.arange(len(rows)), sup)))
             continue
-        sup_a = rng.choice(cnn, 10, replace=False)
-        sup_c = np.concatenate([rng.choice(cnn, 5, replace=False), rng.choice(tf, 5, replace=False)])
+        sup_a = choose(rng, cnn, 10)
+        sup_c = np.concatenate([choose(rng, cnn, 5), choose(rng, tf, 5)])
         cases["a: 10 CNN -> CNN"].append((sup_a, np.setdiff1d(cnn, sup_a)))
         cases["b: 10 CNN -> transformer"].append((sup_a, tf))
         cases["c: 5+5 -> rest"].append((sup_c, np.setdiff1d(np.arange(len(rows)), sup_c)))
@@ -245,6 +259,10 @@ def main() -> None:
                         help="single layers and blocks (conv, transposed conv, resize, "
                              "norms; linear, attention, encoder blocks) from the test seed "
                              "instead of whole networks")
+    parser.add_argument("--picked", action="store_true",
+                        help="calibrate on the models `latpred pick` chooses from a random "
+                             "half of the CNNs (and of the transformers in case c) instead "
+                             "of random ones")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     start = time.time()
@@ -263,6 +281,8 @@ def main() -> None:
              f"batch {config.batch}")
     if args.metric != "latency_ms":
         where += f", {args.metric}"
+    if args.picked:
+        where += ", calibration models picked by latpred pick"
     kinds = ("conv blocks", "sequence blocks") if args.blocks else ("CNNs", "transformers")
     print(f"\n## {where}: {out['cnns']} {kinds[0]}, {out['transformers']} "
           f"{kinds[1]}, {args.seeds} seeds\n")

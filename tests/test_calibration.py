@@ -384,3 +384,43 @@ def test_the_call_floor_of_a_provenance_applies_to_a_cpus_latency() -> None:
     assert provenance_call_floor({"device": "cpu"}) is None
     with pytest.raises(PredictorError, match="call_floor_ms 'fast' is not a number"):
         provenance_call_floor({**cpu, "call_floor_ms": "fast"})
+
+
+def test_picking_takes_one_model_per_cluster() -> None:
+    """k-means picks: one model from each of n well-separated groups, the same every time."""
+    from predictor.calibration import pick_calibration_models
+
+    rng = np.random.default_rng(1)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0], [5.0, 20.0]])
+    features = np.concatenate([c + 0.1 * rng.standard_normal((6, 2)) for c in centres])
+    picked = pick_calibration_models(features, 5)
+    assert sorted(i // 6 for i in picked) == [0, 1, 2, 3, 4]
+    assert pick_calibration_models(features, 5) == picked
+    shuffled = rng.permutation(len(features))  # the same models in any input order
+    assert sorted(shuffled[pick_calibration_models(features[shuffled], 5)]) == sorted(picked)
+    with pytest.raises(PredictorError, match="Cannot pick 31"):
+        pick_calibration_models(features, 31)
+
+
+def test_pick_chooses_models_of_both_kinds_from_files(tmp_path) -> None:
+    """`latpred pick`: from a folder of CNNs and transformers it names models of both kinds
+    (their latency signatures across the known devices differ), distinct files, in JSON
+    too; too few to pick from, too small an n and a missing file are one-line errors."""
+    from predictor import generator
+    from predictor.api import Predictor
+
+    specs = (generator.sample_specs(11, 8, kinds=("cnn",), small=True)
+             + generator.sample_specs(11, 6, kinds=("transformer",), small=True))
+    paths = generator.write_models(specs, tmp_path / "pool", progress=False)
+    picked = Predictor.load().pick_calibration(paths, 5)
+    assert len(set(picked)) == 5
+    assert {specs[i].kind for i in picked} == {"cnn", "transformer"}
+    result = _cli("pick", str(tmp_path / "pool"), "-n", "5", "--json", env={})
+    assert result.returncode == 0, result.stderr
+    names = [Path(r["model"]).name for r in json.loads(result.stdout)]
+    assert sorted(names) == sorted(paths[i].name for i in picked)
+    for args, message in ((["-n", "4"], "at least 5"), (["-n", "20"], "from 14"),
+                          ([str(tmp_path / "nope.onnx")], "not found")):
+        bad = _cli("pick", str(tmp_path / "pool"), *args, env={})
+        assert bad.returncode != 0 and message in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
