@@ -186,14 +186,15 @@ def latency_signatures(predictor: Any, store: Any) -> Any:
     import numpy as np
     import torch
 
-    from predictor.adaptation import graph_log_macs, predict
+    from predictor.adaptation import _predict_states, graph_log_macs, with_call_floor
 
     batch = store.batch(np.arange(len(store)))
     known = predictor.known_devices()
     if not known:
         return graph_log_macs(batch).numpy()[:, None]
-    with torch.no_grad():
-        logs = torch.stack([predict(predictor.model, batch, s) for s in known], 1).double()
+    # one encoder pass for every known device
+    logs = torch.stack([with_call_floor(p, s.call_floor_ms) for p, s in zip(
+        _predict_states(predictor.model, batch, known), known, strict=True)], 1).double()
     size = logs.mean(1, keepdim=True)
     deviation = logs - size
     deviation = deviation - deviation.mean(0, keepdim=True)
