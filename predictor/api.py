@@ -310,8 +310,7 @@ class Predictor:
             graph = graph or info.get("graph")
         graph = graph or "eager"
         if input_shape is None:
-            batch = info.get("batch") or info.get("batch_size") or 1
-            input_shape = (int(batch), *space_setting(space)[0][1:])
+            input_shape = (device_batch(info) or 1, *space_setting(space)[0][1:])
         archs = list(archs)
         state = self._state(device, metric)
 
@@ -413,8 +412,19 @@ class Predictor:
                 raise PredictorError(_STORE_BATCH_ERROR)
             return state, models
         if batch is None:  # `_state` loaded the device and its info
-            batch = self._infos.get(device, {}).get("batch")
+            batch = device_batch(self._infos.get(device, {}))
         return state, self.graphs(models, input_shape, batch)
+
+
+def device_batch(info: dict[str, Any]) -> int | None:
+    """The batch a device's measurements ran at, which its predictions default to: the
+    batch given to `adapt`, else a training device's table batch (HELP's `1080ti_256` times
+    batches of 256; a batch-1 ONNX predicted there must run at 256, not 1). None (batch 1
+    or not recorded): each model's own batch."""
+    if info.get("batch") is not None:
+        return int(info["batch"])
+    table_batch = int(info.get("batch_size") or 1)
+    return table_batch if table_batch != 1 else None
 
 
 def _run_batch(model: torch.nn.Module, batch, state: DeviceState,

@@ -94,6 +94,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         key, items = "arch", archs
         unfamiliar = [{}] * len(archs)
     else:
+        from predictor.api import device_batch
         from predictor.graph import extract_graph
 
         shape = parse_input_shapes(args.input_shape)
@@ -103,6 +104,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                        metric=args.metric, batch=args.batch)
         key, items = "model", [str(m) for m in args.models]
         unfamiliar = [predictor.unfamiliar_ops(g) for g in graphs]
+        default_batch = device_batch(predictor.device_info(args.device))
+        if args.batch is None and default_batch is not None:
+            print(f"note: predicted at batch {default_batch}, the batch {args.device}'s "
+                  "measurements ran at (--batch B for another)", file=sys.stderr)
     upper = upper_estimate(predictor, args.device, values, spread)
     unsure = uncertain(spread)
     rows = [{key: item, "device": args.device, args.metric: float(v),

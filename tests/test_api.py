@@ -206,6 +206,29 @@ def test_cli_predict_json(tmp_path) -> None:
     assert bad.returncode == 2 and "Unknown device 'nosuch'" in bad.stderr
 
 
+def test_models_run_at_the_batch_a_shipped_device_was_measured_at(shipped, tmp_path) -> None:
+    """HELP's `1080ti_256` timed batches of 256: a batch-1 ONNX predicted there runs at 256
+    (as predict_batch does), said on stderr; a batch-1 device keeps the model's batch."""
+    model = SPACES["nb201"].build_onnx(SPACES["nb201"].archs()[7])
+    device = "1080ti_256@nb201"
+    default = shipped.predict([model], device=device)
+    assert default == pytest.approx(shipped.predict([model], device=device, batch=256))
+    assert default > 2 * shipped.predict([model], device=device, batch=1)
+    arch = SPACES["nb201"].archs()[7]
+    assert default == pytest.approx(shipped.predict_batch("nb201", [arch], device), rel=0.02)
+    assert shipped.predict([model], device="1080ti_1@nb201") == pytest.approx(
+        shipped.predict([model], device="1080ti_1@nb201", batch=1))
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = subprocess.run([sys.executable, "-m", "predictor.cli", "predict", str(path),
+                             "--device", device, "--json"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["latency_ms"] == pytest.approx(float(default[0]),
+                                                                       rel=1e-4)
+    assert "predicted at batch 256" in result.stderr
+
+
 def test_unseen_shapes_and_ops_give_sane_predictions(shipped) -> None:
     """Resolutions and op types that never occur in training (NB201 at 16x16 and 64x64,
     transformers) must not blow up: features constant in training keep unit scale."""
