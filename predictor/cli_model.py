@@ -260,9 +260,31 @@ def cmd_devices(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(devices, indent=2))
     else:
+        width = max((len(d["name"]) for d in devices), default=0) + 1
         for device in devices:
-            print(f"{device['name']:24s} {device['path']}")
+            print(f"{device['name']:{width}s} {device_summary(device):62s} {device['path']}")
     return 0
+
+
+def device_summary(device: dict) -> str:
+    """What a listed device was embedded from, in a few words (its JSON has the rest)."""
+    if "error" in device:
+        return "unreadable"
+    kind = device.get("kind", "device")
+    batch = device.get("batch") or device.get("batch_size") or 1
+    at = f", batch {batch}" if int(batch) != 1 else ""
+    if kind == "default device":
+        return f"default: {device['models']} models of {'+'.join(device['sets'])}{at}"
+    if kind == "training device":  # a reference that new devices are ensembled with
+        space = device.get("space", "")
+        label = f"{space[4:]} models" if space.startswith("set:") else \
+            f"{ {'nb201': 'NB201', 'fbnet': 'FBNet'}.get(space, space)} archs"
+        return f"reference: {len(device.get('support_indices', []))} {label}{at}"
+    if kind == "calibrated device":
+        date = str(device.get("date", ""))[:10]
+        return (f"calibrated {date}, {len(device.get('measurements', []))} models"
+                f"{', ' + device['metric'] if device.get('metric', 'latency_ms') != 'latency_ms' else ''}{at}")
+    return kind
 
 
 def _add_metric_argument(p: argparse.ArgumentParser, help: str) -> None:

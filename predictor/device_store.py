@@ -155,7 +155,13 @@ def load_device(name: str, fingerprint: str | None = None) -> tuple[DeviceState,
             f"Unknown device '{name}'; {known_names(name, files)} ('latpred devices' lists "
             "them); calibrate it first ('latpred calibrate NAME', "
             "Predictor.adapt(..., save=True))")
-    path = files[name]
+    return load_device_file(files[name], fingerprint)
+
+
+def load_device_file(path: Path, fingerprint: str | None = None
+                     ) -> tuple[DeviceState, dict[str, Any]]:
+    """`load_device` of one file."""
+    name = path.stem
     try:
         obj = json.loads(path.read_text())
         version = obj["version"]

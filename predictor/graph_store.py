@@ -13,6 +13,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 import torch
@@ -131,6 +132,39 @@ class GraphStore:
             .reshape(len(attrs), FEATURE_SCHEMA.num_graph_features),
             meta=dict(meta or {}),
         )
+
+    def subset(self, ids: Sequence[int]) -> GraphStore:
+        """The store of graphs `ids` (graph j = graph ids[j]), sharing the unique node rows."""
+        ids = [int(i) for i in ids]
+        nodes = [self.node_ids[self.node_ptr[i]:self.node_ptr[i + 1]] for i in ids]
+        edges = [self.edge_index[:, self.edge_ptr[i]:self.edge_ptr[i + 1]] for i in ids]
+        return GraphStore(
+            node_rows=self.node_rows,
+            node_ids=torch.cat(nodes) if nodes else self.node_ids[:0],
+            node_ptr=torch.tensor([0, *accumulate(n.numel() for n in nodes)], dtype=torch.long),
+            edge_index=torch.cat(edges, dim=1) if edges else self.edge_index[:, :0],
+            edge_ptr=torch.tensor([0, *accumulate(e.shape[1] for e in edges)],
+                                  dtype=torch.long),
+            graph_attr=self.graph_attr[ids], meta=dict(self.meta))
+
+    @classmethod
+    def concat(cls, stores: Sequence[GraphStore]) -> GraphStore:
+        """One store of every graph of `stores`, in order (node rows not deduplicated)."""
+        row_offsets = list(accumulate([0] + [s.node_rows.shape[0] for s in stores]))
+        node_offsets = list(accumulate([0] + [int(s.node_ptr[-1]) for s in stores]))
+        edge_offsets = list(accumulate([0] + [int(s.edge_ptr[-1]) for s in stores]))
+        return cls(
+            node_rows=torch.cat([s.node_rows for s in stores]),
+            node_ids=torch.cat([s.node_ids + int(o) for s, o in zip(stores, row_offsets,
+                                                                     strict=False)]),
+            node_ptr=torch.cat([torch.zeros(1, dtype=torch.long)]
+                               + [s.node_ptr[1:] + int(o) for s, o in zip(stores, node_offsets,
+                                                                          strict=False)]),
+            edge_index=torch.cat([s.edge_index for s in stores], dim=1),
+            edge_ptr=torch.cat([torch.zeros(1, dtype=torch.long)]
+                               + [s.edge_ptr[1:] + int(o) for s, o in zip(stores, edge_offsets,
+                                                                          strict=False)]),
+            graph_attr=torch.cat([s.graph_attr for s in stores]))
 
     def batch(self, ids: Sequence[int] | torch.Tensor, gather: bool = True) -> GraphBatch:
         """Gather graphs `ids` into one `GraphBatch` (vectorised, no per-graph loop).

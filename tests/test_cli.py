@@ -210,3 +210,13 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tiny_onnx: Path) -> None:
     proc.stdout.close()
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
+
+
+def test_devices_says_what_each_was_embedded_from() -> None:
+    result = run_cli("devices")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "default:" in lines["h200-torch-cuda"] and "zoo1+zoo3+zoo4" in lines["h200-torch-cuda"]
+    assert "batch 32" in lines["h200-torch-cuda-b32"]
+    assert "reference: 20 zoo4 models" in lines["h200-torch-cuda@zoo4"]
+    assert "reference: 20 NB201 archs, batch 256" in lines["1080ti_256@nb201"]

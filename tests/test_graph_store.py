@@ -76,3 +76,16 @@ def test_batch_of_the_whole_store_equals_gathering_it(graphs) -> None:
         for field in ("x", "edge_index", "batch", "graph_attr", "row_ids", "rows"):
             a, b = getattr(whole, field), getattr(gathered, field)
             assert (a is None and b is None) or torch.equal(a, b), field
+
+
+def test_subset_and_concat_keep_every_graph_as_it_was(graphs) -> None:
+    store = GraphStore.from_graphs(graphs)
+    other = GraphStore.from_graphs(graphs[::-1])
+    joined = GraphStore.concat([store.subset([2, 0]), other.subset([1])])
+    assert len(joined) == 3
+    for j, (source, i) in enumerate([(store, 2), (store, 0), (other, 1)]):
+        got, want = joined.batch([j]), source.batch([i])
+        assert torch.equal(got.x, want.x)
+        assert torch.equal(got.edge_index, want.edge_index)
+        assert torch.equal(got.graph_attr, want.graph_attr)
+    assert len(store.subset([])) == 0

@@ -165,3 +165,60 @@ def test_gpu_config_and_tags(monkeypatch) -> None:
                       ("NVIDIA GeForce RTX 4090", "rtx-4090")):
         monkeypatch.setattr(measurements, "_gpu_name", lambda name=name: name)
         assert model_sets.machine_tag("cuda") == tag
+
+
+def test_default_device_pools_every_set_of_a_runtime(small_set, monkeypatch) -> None:
+    """A runtime's default device adapts on all its sets' models at once; it is not a
+    reference for new devices (only training devices are)."""
+    from predictor.api import Predictor
+    from predictor.device_store import load_device_file, model_fingerprint, save_device
+    from predictor.shipped import embed_default_device
+
+    model_sets.create_model_set("tiny2", seed=5, cnns=3, transformers=2, root=small_set,
+                                small=True)
+    model_sets.measure_device("tiny2", "here-ort-2t", model_sets.TRAINING_CONFIGS["ort-2t"],
+                              max_seconds=0.2, root=small_set, progress=False)
+    monkeypatch.setattr(model_sets, "MODEL_SETS_DIR", small_set)
+    predictor = Predictor.load()
+    state, info = embed_default_device(predictor.checkpoint, "here-ort-2t", ["tiny", "tiny2"],
+                                       known=predictor.known_devices())
+    assert info["kind"] == "default device" and info["models"] == 12
+    assert info["sets"] == ["tiny", "tiny2"] and info["batch_size"] == 1
+    assert set(info["families"]) == {s.family for n in ("tiny", "tiny2")
+                                     for s in model_sets.model_set_specs(n)}
+    path = save_device("here-ort-2t", state, model_fingerprint(predictor.model), info,
+                       small_set)
+    loaded, loaded_info = load_device_file(path, predictor.fingerprint)
+    assert loaded_info == info
+    tasks = [model_sets.load_model_set_task(n, "here-ort-2t") for n in ("tiny", "tiny2")]
+    stores = [model_sets.model_set_store(n, progress=False) for n in ("tiny", "tiny2")]
+    measured = np.concatenate([t.latency_ms for t in tasks])
+    predicted = np.concatenate([_predict_state(predictor, s, loaded) for s in stores])
+    # adapted on exactly these: within a factor 1.5 on each
+    assert np.all(np.abs(np.log(predicted / measured)) < np.log(1.5)), predicted / measured
+
+
+def _predict_state(predictor, store, state) -> np.ndarray:
+    from predictor.adaptation import predict
+
+    with torch.no_grad():
+        return predict(predictor.model, store.batch(range(len(store))), state).exp().numpy()
+
+
+def test_shipped_default_devices_cover_each_model_set_runtime() -> None:
+    """One default device per model-set runtime of the shipped checkpoint, from the sets
+    timed on the newest host: not this project's first, 3x slower CPU sessions (zoo1/2)."""
+    from predictor.api import Predictor
+    from predictor.device_store import load_device
+    from predictor.shipped import default_device_sets
+
+    predictor = Predictor.load()
+    sets = default_device_sets(predictor.checkpoint)
+    assert sets["h200-torch-cuda"] == ["zoo1", "zoo3", "zoo4"]
+    assert sets["epyc-ort-2t"] == ["zoo3", "zoo4", "zoo5", "zoo6"]
+    for device, names in sets.items():
+        _, info = load_device(device, predictor.fingerprint)
+        assert info["kind"] == "default device" and info["sets"] == names
+    assert load_device("h200-torch-cuda-b32")[1]["batch_size"] == 32
+    known = predictor.known_devices()
+    assert len(known) == len(predictor.checkpoint.devices)  # no default device among them
