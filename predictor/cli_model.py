@@ -274,7 +274,7 @@ def device_summary(device: dict) -> str:
     batch = device.get("batch") or device.get("batch_size") or 1
     at = f", batch {batch}" if int(batch) != 1 else ""
     if kind == "default device":
-        return f"default: {device['models']} models of {'+'.join(device['sets'])}{at}"
+        return f"default: {device['models']} models of {'+'.join(device['sources'])}{at}"
     if kind == "training device":  # a reference that new devices are ensembled with
         space = device.get("space", "")
         label = f"{space[4:]} models" if space.startswith("set:") else \

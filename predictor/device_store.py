@@ -67,12 +67,16 @@ def _tensor_from_json(d: dict[str, Any]) -> torch.Tensor:
 
 
 def _state_to_json(state: DeviceState) -> dict[str, Any]:
+    members = [_state_to_json(m) for m in state.members]
     return {"z": state.z.tolist(), "a": float(state.a), "b": float(state.b),
             "params": {k: _tensor_to_json(v) for k, v in state.params.items()},
-            "members": [_state_to_json(m) for m in state.members],
+            "members": members,
             "linear": None if state.linear is None else state.linear.tolist(),
             "op_scale": None if state.op_scale is None else state.op_scale.tolist(),
-            "alternatives": [_state_to_json(m) for m in state.alternatives],
+            # an alternative that is also a member (an "auto" blend's candidates are both)
+            # is stored once, as the member's index
+            "alternatives": [_alternative_to_json(_state_to_json(m), members)
+                             for m in state.alternatives],
             "kernel_sum": None if state.kernel_sum is None else state.kernel_sum.tolist(),
             "kernel_base": None if state.kernel_base is None else _state_to_json(state.kernel_base),
             "kernel_reach": None if state.kernel_reach is None else state.kernel_reach.tolist(),
@@ -84,16 +88,23 @@ def _state_to_json(state: DeviceState) -> dict[str, Any]:
             **({"call_floor_ms": state.call_floor_ms} if state.call_floor_ms > 0 else {})}
 
 
+def _alternative_to_json(state: dict[str, Any], members: list[dict[str, Any]]
+                         ) -> dict[str, Any]:
+    return {"member": members.index(state)} if state in members else state
+
+
 def _state_from_json(d: dict[str, Any]) -> DeviceState:
     params = {k: _tensor_from_json(v) for k, v in d.get("params", {}).items()}
+    members = [_state_from_json(m) for m in d.get("members", [])]
     return DeviceState(torch.tensor(d["z"], dtype=torch.float32), torch.tensor(float(d["a"])),
                        torch.tensor(float(d["b"])), params,
-                       [_state_from_json(m) for m in d.get("members", [])],
+                       members,
                        None if d.get("linear") is None
                        else torch.tensor(d["linear"], dtype=torch.float32),
                        None if d.get("op_scale") is None
                        else torch.tensor(d["op_scale"], dtype=torch.float32),
-                       [_state_from_json(m) for m in d.get("alternatives", [])],
+                       [members[m["member"]] if "member" in m else _state_from_json(m)
+                        for m in d.get("alternatives", [])],
                        None if d.get("kernel_sum") is None
                        else torch.tensor(d["kernel_sum"], dtype=torch.float64),
                        None if d.get("kernel_base") is None else _state_from_json(d["kernel_base"]),

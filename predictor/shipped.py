@@ -3,11 +3,11 @@
 Two kinds of files:
 - one per training device *and* dataset ("pixel3@nb201", "h200-torch-cuda@zoo4"), embedded
   from 20 of that dataset's measurements: the references new devices are ensembled with
-  (`Predictor.known_devices`). A model set's embedding has seen one family of models only
-  (zoo4: RNNs) and can be far off on others.
-- one per model-set runtime ("h200-torch-cuda"), adapted ("auto") on every model set's
-  measurements of it: the device to predict arbitrary models with.
-"""
+  (`Predictor.known_devices`). They hold one kind of model only (NB201 cells; zoo4: RNNs)
+  and can be far off on others.
+- one per board or runtime measured on several datasets ("pixel3": NB201 and FBNet;
+  "h200-torch-cuda": every model set timing it), adapted ("auto") on all of them at once:
+  the device to predict arbitrary models with."""
 
 from __future__ import annotations
 
@@ -30,6 +30,22 @@ SHOTS = 20  # measurements per shipped device embedding
 # within this factor of the newest set's: this project's cloud CPU ran about 3x slower in
 # its first sessions (zoo1, zoo2) than since, which no adaptation can tell from model cost.
 SAME_HOST_FACTOR = 1.5
+# A HELP board's default device adapts on this many random archs of each space's table.
+TABLE_SHOTS = 100
+
+
+def _task_and_store(space: str, device: str, data_dir: str | Path | None,
+                    cache_root: str | Path | None):
+    """(the device's `DeviceTask` on `space`, the space's graphs at the task's batch)."""
+    from predictor.model_sets import SPACE_PREFIX, load_model_set_task, model_set_store
+
+    if space.startswith(SPACE_PREFIX):
+        task = load_model_set_task(space.removeprefix(SPACE_PREFIX), device)
+        return task, model_set_store(space.removeprefix(SPACE_PREFIX), cache_root=cache_root,
+                                     progress=False, batch=task.batch_size)
+    task = load_device_task(space, device, data_dir)
+    return task, build_corpus(space, batch_sizes=(task.batch_size,), data_dir=data_dir,
+                              root=cache_root, progress=False)[task.batch_size]
 
 
 def embed_table_device(model, space: str, device: str, *, data_dir: str | Path | None = None,
@@ -37,20 +53,11 @@ def embed_table_device(model, space: str, device: str, *, data_dir: str | Path |
                        ) -> tuple[DeviceState, dict]:
     """Embed a device of the HELP tables (or of a model set, space "set:<name>") from
     `shots` of its training-pool measurements."""
-    from predictor.model_sets import SPACE_PREFIX, load_model_set_task, model_set_store
+    from predictor.model_sets import SPACE_PREFIX
 
-    if space.startswith(SPACE_PREFIX):
-        name = space.removeprefix(SPACE_PREFIX)
-        task = load_model_set_task(name, device)
-        store = model_set_store(name, cache_root=cache_root, progress=False,
-                                batch=task.batch_size)
-        shots = min(shots, task.pool.size)
-    else:
-        task = load_device_task(space, device, data_dir)
-        store = build_corpus(space, batch_sizes=(task.batch_size,), data_dir=data_dir,
-                             root=cache_root, progress=False)[task.batch_size]
+    task, store = _task_and_store(space, device, data_dir, cache_root)
     rng = np.random.default_rng(seed)
-    support = np.sort(rng.choice(task.pool, size=shots, replace=False))
+    support = np.sort(rng.choice(task.pool, size=min(shots, task.pool.size), replace=False))
     y = torch.tensor(np.log(task.latency_ms[support]), dtype=torch.float32)
     state = adapt(model, store.batch(support), y)
     info = {"space": space, "device": device, "batch_size": task.batch_size,
@@ -59,49 +66,63 @@ def embed_table_device(model, space: str, device: str, *, data_dir: str | Path |
     return state, info
 
 
-def default_device_sets(checkpoint: Checkpoint, root: Path | None = None
-                        ) -> dict[str, list[str]]:
-    """Model-set training device -> the model sets whose measurements of it make its
-    default device: those timed on the host of the newest (`SAME_HOST_FACTOR`)."""
+def default_device_sources(checkpoint: Checkpoint, root: Path | None = None
+                           ) -> dict[str, list[str]]:
+    """Training device -> the datasets ("nb201", "set:zoo1", ...) its default device pools:
+    a HELP board in both spaces' tables, or a model-set runtime's sets timed on the host of
+    the newest (`SAME_HOST_FACTOR`). A board in one table only has no default device."""
     from predictor.measurements import read_measurements_csv
     from predictor.model_sets import SPACE_PREFIX, set_dir
 
-    sets: dict[str, list[str]] = defaultdict(list)
+    spaces: dict[str, list[str]] = defaultdict(list)
     for entry in checkpoint.devices:
         space, device = entry.split("/", 1)
-        if space.startswith(SPACE_PREFIX):
-            sets[device].append(space.removeprefix(SPACE_PREFIX))
+        spaces[device].append(space)
     chosen = {}
-    for device, names in sets.items():
+    for device, names in spaces.items():
+        sets = [n for n in names if n.startswith(SPACE_PREFIX)]
+        if not sets:
+            if len(names) > 1:
+                chosen[device] = names
+            continue
         stamps = {}
-        for name in names:
-            _, info = read_measurements_csv(set_dir(name, root) / f"{device}.csv")
+        for name in sets:
+            _, info = read_measurements_csv(
+                set_dir(name.removeprefix(SPACE_PREFIX), root) / f"{device}.csv")
             probe = info.get("speed_probe_ms")
             stamps[name] = (info.get("date", ""), float(probe) if probe else None)
         newest_probe = max(stamps.values())[1]
         chosen[device] = [
-            name for name in names
+            name for name in sets
             if newest_probe is None or stamps[name][1] is None
             or max(stamps[name][1] / newest_probe, newest_probe / stamps[name][1])
             <= SAME_HOST_FACTOR]
     return chosen
 
 
-def embed_default_device(checkpoint: Checkpoint, device: str, sets: list[str], *,
-                         known: list[DeviceState], cache_root: str | Path | None = None
-                         ) -> tuple[DeviceState, dict]:
-    """Adapt ("auto", as `Predictor.adapt`) on every measurement of `device` in `sets`."""
+def embed_default_device(checkpoint: Checkpoint, device: str, spaces: list[str], *,
+                         known: list[DeviceState], data_dir: str | Path | None = None,
+                         cache_root: str | Path | None = None, table_shots: int = TABLE_SHOTS,
+                         seed: int = 0) -> tuple[DeviceState, dict]:
+    """Adapt ("auto", as `Predictor.adapt`) on `device`'s measurements in `spaces`: every
+    model of a model set, `table_shots` random archs of a HELP table's training pool."""
     from predictor.api import DEFAULT_FINETUNE_STEPS
-    from predictor.model_sets import load_model_set_task, model_set_specs, model_set_store
+    from predictor.model_sets import SPACE_PREFIX, model_set_specs
 
+    rng = np.random.default_rng(seed)
     stores, latency, families = [], [], set()
-    for name in sets:
-        task = load_model_set_task(name, device)
-        store = model_set_store(name, cache_root=cache_root, progress=False,
-                                batch=task.batch_size)
-        stores.append(store.subset(task.pool))
-        latency.append(task.latency_ms[task.pool])
-        families |= {model_set_specs(name)[i].family for i in task.pool}
+    for space in spaces:
+        task, store = _task_and_store(space, device, data_dir, cache_root)
+        if space.startswith(SPACE_PREFIX):
+            ids = task.pool
+            specs = model_set_specs(space.removeprefix(SPACE_PREFIX))
+            families |= {specs[i].family for i in ids}
+        else:
+            ids = np.sort(rng.choice(task.pool, size=min(table_shots, task.pool.size),
+                                     replace=False))
+            families.add(f"{space} archs")
+        stores.append(store.subset(ids))
+        latency.append(task.latency_ms[ids])
     store = GraphStore.concat(stores)
     log_y = torch.tensor(np.log(np.concatenate(latency)), dtype=torch.float32)
     config = checkpoint.config
@@ -109,8 +130,9 @@ def embed_default_device(checkpoint: Checkpoint, device: str, sets: list[str], *
         checkpoint.model, store.batch(range(len(store))), log_y, "auto",
         finetune_steps=config.finetune_steps or DEFAULT_FINETUNE_STEPS, lr=config.finetune_lr,
         known=known)
-    info = {"device": device, "kind": "default device", "source": "model sets",
-            "sets": list(sets), "families": sorted(families), "models": len(store),
+    info = {"device": device, "kind": "default device",
+            "sources": [space.removeprefix(SPACE_PREFIX) for space in spaces],
+            "families": sorted(families), "models": len(store),
             "batch_size": task.batch_size, "strategy": strategy,
             "cv_log_residuals": [round(float(r), 5) for r in residuals],
             "blend": {n: round(float(w), 4) for n, w in zip(state.labels, state.weights,
@@ -134,11 +156,12 @@ def export_training_devices(checkpoint: Checkpoint, folder: str | Path, *,
         label = space.split(":", 1)[-1]  # "set:zoo1" -> "zoo1"
         paths.append(save_device(f"{device}@{label}", state, fingerprint, info, Path(folder)))
     return paths + export_default_devices(checkpoint, folder, known=known,
-                                          cache_root=cache_root)
+                                          data_dir=data_dir, cache_root=cache_root)
 
 
 def export_default_devices(checkpoint: Checkpoint, folder: str | Path, *,
                            known: list[DeviceState] | None = None,
+                           data_dir: str | Path | None = None,
                            cache_root: str | Path | None = None) -> list[Path]:
     """Write a default device per model-set runtime of `checkpoint` to `folder`; `known`:
     the training devices' states (default: their files in `folder`)."""
@@ -150,8 +173,9 @@ def export_default_devices(checkpoint: Checkpoint, folder: str | Path, *,
                                            for path in sorted(Path(folder).glob("*.json")))
                  if info.get("kind") == "training device"]
     paths = []
-    for device, sets in tqdm(default_device_sets(checkpoint).items(), desc="default devices"):
-        state, info = embed_default_device(checkpoint, device, sets, known=known,
-                                           cache_root=cache_root)
+    for device, spaces in tqdm(default_device_sources(checkpoint).items(),
+                               desc="default devices"):
+        state, info = embed_default_device(checkpoint, device, spaces, known=known,
+                                           data_dir=data_dir, cache_root=cache_root)
         paths.append(save_device(device, state, fingerprint, info, Path(folder)))
     return paths

@@ -1,6 +1,7 @@
 """Shipped devices on models none of their embeddings saw: one dataset's embedding of a
-model-set runtime ("h200-torch-cuda@zoo4", 20 RNNs) against the runtime's default device
-("h200-torch-cuda", every model set's measurements of it; `predictor.shipped`).
+board or runtime ("h200-torch-cuda@zoo4", 20 RNNs; "pixel3@nb201", 20 NB201 cells) against
+its default device ("h200-torch-cuda", every model set's measurements of it; "pixel3", 100
+archs of each HELP table; `predictor.shipped`).
 
     python scripts/benchmark_default_devices.py [--json results/default_devices.json]
 
@@ -9,7 +10,8 @@ Ground truth, models outside every set the checkpoint and its devices were built
   ORT 2 threads / ORT unoptimised 1 thread the reference set and well-known networks
   (`scripts/benchmark_known_models.py`'s measurements);
 - the H200, torch CUDA at batch 1 and 32: the local benchmark's 160 test models (seed
-  20261126, three passes of stop 29) and the reference set and well-known networks.
+  20261126, three passes of stop 29) and the reference set and well-known networks;
+- HELP's boards in both tables: archs 900..1899 of each (the test pool).
 Prints a markdown table per metric; writes JSON and a PNG of each default device's
 predicted vs measured latencies.
 """
@@ -44,10 +46,25 @@ TEST_SETS = {
     "h200-torch-cuda-b32": {"local": [H200 / f"torch-cuda-b32-pass{i}.csv" for i in (2, 3)],
                             "known": H200 / "torch-cuda-b32-ref2.csv"},
 }
+# HELP boards in both spaces' tables: each space's test pool (no checkpoint or device
+# embedding touches it)
+HELP_BOARDS = ("1080ti_1", "1080ti_32", "silver_4114", "silver_4210r", "samsung_a50",
+               "pixel3", "essential_ph_1", "samsung_s7")
+for _board in HELP_BOARDS:
+    TEST_SETS[_board] = {"nb201": "help", "fbnet": "help"}
 
 
 def test_set(predictor: Predictor, device: str, name: str, source) -> tuple[object, np.ndarray]:
     """(models as a GraphStore or ONNX paths, measured ms)."""
+    if source == "help":
+        from predictor.corpus import build_corpus
+        from predictor.datasets import held_out_pools, load_device_task
+
+        task = load_device_task(name, device, pool="all")
+        pool = held_out_pools(name)[-1]  # 900..1899
+        ids = task.pool[(task.pool >= pool.start) & (task.pool < pool.stop)]
+        store = build_corpus(name, batch_sizes=(task.batch_size,), progress=False)
+        return store[task.batch_size].subset(ids), task.latency_ms[ids]
     if source == "set":
         task = load_model_set_task(name, device)
         store = model_set_store(name, progress=False, batch=task.batch_size)

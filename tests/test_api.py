@@ -59,8 +59,8 @@ def test_predict_search_space_graphs(shipped, tmp_path) -> None:
     ms = shipped.predict(paths, device="silver_4114@nb201")
     assert np.all(np.isfinite(ms)) and np.all(ms > 0)
     assert ms[1] > ms[0]  # nine 3x3 convs per cell cost more than skips on a CPU
-    with pytest.raises(UnknownDeviceError, match="silver_4114@nb201"):
-        shipped.predict(paths, device="silver_4114")
+    with pytest.raises(UnknownDeviceError, match="silver_4114"):
+        shipped.predict(paths, device="silver_411")  # a typo: the closest names suggested
 
 
 def test_chunks_and_concurrent_callers_give_the_one_call_predictions(shipped, monkeypatch
@@ -270,6 +270,32 @@ def test_fine_tuned_device_file_round_trips_and_old_format_loads(shipped, tmp_pa
     path.write_text(json.dumps(obj))
     np.testing.assert_allclose(Predictor.load().predict_batch("nb201", archs, "tuned"),
                                expected, rtol=1e-6)
+
+
+def test_an_auto_device_stores_each_candidate_once(shipped, tmp_path, monkeypatch) -> None:
+    """An "auto" blend's candidates are both its members and the alternatives its spread
+    comes from: stored once (those alternatives as member indices), loaded to the same
+    predictions and spread; a file with the alternatives written out, as before, too."""
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path))
+    rng = np.random.default_rng(4)
+    archs = SPACES["nb201"].archs()[:: 1200][:12]
+    ms = shipped.predict_batch("nb201", archs, "pixel3@nb201") * rng.uniform(0.7, 1.4, 12)
+    shipped.adapt("blend", shipped.space_graphs("nb201", archs), ms, save=True)
+    expected = shipped.predict_batch("nb201", archs, "blend", with_spread=True)
+    assert np.all(expected[1] > 0)
+    obj = json.loads((tmp_path / "blend.json").read_text())
+    alternatives = obj["state"]["alternatives"]
+    assert any(set(a) == {"member"} for a in alternatives)
+    loaded = Predictor.load().predict_batch("nb201", archs, "blend", with_spread=True)
+    for got, want in zip(loaded, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    members = obj["state"]["members"]  # the previous format: every alternative in full
+    obj["state"]["alternatives"] = [members[a["member"]] if "member" in a else a
+                                    for a in alternatives]
+    (tmp_path / "blend.json").write_text(json.dumps(obj))
+    for got, want in zip(Predictor.load().predict_batch("nb201", archs, "blend",
+                                                        with_spread=True), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_a_call_floor_comes_off_the_measurements_and_onto_every_prediction(

@@ -180,10 +180,11 @@ def test_default_device_pools_every_set_of_a_runtime(small_set, monkeypatch) -> 
                               max_seconds=0.2, root=small_set, progress=False)
     monkeypatch.setattr(model_sets, "MODEL_SETS_DIR", small_set)
     predictor = Predictor.load()
-    state, info = embed_default_device(predictor.checkpoint, "here-ort-2t", ["tiny", "tiny2"],
+    state, info = embed_default_device(predictor.checkpoint, "here-ort-2t",
+                                       ["set:tiny", "set:tiny2"],
                                        known=predictor.known_devices())
     assert info["kind"] == "default device" and info["models"] == 12
-    assert info["sets"] == ["tiny", "tiny2"] and info["batch_size"] == 1
+    assert info["sources"] == ["tiny", "tiny2"] and info["batch_size"] == 1
     assert set(info["families"]) == {s.family for n in ("tiny", "tiny2")
                                      for s in model_sets.model_set_specs(n)}
     path = save_device("here-ort-2t", state, model_fingerprint(predictor.model), info,
@@ -205,20 +206,24 @@ def _predict_state(predictor, store, state) -> np.ndarray:
         return predict(predictor.model, store.batch(range(len(store))), state).exp().numpy()
 
 
-def test_shipped_default_devices_cover_each_model_set_runtime() -> None:
+def test_shipped_default_devices_cover_each_model_set_runtime_and_two_table_board() -> None:
     """One default device per model-set runtime of the shipped checkpoint, from the sets
-    timed on the newest host: not this project's first, 3x slower CPU sessions (zoo1/2)."""
+    timed on the newest host (not this project's first, 3x slower CPU sessions: zoo1/2),
+    and per HELP board in both spaces' tables."""
     from predictor.api import Predictor
     from predictor.device_store import load_device
-    from predictor.shipped import default_device_sets
+    from predictor.shipped import default_device_sources
 
     predictor = Predictor.load()
-    sets = default_device_sets(predictor.checkpoint)
-    assert sets["h200-torch-cuda"] == ["zoo1", "zoo3", "zoo4"]
-    assert sets["epyc-ort-2t"] == ["zoo3", "zoo4", "zoo5", "zoo6"]
-    for device, names in sets.items():
+    sources = default_device_sources(predictor.checkpoint)
+    assert sources["h200-torch-cuda"] == ["set:zoo1", "set:zoo3", "set:zoo4"]
+    assert sources["epyc-ort-2t"] == ["set:zoo3", "set:zoo4", "set:zoo5", "set:zoo6"]
+    assert sorted(sources["pixel3"]) == ["fbnet", "nb201"]
+    assert "1080ti_256" not in sources  # in NB201's table only
+    for device, spaces in sources.items():
         _, info = load_device(device, predictor.fingerprint)
-        assert info["kind"] == "default device" and info["sets"] == names
+        assert info["kind"] == "default device"
+        assert info["sources"] == [s.removeprefix("set:") for s in spaces]
     assert load_device("h200-torch-cuda-b32")[1]["batch_size"] == 32
     known = predictor.known_devices()
     assert len(known) == len(predictor.checkpoint.devices)  # no default device among them
