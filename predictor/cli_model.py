@@ -95,6 +95,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         unfamiliar = [{}] * len(archs)
     else:
         from predictor.api import device_batch
+        from predictor.device_store import list_device_files
         from predictor.graph import extract_graph
 
         shape = parse_input_shapes(args.input_shape)
@@ -104,10 +105,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                        metric=args.metric, batch=args.batch)
         key, items = "model", [str(m) for m in args.models]
         unfamiliar = [predictor.unfamiliar_ops(g) for g in graphs]
-        default_batch = device_batch(predictor.device_info(args.device))
+        info = predictor.device_info(args.device)
+        default_batch = device_batch(info)
         if args.batch is None and default_batch is not None:
             print(f"note: predicted at batch {default_batch}, the batch {args.device}'s "
                   "measurements ran at (--batch B for another)", file=sys.stderr)
+        board = args.device.split("@")[0]
+        if info.get("kind") == "training device" and board in list_device_files():
+            print(f"note: {args.device} was embedded from one dataset's models only "
+                  f"({device_summary({**info, 'kind': 'training device'})}); for models "
+                  f"unlike them use the default device {board}", file=sys.stderr)
     upper = upper_estimate(predictor, args.device, values, spread)
     unsure = uncertain(spread)
     rows = [{key: item, "device": args.device, args.metric: float(v),

@@ -227,6 +227,7 @@ def test_models_run_at_the_batch_a_shipped_device_was_measured_at(shipped, tmp_p
     assert json.loads(result.stdout)[0]["latency_ms"] == pytest.approx(float(default[0]),
                                                                        rel=1e-4)
     assert "predicted at batch 256" in result.stderr
+    assert "default device" not in result.stderr  # HELP's batch-256 table is NB201's only
 
 
 def test_unseen_shapes_and_ops_give_sane_predictions(shipped) -> None:

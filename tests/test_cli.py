@@ -212,7 +212,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tiny_onnx: Path) -> None:
     assert proc.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
 
 
-def test_devices_says_what_each_was_embedded_from() -> None:
+def test_devices_says_what_each_was_embedded_from(tiny_onnx: Path) -> None:
     result = run_cli("devices")
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
@@ -220,3 +220,9 @@ def test_devices_says_what_each_was_embedded_from() -> None:
     assert "batch 32" in lines["h200-torch-cuda-b32"]
     assert "reference: 20 zoo4 models" in lines["h200-torch-cuda@zoo4"]
     assert "reference: 20 NB201 archs, batch 256" in lines["1080ti_256@nb201"]
+    # predicting with a one-dataset reference points to the board's default device
+    result = run_cli("predict", str(tiny_onnx), "--device", "h200-torch-cuda@zoo4")
+    assert result.returncode == 0, result.stderr
+    assert "use the default device h200-torch-cuda" in result.stderr
+    result = run_cli("predict", str(tiny_onnx), "--device", "h200-torch-cuda")
+    assert result.returncode == 0 and "default device" not in result.stderr
