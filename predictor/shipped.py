@@ -91,7 +91,7 @@ def default_device_sources(checkpoint: Checkpoint, root: Path | None = None
                 set_dir(name.removeprefix(SPACE_PREFIX), root) / f"{device}.csv")
             probe = info.get("speed_probe_ms")
             stamps[name] = (info.get("date", ""), float(probe) if probe else None)
-        newest_probe = max(stamps.values())[1]
+        newest_probe = max(stamps.values(), key=lambda stamp: stamp[0])[1]  # by date
         chosen[device] = [
             name for name in sets
             if newest_probe is None or stamps[name][1] is None
