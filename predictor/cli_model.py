@@ -113,7 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         board = args.device.split("@")[0]
         if info.get("kind") == "training device" and board in list_device_files():
             print(f"note: {args.device} was embedded from one dataset's models only "
-                  f"({device_summary({**info, 'kind': 'training device'})}); for models "
+                  f"({device_summary(info)}); for models "
                   f"unlike them use the default device {board}", file=sys.stderr)
     upper = upper_estimate(predictor, args.device, values, spread)
     unsure = uncertain(spread)
@@ -277,9 +277,11 @@ def device_summary(device: dict) -> str:
     """What a listed device was embedded from, in a few words (its JSON has the rest)."""
     if "error" in device:
         return "unreadable"
+    from predictor.api import device_batch
+
     kind = device.get("kind", "device")
-    batch = device.get("batch") or device.get("batch_size") or 1
-    at = f", batch {batch}" if int(batch) != 1 else ""
+    batch = device_batch(device)
+    at = f", batch {batch}" if batch is not None else ""
     if kind == "default device":
         return f"default: {device['models']} models of {'+'.join(device['sources'])}{at}"
     if kind == "training device":  # a reference that new devices are ensembled with

@@ -143,8 +143,8 @@ def embed_default_device(checkpoint: Checkpoint, device: str, spaces: list[str],
 def export_training_devices(checkpoint: Checkpoint, folder: str | Path, *,
                             data_dir: str | Path | None = None,
                             cache_root: str | Path | None = None, seed: int = 0) -> list[Path]:
-    """Write the embeddings of every training device of `checkpoint` to `folder`, then a
-    default device per model-set runtime (see the module docstring)."""
+    """Write the embeddings of every training device of `checkpoint` to `folder`, then the
+    default devices (see the module docstring)."""
     fingerprint = model_fingerprint(checkpoint.model)
     paths, known = [], []
     for entry in checkpoint.devices:
@@ -163,8 +163,8 @@ def export_default_devices(checkpoint: Checkpoint, folder: str | Path, *,
                            known: list[DeviceState] | None = None,
                            data_dir: str | Path | None = None,
                            cache_root: str | Path | None = None) -> list[Path]:
-    """Write a default device per model-set runtime of `checkpoint` to `folder`; `known`:
-    the training devices' states (default: their files in `folder`)."""
+    """Write the default devices of `checkpoint` (`default_device_sources`) to `folder`;
+    `known`: the training devices' states (default: their files in `folder`)."""
     from predictor.device_store import load_device_file
 
     fingerprint = model_fingerprint(checkpoint.model)
