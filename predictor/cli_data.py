@@ -220,8 +220,14 @@ def cmd_model_set(args: argparse.Namespace) -> int:
 
     if args.action == "create":
         families = [f.strip() for f in args.families.split(",")] if args.families else None
+        resolutions = ([int(r) for r in args.resolutions.split(",")]
+                       if args.resolutions else None)
+        macs = tuple(float(m) for m in args.macs.split(",")) if args.macs else None
+        if macs is not None and (len(macs) != 2 or not 0 < macs[0] < macs[1]):
+            raise PredictorError(f"--macs {args.macs!r}: give LOW,HIGH with 0 < LOW < HIGH")
         path = model_sets.create_model_set(args.name, args.seed, args.cnns, args.transformers,
-                                           families=families, rnns=args.rnns)
+                                           families=families, rnns=args.rnns,
+                                           resolutions=resolutions, macs_range=macs)
         print(f"wrote {path}")
         return 0
     if args.config not in model_sets.TRAINING_CONFIGS:
@@ -291,6 +297,11 @@ def register_data_commands(sub: argparse._SubParsersAction) -> None:
                    help="create: number of recurrent models (LSTM / GRU; default none)")
     p.add_argument("--families", help="create: only these generator families, comma-separated "
                                       "(e.g. unet, which default sets leave out)")
+    p.add_argument("--resolutions", metavar="R,R,...",
+                   help="create: draw the CNNs' input resolutions from these (e.g. "
+                        "256,384,512) instead of the generator's 32..224; CNN families only")
+    p.add_argument("--macs", metavar="LOW,HIGH",
+                   help="create: the models' MACs range (default 2e6,1e9)")
     p.add_argument("--config", default="ort-2t",
                    help="measure: runtime config (one of predictor.model_sets.TRAINING_CONFIGS: "
                         "ort-2t, ort-noopt-1t, torch-1t, ort-basic-2t, ort-noopt-2t, torch-2t, "

@@ -140,6 +140,8 @@ def sample_specs(
     *,
     families: Sequence[str] | None = None,
     small: bool = False,
+    resolutions: Sequence[int] | None = None,
+    macs_range: tuple[float, float] | None = None,
 ) -> list[ModelSpec]:
     """Sample `count` model specs, deterministically in (seed, count, kinds, families, small).
 
@@ -158,6 +160,11 @@ def sample_specs(
             of the kinds except the opt-in ones (`Family.default`, e.g. "unet").
         small: tiny models (`SMALL_MACS_RANGE`, at most `SMALL_MAX_PARAMS` weights) for
             tests; their names end in ``-small``.
+        resolutions: input resolutions to draw from instead of each CNN family's own
+            (deployment sizes such as 512 x 512 for segmentation); with them the names
+            carry ``-r`` (``resnet-s9-004-r``), so they never clash with a default
+            sample's. Only CNN families take them.
+        macs_range: the MACs range instead of the default one (or a family's own).
 
     Returns:
         Specs named ``<family>-s<seed>-<index:03d>[-small]`` whose MACs lie in
@@ -165,23 +172,35 @@ def sample_specs(
     """
     if count < 0:
         raise InvalidArchError(f"count must be >= 0, got {count}")
-    macs_range, max_params = ((SMALL_MACS_RANGE, SMALL_MAX_PARAMS) if small
-                              else (DEFAULT_MACS_RANGE, DEFAULT_MAX_PARAMS))
+    default_range, max_params = ((SMALL_MACS_RANGE, SMALL_MAX_PARAMS) if small
+                                 else (DEFAULT_MACS_RANGE, DEFAULT_MAX_PARAMS))
+    plan = _family_plan(count, kinds, families)
+    if resolutions is not None:
+        other = sorted({f for f in plan if FAMILIES[f].kind != "cnn"})
+        if other or not resolutions or min(resolutions) < 32:
+            raise InvalidArchError(f"resolutions {list(resolutions)} apply to CNN families "
+                                   f"only, each >= 32 (asked for {other or 'none'})")
     specs = []
-    for index, family in enumerate(_family_plan(count, kinds, families)):
-        name = f"{family}-s{seed}-{index:03d}" + ("-small" if small else "")
-        rng = random.Random(f"latpred.generator:{seed}:{index}:{family}:{small}")
+    for index, family in enumerate(plan):
+        name = (f"{family}-s{seed}-{index:03d}" + ("-r" if resolutions else "")
+                + ("-small" if small else ""))
+        rng = random.Random(f"latpred.generator:{seed}:{index}:{family}:{small}"
+                            + (f":{list(resolutions)}" if resolutions else ""))
         own = FAMILIES[family].macs_range
-        specs.append(_sample_within_budget(name, family, rng, small,
-                                           own if own and not small else macs_range,
-                                           max_params))
+        budget = macs_range or (own if own and not small else default_range)
+        specs.append(_sample_within_budget(name, family, rng, small, budget, max_params,
+                                           resolutions))
     return specs
 
 
 def _sample_within_budget(name: str, family: str, rng: random.Random, small: bool,
-                          macs_range: tuple[float, float], max_params: int) -> ModelSpec:
+                          macs_range: tuple[float, float], max_params: int,
+                          resolutions: Sequence[int] | None = None) -> ModelSpec:
     for _ in range(_MAX_ATTEMPTS):
-        spec = make_spec(name, family, FAMILIES[family].sample(rng, small))
+        params = FAMILIES[family].sample(rng, small)
+        if resolutions:
+            params["resolution"] = rng.choice(list(resolutions))
+        spec = make_spec(name, family, params)
         macs, params = estimate_cost(spec)
         if macs_range[0] <= macs <= macs_range[1] and params <= max_params:
             return spec

@@ -85,10 +85,14 @@ def set_dir(name: str, root: Path | None = None) -> Path:
 
 def create_model_set(name: str, seed: int, cnns: int, transformers: int,
                      root: Path | None = None, small: bool = False,
-                     families: list[str] | None = None, rnns: int = 0) -> Path:
+                     families: list[str] | None = None, rnns: int = 0,
+                     resolutions: list[int] | None = None,
+                     macs_range: tuple[float, float] | None = None) -> Path:
     """Write the specs of a new model set (deterministic in seed, counts and families;
     `small`: the generator's small-cost range, for tests; `families`: only these, e.g.
-    the opt-in "unet", split by kind; `rnns`: recurrent models, an opt-in kind)."""
+    the opt-in "unet", split by kind; `rnns`: recurrent models, an opt-in kind;
+    `resolutions` / `macs_range`: the CNNs' input sizes and cost range instead of the
+    generator's, see `generator.sample_specs`)."""
     from predictor.generator import FAMILIES, sample_specs
 
     specs = []
@@ -99,11 +103,14 @@ def create_model_set(name: str, seed: int, cnns: int, transformers: int,
                                                 if f in FAMILIES and FAMILIES[f].kind == kind]
         if chosen == []:
             raise DataError(f"No {kind} family among {families}; set --{kind}s 0")
-        specs += sample_specs(seed, count, kinds=(kind,), small=small, families=chosen)
+        specs += sample_specs(seed, count, kinds=(kind,), small=small, families=chosen,
+                              resolutions=resolutions, macs_range=macs_range)
     path = set_dir(name, root) / "specs.json"
     atomic_write_json(path, {"seed": seed, "cnns": cnns, "transformers": transformers,
                              **({"rnns": rnns} if rnns else {}),
                              **({"families": families} if families else {}),
+                             **({"resolutions": resolutions} if resolutions else {}),
+                             **({"macs_range": list(macs_range)} if macs_range else {}),
                              "specs": [s.to_dict() for s in specs]})
     return path
 

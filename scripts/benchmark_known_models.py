@@ -3,6 +3,11 @@ question of a deployment engineer ("how fast are ResNet-50 and BERT-base on this
 
     python scripts/benchmark_known_models.py --json results/known_models.json
     python scripts/benchmark_known_models.py --runtime torch-1t   # a meta-valid runtime
+    python scripts/benchmark_known_models.py --resolution 512      # image networks at 512
+
+`--resolution R` runs the image networks at R x R (segmentation, detection and
+super-resolution backbones run at 320 to 1024, beyond the generator's 32..224) and leaves
+the language models out; the reference models stay as they are.
 
 This machine under a runtime configuration is the device. The reference calibration set
 (`generator.reference_specs`, the models `latpred calibrate NAME --measure` times, 3 M to
@@ -38,7 +43,9 @@ from predictor.calibration import CALL_FLOOR_DEVICES
 from predictor.evaluation import linear_fit_baseline, macs_baseline, metrics, predictor_fn
 from predictor.generator import (
     REFERENCE_SET_VERSION,
+    ModelSpec,
     known_specs,
+    make_spec,
     reference_specs,
     write_models,
 )
@@ -53,30 +60,56 @@ STRATEGIES = ("auto+kernelsum", "auto", "amortised", "nearest", "finetune", "ops
 # Networks from `model_zoo`, beyond the generator's default families (the shipped checkpoint
 # trains on smaller U-Nets and, since stop 29, ConvNeXt-like models; on no GPT-like one).
 ZOO_NETWORKS = {"convnext_tiny": "cnn", "unet": "cnn", "gpt2_small": "transformer"}
+ZOO_IMAGE_NETWORKS = ("convnext_tiny", "unet")
 
 
-def networks() -> list[Any]:
-    """The reference specs, the known specs and the zoo networks' names, in that order."""
-    return reference_specs() + known_specs() + list(ZOO_NETWORKS)
+def known_at(resolution: int | None) -> list[ModelSpec]:
+    """The known specs, or with `resolution` their image networks at that input size."""
+    if resolution is None:
+        return known_specs()
+    return [make_spec(s.name, s.family, {**s.params, "resolution": resolution})
+            for s in known_specs() if "resolution" in s.params]
 
 
-def network_files(folder: Path) -> list[Path]:
-    """ONNX files in `folder` of `networks()`, in that order (written once)."""
+def zoo_at(resolution: int | None) -> list[str]:
+    """The zoo networks' names, or with `resolution` the image ones."""
+    return list(ZOO_NETWORKS) if resolution is None else list(ZOO_IMAGE_NETWORKS)
+
+
+def zoo_shape(resolution: int | None) -> tuple[int, ...] | None:
+    """A zoo image network's input shape at `resolution` (None: its usual one)."""
+    return None if resolution is None else (1, 3, resolution, resolution)
+
+
+def networks(resolution: int | None = None) -> list[Any]:
+    """The reference specs, the known specs and the zoo networks' names, in that order
+    (with `resolution`: the image networks at that size)."""
+    return reference_specs() + known_at(resolution) + zoo_at(resolution)
+
+
+def network_files(folder: Path, resolution: int | None = None) -> list[Path]:
+    """ONNX files in `folder` of `networks(resolution)`, in that order (written once)."""
     from predictor import model_zoo
     from predictor.storage import atomic_write_bytes
 
-    paths = write_models(reference_specs() + known_specs(), folder, progress=False)
-    for name in ZOO_NETWORKS:
+    paths = write_models(reference_specs() + known_at(resolution), folder, progress=False)
+    for name in zoo_at(resolution):
         path = folder / f"{name}.onnx"
         if not path.exists():
-            atomic_write_bytes(path, model_zoo.export(name))
+            atomic_write_bytes(path, model_zoo.export(name, zoo_shape(resolution)))
         paths.append(path)
     return paths
 
 
-def measure_network(item: tuple[Any, Path], config: RuntimeConfig, max_seconds: float) -> Any:
+def onnx_folder(resolution: int | None) -> Path:
+    return CACHE / ("onnx" if resolution is None else f"onnx-r{resolution}")
+
+
+def measure_network(item: tuple[Any, Path], config: RuntimeConfig, max_seconds: float,
+                    resolution: int | None = None) -> Any:
     """Time a network, (generator spec or zoo name, its ONNX file), under `config`: torch
-    runs the module, ONNX Runtime or OpenVINO the file."""
+    runs the module, ONNX Runtime or OpenVINO the file (zoo image networks at
+    `resolution`, if given)."""
     from dataclasses import replace
 
     from predictor import model_zoo
@@ -92,7 +125,8 @@ def measure_network(item: tuple[Any, Path], config: RuntimeConfig, max_seconds: 
         m = measure_spec(source, config, max_seconds=max_seconds)
     else:
         torch.manual_seed(0)
-        m = measure_torch(model_zoo.build(source), model_zoo.example_input(source),
+        m = measure_torch(model_zoo.build(source),
+                          model_zoo.example_input(source, zoo_shape(resolution)),
                           device=config.device, threads=config.threads,
                           batch=config.batch if config.batch != 1 else None,
                           max_seconds=max_seconds)
@@ -100,9 +134,10 @@ def measure_network(item: tuple[Any, Path], config: RuntimeConfig, max_seconds: 
 
 
 def measured(runtime: str, remeasure: bool, max_seconds: float,
-             files: list[Path] | None) -> tuple[dict[str, float], float | None]:
-    """({model name: latency ms} of `networks()` under `runtime`, the runtime's call floor
-    in ms as the measurements record it, or None: files from before stop 32)."""
+             files: list[Path] | None, resolution: int | None = None
+             ) -> tuple[dict[str, float], float | None]:
+    """({model name: latency ms} of `networks(resolution)` under `runtime`, the runtime's
+    call floor in ms as the measurements record it, or None: files from before stop 32)."""
     from predictor.measure import call_floor_ms, measure_many, speed_probe_for
     from predictor.measurements import provenance, read_measurements_csv, write_measurements_csv
 
@@ -118,16 +153,18 @@ def measured(runtime: str, remeasure: bool, max_seconds: float,
         return ({k: float(np.exp(np.mean([np.log(p[k]) for p, _ in passes])))
                  for k in passes[0][0]},
                 float(np.median(floors)) if len(floors) == len(passes) else None)
-    csv = CACHE / f"{runtime}-ref{REFERENCE_SET_VERSION}.csv"
-    paths = network_files(CACHE / "onnx")
+    suffix = "" if resolution is None else f"-r{resolution}"
+    csv = CACHE / f"{runtime}-ref{REFERENCE_SET_VERSION}{suffix}.csv"
+    paths = network_files(onnx_folder(resolution), resolution)
     if csv.exists() and not remeasure:
         cached = read(csv)
         if {p.stem for p in paths} <= set(cached[0]):  # else a network was added: measure again
             return cached
     config = RUNTIMES[runtime]
     rows, probe_ms = measure_many(
-        list(zip(networks(), paths, strict=True)),
-        partial(measure_network, config=config, max_seconds=max_seconds),
+        list(zip(networks(resolution), paths, strict=True)),
+        partial(measure_network, config=config, max_seconds=max_seconds,
+                resolution=resolution),
         probe=speed_probe_for(config.backend, config.device, config.threads),
         desc=f"measure ({runtime})")
     floor = call_floor_ms(config.backend, config.device, config.threads,
@@ -135,24 +172,25 @@ def measured(runtime: str, remeasure: bool, max_seconds: float,
     write_measurements_csv(csv, rows, provenance(
         config.backend, config.device, config.threads, config.batch, config.graph_optimization,
         runtime_config=runtime, speed_probe_ms=probe_ms, max_seconds=max_seconds,
+        **({"resolution": resolution} if resolution is not None else {}),
         **({"call_floor_ms": floor} if floor is not None else {})))
     return read(csv)
 
 
 def run(args: argparse.Namespace) -> dict:
     latency, recorded_floor = measured(args.runtime, args.remeasure, args.max_seconds,
-                                       args.measurements)
+                                       args.measurements, args.resolution)
     # `latpred calibrate --measure` on a CPU takes the runtime's call floor off the
     # reference set's latencies; so does the first column where the measurements hold one.
     floor = recorded_floor if args.call_floor_ms is None else args.call_floor_ms
     if RUNTIMES[args.runtime].device not in CALL_FLOOR_DEVICES:
         floor = None
-    paths = network_files(CACHE / "onnx")
+    paths = network_files(onnx_folder(args.resolution), args.resolution)
     names = [p.stem for p in paths]
     n_refs = len(reference_specs())
     refs = names[:n_refs][:args.references]
-    kind_of = dict(zip(names[n_refs:], [s.kind for s in known_specs()]
-                       + list(ZOO_NETWORKS.values()), strict=True))
+    kind_of = dict(zip(names[n_refs:], [s.kind for s in known_at(args.resolution)]
+                       + [ZOO_NETWORKS[n] for n in zoo_at(args.resolution)], strict=True))
     unknown = sorted(set(args.include) - set(kind_of))
     if unknown:
         raise SystemExit(f"--include: not a known network: {', '.join(unknown)}")
@@ -176,7 +214,8 @@ def run(args: argparse.Namespace) -> dict:
     families = {"zoo": np.array([n in ZOO_NETWORKS for n in known]),
                 "cnn": np.array([k == "cnn" for k in kinds]),
                 "transformer": np.array([k != "cnn" for k in kinds])}
-    return {"runtime": args.runtime, "references": len(refs), "included": list(args.include),
+    return {"runtime": args.runtime, "resolution": args.resolution,
+            "references": len(refs), "included": list(args.include),
             "call_floor_ms": floor,
             "models": known,
             "kinds": kinds, "measured_ms": y[test].tolist(),
@@ -190,7 +229,8 @@ def run(args: argparse.Namespace) -> dict:
 def report(out: dict) -> None:
     methods = list(out["predicted_ms"])
     also = f" and {', '.join(out['included'])}" if out["included"] else ""
-    print(f"\n## Known networks on this machine ({out['runtime']}), calibrated on "
+    at = f" at {out['resolution']} x {out['resolution']}" if out.get("resolution") else ""
+    print(f"\n## Known networks{at} on this machine ({out['runtime']}), calibrated on "
           f"{out['references']} reference models{also}"
           + (f"; call floor {1e3 * out['call_floor_ms']:.1f} us (first column)"
              if out.get("call_floor_ms") else "") + "\n\n"
@@ -202,7 +242,7 @@ def report(out: dict) -> None:
         print(f"| {name} | {true:.2f} | " + " | ".join(
             f"{100 * (out['predicted_ms'][m][i] / true - 1):+.0f}" for m in methods) + " |")
     for part in ("all", "cnn", "transformer", "zoo"):
-        label = {"zoo": "from model_zoo (" + ", ".join(ZOO_NETWORKS) + ")"}
+        label = {"zoo": "from model_zoo (" + ", ".join(zoo_at(out.get("resolution"))) + ")"}
         print(f"\n{label.get(part, part)}: Spearman / MAPE % / within ±10 %\n")
         print("| | " + " | ".join(methods) + " |")
         print("|---|" + "---|" * len(methods))
@@ -228,7 +268,8 @@ def plot(out: dict, path: Path, method: str = "latpred+auto+kernelsum") -> None:
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax.set_xlabel("measured ms")
     ax.set_ylabel("predicted ms")
-    ax.set_title(f"known networks, {out['runtime']}, {method}", fontsize=9)
+    at = f" at {out['resolution']}" if out.get("resolution") else ""
+    ax.set_title(f"known networks{at}, {out['runtime']}, {method}", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -255,6 +296,8 @@ def main() -> None:
     parser.add_argument("--call-floor-ms", type=float, default=None, metavar="MS",
                         help="the runtime's call floor for the first column (default: as "
                              "the measurements record it; 0: none)")
+    parser.add_argument("--resolution", type=int, default=None, metavar="R",
+                        help="run the image networks at R x R (language models left out)")
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

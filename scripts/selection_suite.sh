@@ -25,7 +25,7 @@ run() {  # run FILE COMMAND...: the command's output (progress bars dropped) int
 
 for set_device in zoo1/epyc-torch-1t zoo2/epyc-torch-1t zoo2/h200-torch-cuda \
                   zoo2/h200-torch-cuda-b32 zoo5/epyc-torch-1t zoo6/epyc-torch-1t \
-                  zoo7/epyc-torch-1t zoo8/epyc-torch-1t; do
+                  zoo7/epyc-torch-1t zoo8/epyc-torch-1t zoo9/epyc-torch-1t; do
     run "local_${set_device/\//_}.txt" python scripts/benchmark_local_device.py \
         --valid "$set_device" --seeds 20 --checkpoint "$ckpt"
 done
@@ -33,6 +33,10 @@ for runtime in torch-1t ort-2t ort-noopt-1t; do
     run "known_$runtime.txt" python scripts/benchmark_known_models.py --runtime "$runtime" \
         --measurements "results/known_models_measurements/$runtime-ref2.csv" --checkpoint "$ckpt"
 done
+# image networks at 512 x 512, beyond the generator's 32..224 (stop 35)
+run known_torch-1t_r512.txt python scripts/benchmark_known_models.py --runtime torch-1t \
+    --resolution 512 --measurements results/known_models_measurements/torch-1t-ref2-r512.csv \
+    --checkpoint "$ckpt"
 for space in nb201 fbnet; do
     run "$space.txt" python scripts/benchmark_fewshot.py --space "$space" --shots 10 --seeds 3 \
         --valid --no-scratch --checkpoint "$ckpt"

@@ -162,6 +162,14 @@ def test_bad_build_arguments(shared_data_dir: Path) -> None:
     assert_one_line_error(run_data("build", "--batch-sizes", "0", *data), "--batch-sizes")
 
 
+def test_bad_model_set_cost_range() -> None:
+    from predictor.model_sets import set_dir
+
+    result = run_data("model-set", "create", "no-such-set-35", "--macs", "5e9,1e8")
+    assert_one_line_error(result, "--macs", "LOW,HIGH")
+    assert not set_dir("no-such-set-35").exists()
+
+
 # ----------------------------------------------------------------------------- download
 
 

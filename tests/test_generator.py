@@ -154,6 +154,24 @@ def test_default_sample_within_budget() -> None:
         assert params <= generator.DEFAULT_MAX_PARAMS
 
 
+def test_resolutions_and_cost_range_override() -> None:
+    """Deployment-size inputs (segmentation at 512 x 512): the CNNs take the given
+    resolutions and cost range, their names never clash with a default sample's, and
+    transformer families refuse them."""
+    specs = sample_specs(5, 5, kinds=("cnn",), families=["resnet", "mobilenet", "unet"],
+                         resolutions=[320, 512], macs_range=(2e8, 4e9))
+    default = sample_specs(5, 5, kinds=("cnn",), families=["resnet", "mobilenet", "unet"])
+    assert {s.input_shape[2:] for s in specs} <= {(320, 320), (512, 512)}
+    assert all(s.name.endswith("-r") for s in specs)
+    assert not {s.name for s in specs} & {s.name for s in default}
+    for spec in specs:
+        assert 2e8 <= estimate_cost(spec)[0] <= 4e9, spec.name
+    assert specs == sample_specs(5, 5, kinds=("cnn",), families=["resnet", "mobilenet", "unet"],
+                                 resolutions=[320, 512], macs_range=(2e8, 4e9))
+    with pytest.raises(InvalidArchError, match="CNN families only"):
+        sample_specs(5, 2, resolutions=[512])  # the default kinds include transformers
+
+
 def test_blocks_reach_below_whole_networks() -> None:
     """Single layers and blocks (the opt-in block families) have their own cost range:
     many fall below the smallest whole network, which is what they are there to teach."""

@@ -24,6 +24,18 @@ def small_set(tmp_path_factory):
     return root
 
 
+def test_high_resolution_set_records_its_sizes(tmp_path) -> None:
+    model_sets.create_model_set("hires", seed=9, cnns=2, transformers=0, root=tmp_path,
+                                families=["resnet", "unet"], resolutions=[384, 512],
+                                macs_range=(2e8, 4e9))
+    specs = model_sets.model_set_specs("hires", tmp_path)
+    assert [s.family for s in specs] == ["resnet", "unet"]
+    assert all(s.input_shape[2] in (384, 512) for s in specs)
+    import json
+    saved = json.loads((tmp_path / "hires" / "specs.json").read_text())
+    assert saved["resolutions"] == [384, 512] and saved["macs_range"] == [2e8, 4e9]
+
+
 def test_measured_set_is_a_device_task(small_set, tmp_path) -> None:
     specs = model_sets.model_set_specs("tiny", small_set)
     assert [s.kind for s in specs] == ["cnn"] * 4 + ["transformer"] * 3
