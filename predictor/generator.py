@@ -197,10 +197,10 @@ def _sample_within_budget(name: str, family: str, rng: random.Random, small: boo
                           macs_range: tuple[float, float], max_params: int,
                           resolutions: Sequence[int] | None = None) -> ModelSpec:
     for _ in range(_MAX_ATTEMPTS):
-        params = FAMILIES[family].sample(rng, small)
+        hyper = FAMILIES[family].sample(rng, small)
         if resolutions:
-            params["resolution"] = rng.choice(list(resolutions))
-        spec = make_spec(name, family, params)
+            hyper["resolution"] = rng.choice(list(resolutions))
+        spec = make_spec(name, family, hyper)
         macs, params = estimate_cost(spec)
         if macs_range[0] <= macs <= macs_range[1] and params <= max_params:
             return spec
