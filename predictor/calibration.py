@@ -188,18 +188,27 @@ def latency_signatures(predictor: Any, store: Any) -> Any:
 
     from predictor.adaptation import _predict_states, graph_log_macs, with_call_floor
 
-    batch = store.batch(np.arange(len(store)))
+    # The graphs go through the network in an order fixed by their own features, not the
+    # caller's: a batch's composition moves the outputs by ~1e-7, enough to swap two
+    # near-identical models in `pick_calibration_models` (the CLI lists a folder sorted
+    # by name, a caller passes files in its own order).
+    canonical = np.lexsort(np.asarray(store.graph_attr, dtype=np.float64).T[::-1])
+    batch = store.batch(canonical)
     known = predictor.known_devices()
     if not known:
-        return graph_log_macs(batch).numpy()[:, None]
-    # one encoder pass for every known device
-    logs = torch.stack([with_call_floor(p, s.call_floor_ms) for p, s in zip(
-        _predict_states(predictor.model, batch, known), known, strict=True)], 1).double()
-    size = logs.mean(1, keepdim=True)
-    deviation = logs - size
-    deviation = deviation - deviation.mean(0, keepdim=True)
-    scale = PICK_SIGNATURE_WEIGHT / len(known) ** 0.5
-    return torch.cat([size, scale * deviation], 1).numpy()
+        signatures = graph_log_macs(batch).numpy()[:, None]
+    else:
+        # one encoder pass for every known device
+        logs = torch.stack([with_call_floor(p, s.call_floor_ms) for p, s in zip(
+            _predict_states(predictor.model, batch, known), known, strict=True)], 1).double()
+        size = logs.mean(1, keepdim=True)
+        deviation = logs - size
+        deviation = deviation - deviation.mean(0, keepdim=True)
+        scale = PICK_SIGNATURE_WEIGHT / len(known) ** 0.5
+        signatures = torch.cat([size, scale * deviation], 1).numpy()
+    restored = np.empty_like(signatures)
+    restored[canonical] = signatures
+    return restored
 
 
 def pick_calibration_models(features: Any, n: int, iterations: int = 30) -> list[int]:
