@@ -229,7 +229,7 @@ def test_shipped_default_devices_cover_each_model_set_runtime_and_two_table_boar
     predictor = Predictor.load()
     sources = default_device_sources(predictor.checkpoint)
     assert sources["h200-torch-cuda"] == ["set:zoo1", "set:zoo3", "set:zoo4"]
-    assert sources["epyc-ort-2t"] == ["set:zoo3", "set:zoo4", "set:zoo5", "set:zoo6"]
+    assert sources["epyc-ort-2t"] == ["set:zoo3", "set:zoo4", "set:zoo5", "set:zoo6", "set:zoo9"]
     assert sorted(sources["pixel3"]) == ["fbnet", "nb201"]
     assert "1080ti_256" not in sources  # in NB201's table only
     for device, spaces in sources.items():
