@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,6 @@ def test_high_resolution_set_records_its_sizes(tmp_path) -> None:
     specs = model_sets.model_set_specs("hires", tmp_path)
     assert [s.family for s in specs] == ["resnet", "unet"]
     assert all(s.input_shape[2] in (384, 512) for s in specs)
-    import json
     saved = json.loads((tmp_path / "hires" / "specs.json").read_text())
     assert saved["resolutions"] == [384, 512] and saved["macs_range"] == [2e8, 4e9]
 
