@@ -25,7 +25,8 @@ run() {  # run FILE COMMAND...: the command's output (progress bars dropped) int
 
 for set_device in zoo1/epyc-torch-1t zoo2/epyc-torch-1t zoo2/h200-torch-cuda \
                   zoo2/h200-torch-cuda-b32 zoo5/epyc-torch-1t zoo6/epyc-torch-1t \
-                  zoo7/epyc-torch-1t zoo8/epyc-torch-1t zoo9/epyc-torch-1t; do
+                  zoo7/epyc-torch-1t zoo8/epyc-torch-1t zoo9/epyc-torch-1t \
+                  zoo1/epyc-ov-1t zoo8/epyc-ov-1t; do  # OpenVINO: a fused runtime (stop 37)
     run "local_${set_device/\//_}.txt" python scripts/benchmark_local_device.py \
         --valid "$set_device" --seeds 20 --checkpoint "$ckpt"
 done

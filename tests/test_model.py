@@ -453,6 +453,45 @@ def test_auto_blend_drops_fine_tuned_members_beyond_the_supports_mix_of_ops(size
                                predict(model, transformer, blend))
 
 
+def test_auto_blend_moves_to_mix_free_members_beyond_the_supports_mix_of_ops(sized_store
+                                                                              ) -> None:
+    """Beyond the support's mix of ops the weight goes to the mix-free members, a reserve
+    member (weight 0 within the mix) included, not to a linear fit of the CNNs' features;
+    within the mix the reserve changes nothing. Reserves survive the device file."""
+    from predictor.adaptation import (
+        RESERVE_PREFIX,
+        DeviceState,
+        fit_linear,
+        graph_log_macs,
+        graph_matmul_share,
+    )
+    from predictor.device_store import _state_from_json, _state_to_json
+    from predictor.generator import export_spec, sample_specs
+
+    model = _model(sized_store).eval()
+    ids = [0, 2, 6, 8]
+    support = sized_store.batch(ids)
+    y = _kernel_device(support)
+    plain = adapt(model, support, y)
+    linear = fit_linear(model, support, y)
+    blend = DeviceState(plain.z, plain.a, plain.b, members=[linear, plain],
+                        weights=torch.tensor([1.0, 0.0]),
+                        labels=["linear", RESERVE_PREFIX + "amortised"],
+                        local_errors=torch.ones(2, len(ids)), local_x=graph_log_macs(support),
+                        local_mix=graph_matmul_share(support))
+    spec = sample_specs(0, 1, kinds=("transformer",), small=True)[0]
+    transformer = GraphStore.from_graphs([extract_graph(export_spec(spec))]).batch([0])
+    assert not torch.allclose(predict(model, transformer, linear),
+                              predict(model, transformer, plain), atol=1e-3)
+    torch.testing.assert_close(predict(model, transformer, blend),
+                               predict(model, transformer, plain), atol=1e-3, rtol=0)
+    cnns = sized_store.batch([1, 7])
+    torch.testing.assert_close(predict(model, cnns, blend), predict(model, cnns, linear))
+    again = _state_from_json(_state_to_json(blend))
+    torch.testing.assert_close(predict(model, transformer, again),
+                               predict(model, transformer, blend))
+
+
 def test_local_blend_weights_judge_graphs_beyond_the_support_on_its_nearest_models() -> None:
     """Candidate A is right on the small support models, B on the large: within the
     support's sizes both weigh the same (their mean errors are equal); beyond its largest

@@ -9,6 +9,8 @@ import torch
 from predictor.adaptation import (
     AUTO_CANDIDATES,
     AUTO_MIN_SHOTS,
+    MIX_FREE_CANDIDATES,
+    RESERVE_PREFIX,
     SPREAD_CANDIDATES,
     STRATEGIES,
     DeviceState,
@@ -99,6 +101,11 @@ def test_cross_validated_strategy_choice(tiny_run) -> None:
     # A blend of the candidates, weighted by their cross-validated errors: the least error
     # weighs most, weights fall with the error and sum to 1.
     weights = dict(zip(state.labels, state.weights.tolist(), strict=True))
+    # the mix-free candidates are always there, at weight 0 where dropped (reserves)
+    reserves = {n for n in weights if n.startswith(RESERVE_PREFIX)}
+    assert all(weights.pop(n) == 0.0 for n in reserves)
+    assert {n.removeprefix(RESERVE_PREFIX) for n in reserves} == \
+        set(MIX_FREE_CANDIDATES) - set(weights)
     assert choice == min(errors, key=errors.__getitem__) == max(weights, key=weights.get)
     assert sum(weights.values()) == pytest.approx(1.0)
     assert set(weights) <= set(AUTO_CANDIDATES)
@@ -106,7 +113,7 @@ def test_cross_validated_strategy_choice(tiny_run) -> None:
     assert [weights[n] for n in by_error] == sorted(weights.values(), reverse=True)
     assert len(state.alternatives) == len(SPREAD_CANDIDATES)
     for name, member in zip(state.labels, state.members, strict=True):
-        strategy = STRATEGIES[name]
+        strategy = STRATEGIES[name.removeprefix(RESERVE_PREFIX)]
         parts = member.members or [member]  # an ensemble lists its own state first
         assert bool(parts[0].params) == strategy.tuned
         assert (parts[0].op_scale is not None) == strategy.op_scale
