@@ -69,7 +69,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from predictor.api import METRICS, Predictor
     from predictor.errors import PredictorError
     from predictor.onnx_io import expand_model_paths, parse_input_shapes
-    from predictor.search import SPREAD_K, uncertain, upper_estimate
+    from predictor.search import (
+        SPREAD_K,
+        below_calibration,
+        fastest_measured,
+        uncertain,
+        upper_estimate,
+    )
     from predictor.spaces.custom import load_plugins
 
     load_plugins(args.plugin)
@@ -117,11 +123,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
                   f"unlike them use the default device {board}", file=sys.stderr)
     upper = upper_estimate(predictor, args.device, values, spread)
     unsure = uncertain(spread)
+    info = predictor.device_info(args.device)
+    below = below_calibration(info, values)
     rows = [{key: item, "device": args.device, args.metric: float(v),
              f"{args.metric}_upper": float(u), **({"unfamiliar_ops": ops} if ops else {}),
-             **({"uncertain": True} if flag else {})}
-            for item, v, u, ops, flag in zip(items, values, upper, unfamiliar, unsure,
-                                             strict=True)]
+             **({"uncertain": True} if flag else {}),
+             **({"below_calibration": True} if low else {})}
+            for item, v, u, ops, flag, low in zip(items, values, upper, unfamiliar, unsure,
+                                                  below, strict=True)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -140,6 +149,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if len(flagged) > 5:
         print(f"note: {len(flagged) - 5} more of the {len(rows)} predictions are uncertain "
               "(\"uncertain\": true in --json)", file=sys.stderr)
+    if below.any():
+        unit = METRICS[args.metric]
+        print(f"note: {int(below.sum())} of the {len(rows)} predictions lie below the "
+              f"smallest calibration measurement ({_readable(fastest_measured(info))} {unit}; "
+              "\"below_calibration\": true in --json): extrapolated from larger models, "
+              "often less accurate (upper estimate widened); calibrate with a model that "
+              "small too", file=sys.stderr)
     for row in rows:
         if "unfamiliar_ops" in row:
             ops = ", ".join(f"{op} x{n}" for op, n in row["unfamiliar_ops"].items())

@@ -59,7 +59,7 @@ from predictor.device_store import describe_devices, device_dirs, list_device_fi
 from predictor.errors import PredictorError, UnknownDeviceError
 from predictor.graph import OpGraph, extract_graph
 from predictor.graph_store import GraphStore
-from predictor.search import uncertain, upper_estimate
+from predictor.search import below_calibration, uncertain, upper_estimate
 from predictor.spaces.custom import custom_space, registered_spaces
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,9 @@ class Prediction(BaseModel):
     uncertain: bool | None = Field(
         None, description="with upper: true where the device's candidate adaptations "
         "disagree by more than 1.5x (absent otherwise)")
+    below_calibration: bool | None = Field(
+        None, description="true where the prediction lies below the smallest measurement "
+        "the device was calibrated on: extrapolated, often less accurate (absent otherwise)")
 
 
 class PredictResponse(BaseModel):
@@ -361,15 +364,17 @@ class PredictionService:
             upper = (upper_estimate(self.predictor, req.device, ms, spread) if req.upper
                      else [None] * len(ms))
             unsure = uncertain(spread) if req.upper else np.zeros(len(ms), dtype=bool)
+            below = below_calibration(self.predictor.device_info(req.device), ms)
         bad = [i for i, v in enumerate(ms) if not np.isfinite(v)]
         if bad:
             raise PredictorError(f"Predicted {metric} is not finite for items {bad[:10]}; "
                                  "the inputs are far outside what the predictor knows")
         return PredictResponse(device=req.device, metric=metric, predictions=[
             Prediction(**{kind: label, metric: float(v), "upper": u if u is None else float(u),
-                          "unfamiliar_ops": ops, "uncertain": True if flag else None})
-            for (kind, label), v, u, ops, flag in zip(req.labels(), ms, upper, unfamiliar,
-                                                      unsure, strict=True)])
+                          "unfamiliar_ops": ops, "uncertain": True if flag else None,
+                          "below_calibration": True if low else None})
+            for (kind, label), v, u, ops, flag, low in zip(req.labels(), ms, upper, unfamiliar,
+                                                           unsure, below, strict=True)])
 
     def calibrate(self, req: CalibrateRequest) -> dict[str, Any]:
         if _stored_kind(req.name) == "training device":

@@ -296,6 +296,41 @@ def test_predictions_whose_candidates_disagree_are_flagged(predictor, tmp_path, 
         assert (f"disagree by {np.exp(SPREAD_K * 0.5):.1f}x" in out.err) == flagged
 
 
+def test_predictions_below_the_calibration_range_are_flagged(predictor, tmp_path,
+                                                              monkeypatch, capsys) -> None:
+    """`latpred predict` flags predictions under the smallest measurement the device was
+    calibrated on ("below_calibration": true and a note); a device without a stored range
+    (a shipped one) flags none."""
+    from predictor.adaptation import DeviceState
+    from predictor.device_store import save_device
+    from predictor.search import below_calibration
+
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path))
+    base = predictor.device(DEVICE)
+    space = get_search_space("nb201")
+    rng = np.random.default_rng(1)
+    keys = [space.key(space.random(rng)) for _ in range(4)]
+    ms = predictor.predict_batch("nb201", keys, DEVICE)
+    middle = float(np.sort(ms)[1:3].mean())  # two predictions below it, two above
+    state = DeviceState(base.z, base.a, base.b)
+    save_device("ranged", state, predictor.fingerprint,
+                {"kind": "calibrated device", "measured_range": [middle, 10 * middle]})
+    save_device("unranged", state, predictor.fingerprint, {"kind": "calibrated device"})
+    archs = tmp_path / "archs.txt"
+    archs.write_text("\n".join(keys) + "\n")
+    for name, expected in (("ranged", ms < middle), ("unranged", np.zeros(4, dtype=bool))):
+        assert _cli(["predict", "--space", "nb201", "--archs", str(archs), "--device", name,
+                     "--json"]) == 0
+        out = capsys.readouterr()
+        rows = json.loads(out.out)
+        np.testing.assert_allclose([r["latency_ms"] for r in rows], ms, rtol=1e-5)
+        assert [r.get("below_calibration", False) for r in rows] == expected.tolist()
+        assert ("2 of the 4 predictions lie below the smallest calibration" in out.err) == \
+            bool(expected.any())
+    np.testing.assert_array_equal(below_calibration({"measured_range": [middle, 1.0]}, ms),
+                                  ms < middle)
+
+
 OBJECTIVE_PLUGIN = '''
 import numpy as np
 from predictor.search import register_objective

@@ -150,8 +150,13 @@ def test_calibrate_then_predict(client, predictor, device_dir) -> None:
     r = client.post("/predict", json={"device": "lab-board", "space": "nb201",
                                       "archs": [LIGHT, HEAVY]})
     assert r.status_code == 200, r.text
-    light, heavy = (row["latency_ms"] for row in r.json()["predictions"])
+    rows = r.json()["predictions"]
+    light, heavy = (row["latency_ms"] for row in rows)
     assert 0 < light < heavy
+    # under the smallest calibration measurement: flagged as extrapolated
+    fastest = min(body["latency_ms"])
+    assert light < fastest < heavy  # the all-skip cell is the fastest NB201 network
+    assert [row.get("below_calibration", False) for row in rows] == [True, False]
     assert info["graph"] == "eager"
     # A board that ran the exported ONNX files keeps that graph mode.
     r = client.post("/calibrate", json={**body, "name": "ort-board", "graph": "exported"})
