@@ -235,6 +235,10 @@ def cmd_model_set(args: argparse.Namespace) -> int:
                              f"{sorted(model_sets.TRAINING_CONFIGS)}")
     config = model_sets.TRAINING_CONFIGS[args.config]
     device = args.device or f"{model_sets.machine_tag(config.device)}-{args.config}"
+    if args.action == "floor":
+        path, floor = model_sets.record_call_floor(args.name, device, config)
+        print(f"recorded call floor {floor * 1e3:.1f} us in {path}")
+        return 0
     path = model_sets.measure_device(args.name, device, config, max_seconds=args.max_seconds,
                                      energy=args.energy)
     print(f"wrote {path}")
@@ -288,7 +292,9 @@ def register_data_commands(sub: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser("model-set", help="create a set of generated models, or measure "
                                           "it on this machine under a runtime config")
-    p.add_argument("action", choices=("create", "measure"))
+    p.add_argument("action", choices=("create", "measure", "floor"),
+                   help="floor: add the runtime's per-inference floor, timed now on a host "
+                        "of the measurements' speed, to a CSV measured before sets recorded it")
     p.add_argument("name", help="model set name (datasets/model_sets/NAME)")
     p.add_argument("--seed", type=int, default=1, help="create: generator seed")
     p.add_argument("--cnns", type=int, default=120, help="create: number of CNNs")

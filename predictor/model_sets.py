@@ -171,7 +171,7 @@ def measure_device(name: str, device: str, config: RuntimeConfig, *, max_seconds
     """
     from functools import partial
 
-    from predictor.measure import measure_many, speed_probe_for
+    from predictor.measure import call_floor_ms, measure_many, speed_probe_for
     from predictor.measurements import provenance, write_measurements_csv
 
     if config == HELD_OUT_CONFIG:
@@ -182,11 +182,60 @@ def measure_device(name: str, device: str, config: RuntimeConfig, *, max_seconds
     rows, probe_ms = measure_many(model_set_specs(name, root), measure, probe=probe,
                                   desc=f"measure {device}", progress=progress)
     path = set_dir(name, root) / f"{device}.csv"
+    floor = call_floor_ms(config.backend, config.device, config.threads,
+                          config.graph_optimization) if config.device == "cpu" else None
     info = provenance(config.backend, config.device, config.threads, config.batch,
                       config.graph_optimization,
-                      model_set=name, runtime_config=config.name, speed_probe_ms=probe_ms)
+                      model_set=name, runtime_config=config.name, speed_probe_ms=probe_ms,
+                      **({"call_floor_ms": floor} if floor is not None else {}))
     write_measurements_csv(path, rows, info)
     return path
+
+
+def record_call_floor(name: str, device: str, config: RuntimeConfig, *,
+                      root: Path | None = None) -> tuple[Path, float]:
+    """Time the runtime's per-inference floor (`predictor.measure.call_floor_ms`) now and
+    add it to the provenance of `<set>/<device>.csv`, measured before sets recorded one:
+    `call_floor_ms`, with the date and the speed probe it was timed with. Only on a host
+    of the measurements' speed: their speed probe and this one within SAME_HOST_FACTOR.
+    The rows stay byte for byte; the file is rewritten atomically.
+
+    Returns:
+        (the CSV, the floor in ms).
+    """
+    from datetime import datetime, timezone
+
+    from predictor.measure import call_floor_ms, speed_probe_for
+    from predictor.measurements import read_measurements_csv
+    from predictor.shipped import SAME_HOST_FACTOR
+    from predictor.storage import atomic_write_text
+
+    if config.device != "cpu":
+        raise DataError(f"'{config.name}': call floors are recorded for CPU runtimes only")
+    path = set_dir(name, root) / f"{device}.csv"
+    _, info = read_measurements_csv(path)
+    if info.get("runtime_config") != config.name:
+        raise DataError(f"{path} was measured under {info.get('runtime_config')!r}, "
+                        f"not {config.name!r}")
+    if "call_floor_ms" in info:
+        raise DataError(f"{path} records a call floor already ({info['call_floor_ms']} ms)")
+    probe = speed_probe_for(config.backend, config.device, config.threads).time_ms()
+    recorded = float(info.get("speed_probe_ms") or "nan")
+    if not max(probe / recorded, recorded / probe) <= SAME_HOST_FACTOR:
+        raise DataError(f"{path}: this host's speed probe ({probe:.4f} ms) is not within "
+                        f"{SAME_HOST_FACTOR}x of the measurements' ({recorded:.4f} ms); "
+                        "time the floor on their host")
+    floor = call_floor_ms(config.backend, config.device, config.threads,
+                          config.graph_optimization)
+    if floor is None:
+        raise DataError(f"Could not time the call floor under {config.name!r}")
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    header = next(i for i, line in enumerate(lines) if not line.lstrip().startswith("#"))
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    added = [f"# call_floor_ms: {floor:.6g}\n", f"# call_floor_date: {stamp}\n",
+             f"# call_floor_speed_probe_ms: {probe:.6g}\n"]
+    atomic_write_text(path, "".join(lines[:header] + added + lines[header:]))
+    return path, floor
 
 
 def measure_spec(spec: Any, config: RuntimeConfig, *, max_seconds: float = 1.0,

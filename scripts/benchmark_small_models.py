@@ -4,6 +4,8 @@ after calibrating on the reference set, with and without the runtime's call floo
     python scripts/benchmark_small_models.py --json results/small_models.json
     python scripts/benchmark_small_models.py --threads 2 --json OUT.json      # selection
     python scripts/benchmark_small_models.py --graph-optimization disabled --json OUT.json
+    python scripts/benchmark_small_models.py --default-device epyc-ort-2t --threads 2 \
+        --json results/small_models_default_ort-2t.json   # a shipped default device
 
 The reference set's smallest model takes ~30 us on this VM; a 3-layer MLP takes 4 us, most
 of it the runtime's per-inference floor (the call, binding inputs, copying outputs), which
@@ -13,6 +15,11 @@ with the set (`predictor.measure.call_floor_ms`) and adapts on latencies less it
 the networks below in one pass under ONNX Runtime, adapts the shipped predictor as
 `latpred calibrate --measure` does, and prints predicted / measured with the floor and
 without it, per family. Writes JSON and a PNG of predicted vs measured.
+
+`--default-device NAME` times the networks alone and predicts them with a shipped default
+device instead (time them under its runtime: `--threads`, `--graph-optimization`); "with
+floor" is the device as shipped, "no floor" the same without its recorded floor added
+back (the same with a device that records none).
 """
 
 from __future__ import annotations
@@ -107,27 +114,41 @@ def main() -> None:
                         choices=("all", "extended", "basic", "disabled"))
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--default-device", default=None, metavar="NAME",
+                        help="predict with this shipped default device instead of "
+                             "calibrating on the reference set")
     args = parser.parse_args()
     paths = export_all(CACHE)
-    rows, info = measure_reference_set(threads=args.threads, include=paths,
-                                       graph_optimization=args.graph_optimization)
-    own = {p.resolve() for p in paths}
-    by_path = {Path(r["model"]).resolve(): r["latency_ms"] for r in rows}
-    refs = [Path(r["model"]) for r in rows if Path(r["model"]).resolve() not in own]
-    ref_ms = [by_path[p.resolve()] for p in refs]
-    measured = np.array([by_path[p.resolve()] for p in paths])
-    floor = float(info["call_floor_ms"])
     predictor = Predictor.load(args.checkpoint)
-    strategy = REFERENCE_SET_STRATEGY["cpu"]  # as `latpred calibrate --measure` on a CPU
     predictions = {}
-    for label, call_floor in (("with floor", floor), ("no floor", None)):
-        predictor.adapt(label, refs, ref_ms, strategy=strategy, call_floor_ms=call_floor)
-        predictions[label] = predictor.predict(paths, device=label)
+    if args.default_device:
+        measured, floor = _measure_alone(paths, args.threads, args.graph_optimization)
+        state = predictor.device(args.default_device)
+        recorded = state.call_floor_ms
+        predictions["with floor"] = predictor.predict(paths, device=args.default_device)
+        state.call_floor_ms = 0.0
+        predictions["no floor"] = predictor.predict(paths, device=args.default_device)
+        state.call_floor_ms = recorded
+        source = f"default device {args.default_device} (recorded floor {recorded * 1e3:.1f} us)"
+    else:
+        rows, info = measure_reference_set(threads=args.threads, include=paths,
+                                           graph_optimization=args.graph_optimization)
+        own = {p.resolve() for p in paths}
+        by_path = {Path(r["model"]).resolve(): r["latency_ms"] for r in rows}
+        refs = [Path(r["model"]) for r in rows if Path(r["model"]).resolve() not in own]
+        ref_ms = [by_path[p.resolve()] for p in refs]
+        measured = np.array([by_path[p.resolve()] for p in paths])
+        floor = float(info["call_floor_ms"])
+        strategy = REFERENCE_SET_STRATEGY["cpu"]  # as `latpred calibrate --measure` on a CPU
+        for label, call_floor in (("with floor", floor), ("no floor", None)):
+            predictor.adapt(label, refs, ref_ms, strategy=strategy, call_floor_ms=call_floor)
+            predictions[label] = predictor.predict(paths, device=label)
+        source = f"reference set {min(ref_ms) * 1e3:.0f} us .. {max(ref_ms):.1f} ms"
     family_of = np.array([p.stem.split("-")[0].rstrip("0123456789") for p in paths])
     families = sorted(set(family_of))
     print(f"\n## Small networks, this CPU, ONNX Runtime {args.threads} thread(s), graph "
           f"optimization {args.graph_optimization}; call floor {floor * 1e3:.1f} us; "
-          f"reference set {min(ref_ms) * 1e3:.0f} us .. {max(ref_ms):.1f} ms\n")
+          f"{source}\n")
     print("| networks | n | measured us (median) | MAPE with floor | no floor | within ±10 % "
           "with / without | within 2x with / without |")
     print("|---|---|---|---|---|---|---|")
@@ -154,6 +175,7 @@ def main() -> None:
         print(f"| {p.stem} | {y * 1e3:.1f} | {a / y:.2f} | {b / y:.2f} |")
     if args.json:
         result = {"threads": args.threads, "graph_optimization": args.graph_optimization,
+                  "default_device": args.default_device,
                   "call_floor_ms": floor, "summary": summary,
                   "models": {p.stem: {"measured_ms": float(y), "with_floor_ms": float(a),
                                       "no_floor_ms": float(b)}
@@ -165,6 +187,23 @@ def main() -> None:
         tmp.replace(args.json)
         _plot(measured, predictions, floor, args.json.with_suffix(".png"))
         print(f"\nwrote {args.json} and {args.json.with_suffix('.png')}")
+
+
+def _measure_alone(paths: list[Path], threads: int, graph_optimization: str
+                   ) -> tuple[np.ndarray, float]:
+    """(latency ms of each ONNX file, the runtime's call floor ms) under ONNX Runtime,
+    drift-corrected as every measurement here."""
+    from functools import partial
+
+    from predictor.measure import call_floor_ms, measure_many, measure_onnx, speed_probe_for
+
+    measure = partial(measure_onnx, backend="onnxruntime", device="cpu", threads=threads,
+                      graph_optimization=graph_optimization)
+    rows, _ = measure_many([str(p) for p in paths], measure,
+                           probe=speed_probe_for("onnxruntime", "cpu", threads),
+                           desc="small networks")
+    floor = call_floor_ms("onnxruntime", "cpu", threads, graph_optimization)
+    return np.array([r.latency_ms for r in rows]), float(floor or 0.0)
 
 
 def _plot(measured: np.ndarray, predictions: dict, floor: float, path: Path) -> None:

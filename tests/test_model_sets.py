@@ -239,3 +239,45 @@ def test_shipped_default_devices_cover_each_model_set_runtime_and_two_table_boar
     assert load_device("h200-torch-cuda-b32")[1]["batch_size"] == 32
     known = predictor.known_devices()
     assert len(known) == len(predictor.checkpoint.devices)  # no default device among them
+
+
+def test_measured_cpu_sets_record_the_call_floor_and_older_ones_get_it_added(small_set,
+                                                                              tmp_path) -> None:
+    """New CPU measurements record the runtime's per-inference floor; a CSV measured before
+    gets it added on a host of its speed (rows untouched), once."""
+    from predictor.shipped import SAME_HOST_FACTOR
+
+    def recorded(root: Path) -> float | None:
+        _, info = read_measurements_csv(root / "tiny" / "here-ort-2t.csv")
+        return float(info["call_floor_ms"]) if "call_floor_ms" in info else None
+
+    config = model_sets.TRAINING_CONFIGS["ort-2t"]
+    path = small_set / "tiny" / "here-ort-2t.csv"
+    _, info = read_measurements_csv(path)
+    assert 0 < float(info["call_floor_ms"]) < 0.1  # next to no work: microseconds
+    # an older CSV: the same rows without the floor lines
+    old = tmp_path / "tiny"
+    old.mkdir()
+    (old / "specs.json").write_text((small_set / "tiny" / "specs.json").read_text())
+    lines = [line for line in path.read_text().splitlines(keepends=True)
+             if not line.startswith("# call_floor")]
+    (old / "here-ort-2t.csv").write_text("".join(lines))
+    assert recorded(tmp_path) is None
+    before = (old / "here-ort-2t.csv").read_text()
+    written, floor = model_sets.record_call_floor("tiny", "here-ort-2t", config, root=tmp_path)
+    after = written.read_text()
+    assert [line for line in after.splitlines() if not line.startswith("# call_floor")] == \
+        before.splitlines()  # the measurements and their provenance stay as they were
+    assert recorded(tmp_path) == pytest.approx(floor, rel=1e-5)
+    with pytest.raises(DataError, match="records a call floor already"):
+        model_sets.record_call_floor("tiny", "here-ort-2t", config, root=tmp_path)
+    with pytest.raises(DataError, match="measured under 'ort-2t', not 'torch-2t'"):
+        model_sets.record_call_floor("tiny", "here-ort-2t", model_sets.TRAINING_CONFIGS[
+            "torch-2t"], root=tmp_path)
+    # another host: a speed probe far from the measurements' is refused
+    slow = before.replace(f"# speed_probe_ms: {info['speed_probe_ms']}",
+                          f"# speed_probe_ms: {float(info['speed_probe_ms']) * 3 * SAME_HOST_FACTOR}")
+    assert slow != before
+    (old / "here-ort-2t.csv").write_text(slow)
+    with pytest.raises(DataError, match="not within"):
+        model_sets.record_call_floor("tiny", "here-ort-2t", config, root=tmp_path)
