@@ -290,8 +290,9 @@ def register_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="cache folder to report on")
     p.set_defaults(handler=cmd_info)
 
-    p = cmds.add_parser("model-set", help="create a set of generated models, or measure "
-                                          "it on this machine under a runtime config")
+    p = cmds.add_parser("model-set", help="create a set of generated models, measure it on "
+                                          "this machine under a runtime config, or add the "
+                                          "runtime's call floor to an older measurement")
     p.add_argument("action", choices=("create", "measure", "floor"),
                    help="floor: add the runtime's per-inference floor, timed now on a host "
                         "of the measurements' speed, to a CSV measured before sets recorded it")
