@@ -69,6 +69,10 @@ class TrainConfig:
         trainable: prefixes of the parameter names that train (empty: all); the others
             stay frozen, e.g. ("cost_in.", "cost_out.", "overhead.", "film_head.") trains
             a second regression head on a frozen encoder and hardware embedding.
+        head_ridge: also score each episode's query predictions after a closed-form
+            ridge refit of the overhead's last layer on the support set, with this ridge
+            (`predictor.adaptation.fit_head_ridge`, the "headridge" member), so that the
+            features it refits are trained for it; None: off.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -89,6 +93,7 @@ class TrainConfig:
     seed: int = 0
     init_from: str | None = None
     trainable: tuple[str, ...] = ()
+    head_ridge: float | None = None
 
 
 def _build(cls: type[T], raw: dict[str, Any], where: str) -> T:

@@ -16,31 +16,50 @@ import lightning as L
 import torch
 from torch.nn import functional as F
 
-from predictor.adaptation import rank_loss
+from predictor.adaptation import overhead_features, rank_loss
 from predictor.config import TrainConfig
 from predictor.datasets import Episode
 from predictor.model import LatencyModel
 
 
-def episode_forward(model: LatencyModel, episode: Episode) -> torch.Tensor:
-    """Calibrated log-latency predictions (q,) for the query set of `episode`."""
+def episode_forward(model: LatencyModel, episode: Episode, head_ridge: float | None = None
+                    ) -> list[torch.Tensor]:
+    """Calibrated log-latency predictions (q,) for the query set of `episode`; with
+    `head_ridge`, also those after the ridge refit of the overhead's last layer on the
+    support set (differentiable, as `predictor.adaptation.fit_head_ridge` does it)."""
     h_s, g_s = model.encode(episode.support)
     z = model.embed_device(g_s, episode.support_y)
     raw_s = model.raw_log_latency(episode.support, h_s, z)
     a, b = model.calibrate(raw_s, episode.support_y)
     h_q, _ = model.encode(episode.query)
-    return a * model.raw_log_latency(episode.query, h_q, z) + b
+    raw_q = model.raw_log_latency(episode.query, h_q, z)
+    preds = [a * raw_q + b]
+    if head_ridge is not None:
+        phi_s = overhead_features(model, episode.support, z)
+        residual = ((episode.support_y - (a * raw_s + b)) / a).double()
+        phi_c, residual_c = phi_s - phi_s.mean(dim=0), residual - residual.mean()
+        eye = torch.eye(phi_s.shape[1], dtype=phi_s.dtype, device=phi_s.device)
+        delta = torch.linalg.solve(phi_c.T @ phi_c + head_ridge * eye, phi_c.T @ residual_c)
+        raw_s2 = raw_s + (phi_s @ delta).to(raw_s.dtype)
+        a2, b2 = model.calibrate(raw_s2, episode.support_y)
+        raw_q2 = raw_q + (overhead_features(model, episode.query, z) @ delta).to(raw_q.dtype)
+        preds.append(a2 * raw_q2 + b2)
+    return preds
 
 
 def episode_loss(model: LatencyModel, episode: Episode, rank_weight: float,
-                 absolute_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, query predictions) of one episode."""
-    pred = episode_forward(model, episode)
+                 absolute_weight: float = 0.0, head_ridge: float | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, query predictions) of one episode: with `head_ridge`, the mean loss of the
+    plain and the refitted predictions, and the refitted ones."""
     y = episode.query_y
     spread = y.var().clamp_min(1e-4)
-    mse = F.mse_loss(pred, y)
-    loss = mse / spread + rank_weight * rank_loss(pred, y) + absolute_weight * mse
-    return loss, pred
+    losses = []
+    preds = episode_forward(model, episode, head_ridge)
+    for pred in preds:
+        mse = F.mse_loss(pred, y)
+        losses.append(mse / spread + rank_weight * rank_loss(pred, y) + absolute_weight * mse)
+    return torch.stack(losses).mean(), preds[-1]
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -87,8 +106,8 @@ class MetaLearner(L.LightningModule):
 
     def training_step(self, episodes: list[Episode], batch_idx: int) -> torch.Tensor:
         c = self.config
-        losses = [episode_loss(self.model, ep, c.rank_weight, c.absolute_weight)[0]
-                  for ep in episodes]
+        losses = [episode_loss(self.model, ep, c.rank_weight, c.absolute_weight,
+                               c.head_ridge)[0] for ep in episodes]
         loss = torch.stack(losses).mean()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(episodes))
         return loss
@@ -97,7 +116,7 @@ class MetaLearner(L.LightningModule):
         losses, rhos = [], []
         for ep in episodes:
             loss, pred = episode_loss(self.model, ep, self.config.rank_weight,
-                                      self.config.absolute_weight)
+                                      self.config.absolute_weight, self.config.head_ridge)
             losses.append(loss)
             rhos.append(spearman(pred, ep.query_y))
         n = len(episodes)

@@ -204,9 +204,7 @@ class LatencyModel(nn.Module):
                 else F.softplus(score))
         if plan is not None:
             cost = cost[plan.classes[-1]]
-        graph_in = torch.cat([self.graph_norm(batch.graph_attr),
-                              z.expand(batch.num_graphs, -1)], dim=1)
-        overhead = self.overhead(graph_in).squeeze(1)
+        overhead = self.overhead(self.overhead_input(batch, z)).squeeze(1)
         if by_class:
             onehot = F.one_hot(node_op_classes(batch), len(OP_CLASSES)).to(cost.dtype)
             return scatter_sum(cost[:, None] * onehot, batch.batch, batch.num_graphs), overhead
@@ -214,6 +212,11 @@ class LatencyModel(nn.Module):
             cost = cost * torch.exp(op_scale)[node_op_classes(batch)]
         total = scatter_sum(cost[:, None], batch.batch, batch.num_graphs).squeeze(1)
         return torch.log(total + 1e-6) + overhead
+
+    def overhead_input(self, batch: GraphBatch, z: torch.Tensor) -> torch.Tensor:
+        """(B, graph_dim + dim): what the overhead MLP reads, graph features and z."""
+        return torch.cat([self.graph_norm(batch.graph_attr), z.expand(batch.num_graphs, -1)],
+                         dim=1)
 
     def calibrate(self, raw_support: torch.Tensor, y_support: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -566,3 +566,52 @@ def test_auto_with_kernel_sum_is_the_geometric_mean_of_its_two_adaptations(
     save_device("mixed", mixed, "fp", {})
     loaded, _ = load_device("mixed", "fp")
     torch.testing.assert_close(predict(model, rest, loaded), predict(model, rest, mixed))
+
+
+def test_head_ridge_refits_the_overhead_layer_a_device_needs(store) -> None:
+    """A device whose log-latency departs from the network's along the overhead MLP's
+    hidden features: the "headridge" member refits that layer in closed form, cuts the
+    error, changes no other weight, and its prediction survives the device-file round
+    trip."""
+    from predictor.adaptation import (
+        HEAD_RIDGE_LAYER,
+        DeviceState,
+        _call_raw,
+        adapt_named,
+        fit_head_ridge,
+        overhead_features,
+    )
+    from predictor.device_store import _state_from_json, _state_to_json
+
+    model = _model(store).eval()
+    support = store.batch(range(len(store)))
+    z = torch.linspace(-1, 1, model.config.hardware.dim)
+    with torch.no_grad():
+        h, _ = model.encode(support)
+        raw = model.raw_log_latency(support, h, z)
+        phi = overhead_features(model, support, z).float()
+        direction = torch.linspace(-1, 1, phi.shape[1])
+        y = raw + 0.5 * (phi @ direction) / (phi @ direction).std() + 1.5
+        base = DeviceState(z, *model.calibrate(raw, y))
+    refit = fit_head_ridge(model, support, y, base, ridge=1e-6)
+    err = lambda s: float(((predict(model, support, s) - y) ** 2).mean())  # noqa: E731
+    assert err(refit) < 0.05 * err(base)
+    assert set(refit.params) == {f"{HEAD_RIDGE_LAYER}.weight"}
+    assert not torch.equal(refit.params[f"{HEAD_RIDGE_LAYER}.weight"],
+                           model.overhead[2].weight)
+    # a strong ridge leaves the layer (nearly) as trained
+    kept = fit_head_ridge(model, support, y, base, ridge=1e9)
+    torch.testing.assert_close(kept.params[f"{HEAD_RIDGE_LAYER}.weight"],
+                               model.overhead[2].weight, atol=1e-6, rtol=0)
+    again = _state_from_json(_state_to_json(refit))
+    torch.testing.assert_close(predict(model, support, again), predict(model, support, refit))
+    # in a blend it shares the untuned member's encoder pass and swaps the overhead only:
+    # the same numbers as its own full pass
+    blend = DeviceState(z, base.a, base.b, members=[base, refit],
+                        weights=torch.tensor([0.4, 0.6]), labels=["amortised", "headridge"])
+    with torch.no_grad():
+        direct = [s.a * _call_raw(model, s.params, support, h, z) + s.b for s in (base, refit)]
+    torch.testing.assert_close(predict(model, support, blend), 0.4 * direct[0] + 0.6 * direct[1])
+    torch.testing.assert_close(predict(model, support, refit), direct[1])
+    state, used = adapt_named(model, support, y, "headridge", finetune_steps=0)
+    assert used == "headridge" and set(state.params) == {f"{HEAD_RIDGE_LAYER}.weight"}

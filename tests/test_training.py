@@ -156,6 +156,51 @@ def test_absolute_weight_adds_the_unscaled_log_mse(tiny_run) -> None:
     assert float(weighted - plain) == pytest.approx(3.0 * mse, rel=1e-4)
 
 
+def test_head_ridge_episodes_score_the_refit_that_adaptation_makes(tiny_run, tmp_path) -> None:
+    """With `head_ridge`, an episode scores the plain and the ridge-refitted predictions
+    (the loss is their mean) and the refitted ones are what the "headridge" member predicts
+    after adapting on the same support set; a short run trains with it."""
+    import dataclasses
+
+    from predictor.adaptation import fit_head_ridge, rank_loss
+    from predictor.datasets import Episode
+    from predictor.metalearner import episode_forward, episode_loss
+
+    checkpoint, root, config, data_dir = tiny_run
+    model = checkpoint.model
+    task = load_device_task("nb201", HELD_OUT, data_dir)
+    store = build_corpus("nb201", batch_sizes=(task.batch_size,), data_dir=data_dir,
+                         root=root / "cache", limit=config.data.limit_archs,
+                         progress=False)[task.batch_size]
+    support, query = torch.arange(0, 10), torch.arange(10, 40)
+    log_ms = torch.tensor(np.log(task.latency_ms), dtype=torch.float32)
+    episode = Episode("nb201", HELD_OUT, 0, store.batch(support.numpy()), log_ms[support],
+                      store.batch(query.numpy()), log_ms[query], support, query)
+    with torch.no_grad():
+        plain, refitted = episode_forward(model, episode, head_ridge=0.1)
+        loss, pred = episode_loss(model, episode, 1.0, head_ridge=0.1)
+        plain_loss, _ = episode_loss(model, episode, 1.0)
+        y = log_ms[query]
+        refit_loss = ((refitted - y) ** 2).mean() / y.var() + rank_loss(refitted, y)
+    state = fit_head_ridge(model, episode.support, log_ms[support],
+                           adapt(model, episode.support, log_ms[support]), ridge=0.1)
+    torch.testing.assert_close(refitted, predict(model, episode.query, state),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(plain, predict(model, episode.query,
+                                              adapt(model, episode.support, log_ms[support])))
+    torch.testing.assert_close(pred, refitted)
+    assert not torch.allclose(plain, refitted)
+    assert float(loss) == pytest.approx((float(plain_loss) + float(refit_loss)) / 2, rel=1e-5)
+    data = dataclasses.replace(config.data, episodes_per_epoch=8)
+    out = train(dataclasses.replace(config, data=data, max_epochs=1, head_ridge=0.1,
+                                    init_from=str(root / "tiny.ckpt")),
+                tmp_path / "ridge.ckpt", data_dir=data_dir, cache_root=root / "cache",
+                log_dir=tmp_path / "logs", progress=False)
+    assert out.config.head_ridge == 0.1
+    assert any(not torch.equal(a, b) for a, b in zip(out.model.state_dict().values(),
+                                                     model.state_dict().values(), strict=True))
+
+
 def test_warm_start_from_a_checkpoint(tiny_run, tmp_path) -> None:
     import dataclasses
 
