@@ -283,7 +283,7 @@ def _adapt_one(model: LatencyModel, support: GraphBatch, log_latency: torch.Tens
     if finetune_steps <= 0:
         if model.overhead_basis.numel():
             return fit_head_ridge(model, support, log_latency, DeviceState(z, a, b),
-                                  OVERHEAD_BASIS_RIDGE, model.overhead_basis)
+                                  OVERHEAD_BASIS_RIDGE, model.overhead_basis, raw)
         return DeviceState(z, a, b)
     tuned = head_copy(model)
     params = {k: v for k, v in tuned.named_parameters() if k.startswith(INNER_LOOP_PREFIXES)}
@@ -317,16 +317,20 @@ def overhead_features(model: LatencyModel, batch: GraphBatch, z: torch.Tensor) -
 
 def fit_head_ridge(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
                    state: DeviceState, ridge: float = HEAD_RIDGE,
-                   basis: torch.Tensor | None = None) -> DeviceState:
+                   basis: torch.Tensor | None = None,
+                   raw: torch.Tensor | None = None) -> DeviceState:
     """`state` (an untuned network member) with the overhead's last layer refitted on the
     support set: its residuals after calibration, per unit of slope, ridge-regressed on
     `overhead_features` (centred; the offset stays with the calibration), then (a, b)
     refitted. With `basis` (k, hidden), the change is confined to its span: k
-    coefficients are fitted instead of hidden weights."""
+    coefficients are fitted instead of hidden weights. `raw`: the state's uncalibrated
+    support predictions, where the caller has them."""
     key = f"{HEAD_RIDGE_LAYER}.weight"
     with torch.no_grad():
-        h, _ = model.encode(support)
-        raw = _call_raw(model, state.params, support, h, state.z).double()
+        if raw is None:
+            h, _ = model.encode(support)
+            raw = _call_raw(model, state.params, support, h, state.z)
+        raw = raw.double()
         phi = overhead_features(model, support, state.z)
         design = phi if basis is None else phi @ basis.double().T
         residual = (log_latency.double() - (state.a * raw + state.b)) / state.a
@@ -645,8 +649,17 @@ def _network_raw(model: LatencyModel, batch: GraphBatch, m: DeviceState,
 
 def _graph_overhead(model: LatencyModel, params: dict[str, torch.Tensor], batch: GraphBatch,
                     z: torch.Tensor) -> torch.Tensor:
-    """The overhead MLP's term (B,) of `raw_log_latency`, with `params` in place."""
-    return tuned_model(model, params).overhead(model.overhead_input(batch, z)).squeeze(1)
+    """The overhead MLP's term (B,) of `raw_log_latency`, with `params` in place (layer by
+    layer, without a head copy: a blend's members and cross-validation's folds each hold
+    their own)."""
+    x = model.overhead_input(batch, z)
+    for i, layer in enumerate(model.overhead):
+        if isinstance(layer, torch.nn.Linear):
+            x = F.linear(x, params.get(f"overhead.{i}.weight", layer.weight),
+                         params.get(f"overhead.{i}.bias", layer.bias))
+        else:
+            x = layer(x)
+    return x.squeeze(1)
 
 
 def _network_members(state: DeviceState) -> list[DeviceState]:
