@@ -78,14 +78,6 @@ KERNEL_SUM_GUARD = 4.0
 # 39, results/valid/stop39/RULES.md) lost 3.8 points on unseen transformers (zoo7).
 HEAD_RIDGE = 0.1
 HEAD_RIDGE_LAYER = "overhead.2"
-# Every untuned adaptation (the amortised embedding, the base of op scales, kernel sums
-# and the nearest-device ensemble) refits that layer within the checkpoint's overhead
-# basis (`predictor.overhead_basis`) with this ridge, when the checkpoint has one. Chosen
-# on the valid cells zoo1 / zoo8 OpenVINO 1 thread and zoo1 / zoo2 / zoo8 torch 1 thread
-# (stop 39; basis size : ridge tried 4:0.3, 4:1, 8:0.3, 8:1, 8:3, 16:1, 16:3, 16:10): the
-# amortised member's MAPE fell in all 15 cases (e.g. OpenVINO zoo1 30.6 / 22.3 / 24.8 ->
-# 23.4 / 21.4 / 21.1 %), including transformers after CNNs.
-OVERHEAD_BASIS_RIDGE = 3.0
 
 
 @dataclass
@@ -281,9 +273,6 @@ def _adapt_one(model: LatencyModel, support: GraphBatch, log_latency: torch.Tens
         raw = model.raw_log_latency(support, h, z)
         a, b = model.calibrate(raw, log_latency)
     if finetune_steps <= 0:
-        if model.overhead_basis.numel():
-            return fit_head_ridge(model, support, log_latency, DeviceState(z, a, b),
-                                  OVERHEAD_BASIS_RIDGE, model.overhead_basis, raw)
         return DeviceState(z, a, b)
     tuned = head_copy(model)
     params = {k: v for k, v in tuned.named_parameters() if k.startswith(INNER_LOOP_PREFIXES)}
@@ -316,28 +305,20 @@ def overhead_features(model: LatencyModel, batch: GraphBatch, z: torch.Tensor) -
 
 
 def fit_head_ridge(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
-                   state: DeviceState, ridge: float = HEAD_RIDGE,
-                   basis: torch.Tensor | None = None,
-                   raw: torch.Tensor | None = None) -> DeviceState:
+                   state: DeviceState, ridge: float = HEAD_RIDGE) -> DeviceState:
     """`state` (an untuned network member) with the overhead's last layer refitted on the
     support set: its residuals after calibration, per unit of slope, ridge-regressed on
     `overhead_features` (centred; the offset stays with the calibration), then (a, b)
-    refitted. With `basis` (k, hidden), the change is confined to its span: k
-    coefficients are fitted instead of hidden weights. `raw`: the state's uncalibrated
-    support predictions, where the caller has them."""
+    refitted."""
     key = f"{HEAD_RIDGE_LAYER}.weight"
     with torch.no_grad():
-        if raw is None:
-            h, _ = model.encode(support)
-            raw = _call_raw(model, state.params, support, h, state.z)
-        raw = raw.double()
+        h, _ = model.encode(support)
+        raw = _call_raw(model, state.params, support, h, state.z).double()
         phi = overhead_features(model, support, state.z)
-        design = phi if basis is None else phi @ basis.double().T
         residual = (log_latency.double() - (state.a * raw + state.b)) / state.a
-        design_c, residual_c = design - design.mean(dim=0), residual - residual.mean()
-        eye = torch.eye(design.shape[1], dtype=torch.float64)
-        coef = torch.linalg.solve(design_c.T @ design_c + ridge * eye, design_c.T @ residual_c)
-        delta = coef if basis is None else coef @ basis.double()
+        phi_c, residual_c = phi - phi.mean(dim=0), residual - residual.mean()
+        eye = torch.eye(phi.shape[1], dtype=torch.float64)
+        delta = torch.linalg.solve(phi_c.T @ phi_c + ridge * eye, phi_c.T @ residual_c)
         weight = state.params.get(key, model.overhead[2].weight)
         params = {**state.params, key: (weight.double() + delta[None]).to(weight.dtype)}
         a, b = model.calibrate((raw + phi @ delta).float(), log_latency)

@@ -81,10 +81,7 @@ class Checkpoint:
         try:
             config = config_from_dict(obj["config"])
             model = LatencyModel(config.model)
-            state = dict(obj["state_dict"])
-            # checkpoints before stop 39 carry no overhead basis; others size it
-            model.overhead_basis = state.setdefault("overhead_basis", model.overhead_basis)
-            model.load_state_dict(state)
+            model.load_state_dict(obj["state_dict"])
         except Exception as exc:
             raise CheckpointError(
                 f"{path}: checkpoint weights do not fit its config ({exc})".splitlines()[0]

@@ -73,10 +73,6 @@ class TrainConfig:
             ridge refit of the overhead's last layer on the support set, with this ridge
             (`predictor.adaptation.fit_head_ridge`, the "headridge" member), so that the
             features it refits are trained for it; None: off.
-        overhead_basis: after training, compute an overhead basis of this many
-            directions from the model-set training devices and store it in the checkpoint
-            (`predictor.overhead_basis`; untuned adaptations then refit within it); 0:
-            none. Needs at least that many model-set training devices.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -98,7 +94,6 @@ class TrainConfig:
     init_from: str | None = None
     trainable: tuple[str, ...] = ()
     head_ridge: float | None = None
-    overhead_basis: int = 0
 
 
 def _build(cls: type[T], raw: dict[str, Any], where: str) -> T:

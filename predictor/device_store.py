@@ -37,8 +37,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of a model's weights (identifies the checkpoint an embedding belongs to)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        if name == "overhead_basis" and not tensor.numel():
-            continue  # a checkpoint without a basis keeps the fingerprint it had before
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -144,9 +144,6 @@ class LatencyModel(nn.Module):
         self.cost_in = nn.Linear(h, h)
         self.cost_out = nn.Sequential(nn.SiLU(), nn.Linear(h, 1))
         self.overhead = nn.Sequential(nn.Linear(ng + zdim, h), nn.SiLU(), nn.Linear(h, 1))
-        # The directions in which training devices refit the overhead's last layer
-        # (`predictor.overhead_basis`); none until computed after training.
-        self.register_buffer("overhead_basis", torch.zeros(0, h))
         for film in (self.film_encoder, self.film_head):  # start as identity conditioning
             nn.init.zeros_(film.weight)
             nn.init.zeros_(film.bias)

@@ -68,11 +68,7 @@ def train(config: TrainConfig, out: str | Path, *, data_dir: str | Path | None =
     base_devices: tuple[str, ...] = ()
     base_info: dict = {}
     if base is not None:
-        # the base's overhead basis belongs to its weights: training moves them
-        missing, unexpected = learner.model.load_state_dict(
-            {k: v for k, v in base.model.state_dict().items() if k != "overhead_basis"},
-            strict=False)
-        assert missing == ["overhead_basis"] and not unexpected, (missing, unexpected)
+        learner.model.load_state_dict(base.model.state_dict())
         base_devices, base_info = base.devices, base.info
     else:
         fit_standardisers(learner, list(datamodule.stores.values()))
@@ -114,11 +110,6 @@ def train(config: TrainConfig, out: str | Path, *, data_dir: str | Path | None =
                                  | set(base_info.get("op_types", []))),
               **({"init_from": str(config.init_from)} if config.init_from else {})},
     )
-    if config.overhead_basis:
-        from predictor.overhead_basis import add_overhead_basis
-
-        add_overhead_basis(checkpoint, config.overhead_basis, cache_root=cache_root,
-                           progress=progress)
     if trainer.is_global_zero:
         checkpoint.save(out)
         log.info("Saved checkpoint to %s (%.1f min)", out, minutes)
