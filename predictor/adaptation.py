@@ -304,6 +304,17 @@ def overhead_features(model: LatencyModel, batch: GraphBatch, z: torch.Tensor) -
     return model.overhead[1](model.overhead[0](model.overhead_input(batch, z))).double()
 
 
+def overhead_ridge_delta(phi: torch.Tensor, residual: torch.Tensor, ridge: float
+                         ) -> torch.Tensor:
+    """(hidden,): the change of the overhead's last-layer weights whose effect on the
+    support graphs, features `phi` (n, hidden), best fits `residual` (n,), both centred
+    (the offset stays with the calibration), with a ridge. Differentiable: training
+    episodes backpropagate through it (`TrainConfig.head_ridge`)."""
+    phi_c, residual_c = phi - phi.mean(dim=0), residual - residual.mean()
+    eye = torch.eye(phi.shape[1], dtype=phi.dtype, device=phi.device)
+    return torch.linalg.solve(phi_c.T @ phi_c + ridge * eye, phi_c.T @ residual_c)
+
+
 def fit_head_ridge(model: LatencyModel, support: GraphBatch, log_latency: torch.Tensor,
                    state: DeviceState, ridge: float = HEAD_RIDGE) -> DeviceState:
     """`state` (an untuned network member) with the overhead's last layer refitted on the
@@ -316,9 +327,7 @@ def fit_head_ridge(model: LatencyModel, support: GraphBatch, log_latency: torch.
         raw = _call_raw(model, state.params, support, h, state.z).double()
         phi = overhead_features(model, support, state.z)
         residual = (log_latency.double() - (state.a * raw + state.b)) / state.a
-        phi_c, residual_c = phi - phi.mean(dim=0), residual - residual.mean()
-        eye = torch.eye(phi.shape[1], dtype=torch.float64)
-        delta = torch.linalg.solve(phi_c.T @ phi_c + ridge * eye, phi_c.T @ residual_c)
+        delta = overhead_ridge_delta(phi, residual, ridge)
         weight = state.params.get(key, model.overhead[2].weight)
         params = {**state.params, key: (weight.double() + delta[None]).to(weight.dtype)}
         a, b = model.calibrate((raw + phi @ delta).float(), log_latency)

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.nn import functional as F
 
-from predictor.adaptation import overhead_features, rank_loss
+from predictor.adaptation import overhead_features, overhead_ridge_delta, rank_loss
 from predictor.config import TrainConfig
 from predictor.datasets import Episode
 from predictor.model import LatencyModel
@@ -37,9 +37,7 @@ def episode_forward(model: LatencyModel, episode: Episode, head_ridge: float | N
     if head_ridge is not None:
         phi_s = overhead_features(model, episode.support, z)
         residual = ((episode.support_y - (a * raw_s + b)) / a).double()
-        phi_c, residual_c = phi_s - phi_s.mean(dim=0), residual - residual.mean()
-        eye = torch.eye(phi_s.shape[1], dtype=phi_s.dtype, device=phi_s.device)
-        delta = torch.linalg.solve(phi_c.T @ phi_c + head_ridge * eye, phi_c.T @ residual_c)
+        delta = overhead_ridge_delta(phi_s, residual, head_ridge)
         raw_s2 = raw_s + (phi_s @ delta).to(raw_s.dtype)
         a2, b2 = model.calibrate(raw_s2, episode.support_y)
         raw_q2 = raw_q + (overhead_features(model, episode.query, z) @ delta).to(raw_q.dtype)
