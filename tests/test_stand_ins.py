@@ -8,6 +8,7 @@ from torch import nn
 
 from predictor.api import Predictor
 from predictor.graph import extract_graph
+from predictor.graph_store import GraphStore
 from predictor.stand_ins import STAND_INS, stand_in_graph
 
 # the op types of the shipped checkpoint's training graphs (CNNs and transformers)
@@ -94,6 +95,46 @@ def test_predictor_predicts_unfamiliar_ops_through_their_stand_ins() -> None:
     ms = predictor.predict(store, device="silver_4114@nb201")
     assert ms[1] > 2 * ms[0]
     assert predictor.unfamiliar_ops(graphs[0]) == {"LSTM": 1}
+
+
+class _MatMulMLP(nn.Module):
+    """An MLP written with matmuls, which exports as MatMul nodes even on 2-D inputs."""
+
+    def __init__(self, dims: tuple[int, int]):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(dims[0], dims[1]) * 0.02)
+        self.b1 = nn.Parameter(torch.zeros(dims[1]))
+        self.w2 = nn.Parameter(torch.randn(dims[1], dims[0]) * 0.02)
+        self.b2 = nn.Parameter(torch.zeros(dims[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.w1 + self.b1) @ self.w2 + self.b2
+
+
+def test_gemm_over_many_rows_runs_as_matmul() -> None:
+    """Training Gemms are one-row classifier heads; a Gemm of many rows is the GEMM kernel
+    that MatMul nodes trained, and is predicted like the same MLP written with MatMuls."""
+    gemm_mlp = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256)).eval()
+    rows = extract_graph(gemm_mlp, example_input=torch.randn(512, 256))
+    assert {n.op_type for n in rows.nodes} == {"Gemm"}
+    out = stand_in_graph(rows, TRAINED)
+    assert [n.op_type for n in out.nodes] == ["MatMul", "MatMul"]
+    assert [(n.macs, n.input_shape, n.activation) for n in out.nodes] == \
+        [(n.macs, n.input_shape, n.activation) for n in rows.nodes]
+    one_row = extract_graph(gemm_mlp, example_input=torch.randn(1, 256))
+    assert stand_in_graph(one_row, TRAINED) is one_row  # a classifier head stays a Gemm
+
+    predictor = Predictor.load()
+    matmul_mlp = extract_graph(_MatMulMLP((256, 1024)).eval(),
+                               example_input=torch.randn(512, 256))
+    assert {n.op_type for n in matmul_mlp.nodes} == {"MatMul"}
+    gemm_ms, matmul_ms = predictor.predict(predictor.graphs([rows, matmul_mlp]),
+                                           device="epyc-ort-2t")
+    assert 0.8 < gemm_ms / matmul_ms < 1.25
+    # without the stand-in the network prices the Gemms as classifier heads
+    raw = GraphStore.from_graphs([rows, matmul_mlp])
+    raw_gemm_ms, raw_matmul_ms = predictor.predict(raw, device="epyc-ort-2t")
+    assert raw_gemm_ms < 0.5 * raw_matmul_ms
 
 
 def test_int8_models_run_as_the_float_kernels_they_quantise(tmp_path) -> None:
