@@ -33,6 +33,7 @@ from predictor.device_store import (
     save_device,
 )
 from predictor.errors import PredictorError
+from predictor.features import FEATURE_SCHEMA
 from predictor.graph import OpGraph, extract_graph
 from predictor.graph_store import GraphStore
 from predictor.onnx_io import InputShapes
@@ -200,6 +201,7 @@ class Predictor:
                                     # in the metric's unit; the search bound depends on it
                                     "measured_range": [float(y.min()), float(y.max())],
                                     **({"batch": batch} if batch is not None else {}),
+                                    "calibration_batches": graph_batches(store),
                                     **({"call_floor_ms": floor} if floor > 0 else {})}
         if state.labels:
             self._infos[device_name]["blend"] = {
@@ -425,6 +427,18 @@ def device_batch(info: dict[str, Any]) -> int | None:
         return int(info["batch"])
     table_batch = int(info.get("batch_size") or 1)
     return table_batch if table_batch != 1 else None
+
+
+def graph_batches(store: GraphStore) -> list[int]:
+    """The distinct batch sizes of the graphs in `store` (from their `log_batch` feature)."""
+    column = FEATURE_SCHEMA.graph_features.index("log_batch")
+    return sorted({round(math.expm1(float(v))) for v in store.graph_attr[:, column]})
+
+
+def calibration_batches(info: dict[str, Any]) -> list[int]:
+    """The batch sizes a device's measurements ran at: recorded by `Predictor.adapt`, else
+    (devices stored before it recorded them, training devices) `device_batch` or 1."""
+    return list(info.get("calibration_batches") or [device_batch(info) or 1])
 
 
 def _run_batch(model: torch.nn.Module, batch, state: DeviceState,

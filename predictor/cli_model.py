@@ -100,7 +100,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         key, items = "arch", archs
         unfamiliar = [{}] * len(archs)
     else:
-        from predictor.api import device_batch
+        from predictor.api import calibration_batches, device_batch
         from predictor.device_store import list_device_files
         from predictor.graph import extract_graph
 
@@ -116,6 +116,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.batch is None and default_batch is not None:
             print(f"note: predicted at batch {default_batch}, the batch {args.device}'s "
                   "measurements ran at (--batch B for another)", file=sys.stderr)
+        calibrated = calibration_batches(info)
+        ran = [args.batch or default_batch or g.batch_size for g in graphs]
+        for item, b in [(i, b) for i, b in zip(items, ran, strict=True) if b not in calibrated][:3]:
+            print(f"note: {item} runs at batch {b}, and {args.device}'s measurements ran at "
+                  f"batch {', '.join(map(str, calibrated))}: across batch sizes the "
+                  "prediction extrapolates (calibrated at batch 1 on a 2-core CPU, ResNet-18 "
+                  f"at batch 16 came out at 0.6x its time); calibrate at batch {b} "
+                  "(latpred calibrate --measurements FILE.csv --batch B, or --measure "
+                  "--backend torch --batch B)", file=sys.stderr)
         board = args.device.split("@")[0]
         if info.get("kind") == "training device" and board in list_device_files():
             print(f"note: {args.device} was embedded from one dataset's models only "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -228,6 +229,34 @@ def test_models_run_at_the_batch_a_shipped_device_was_measured_at(shipped, tmp_p
                                                                        rel=1e-4)
     assert "predicted at batch 256" in result.stderr
     assert "default device" not in result.stderr  # HELP's batch-256 table is NB201's only
+
+
+def test_predicting_at_a_batch_the_device_never_ran_is_flagged(shipped, tmp_path,
+                                                                 monkeypatch) -> None:
+    """A device records the batches it was calibrated at; the CLI says when a model runs
+    at another (batch scaling extrapolates: on CPUs the network learned it from GPUs)."""
+    monkeypatch.setenv("LATPRED_DEVICE_DIR", str(tmp_path))
+    space = SPACES["nb201"]
+    archs = space.archs()[:: 1500][:8]
+    ms = shipped.predict_batch("nb201", archs, "pixel3@nb201")
+    graphs = shipped.space_graphs("nb201", archs)
+    shipped.adapt("b1", graphs, ms, strategy="amortised", save=True)
+    assert shipped.device_info("b1")["calibration_batches"] == [1]
+    onnx_graphs = [space.build_onnx(a) for a in archs]
+    shipped.adapt("b8", onnx_graphs, ms * 8, strategy="amortised", batch=8)
+    assert shipped.device_info("b8")["calibration_batches"] == [8]
+    paths = []
+    for batch in (1, 4):
+        path = tmp_path / f"b{batch}.onnx"
+        path.write_bytes(space.build_onnx(archs[0], input_shape=(batch, 3, 32, 32))
+                         .SerializeToString())
+        paths.append(path)
+    result = subprocess.run([sys.executable, "-m", "predictor.cli", "predict", *map(str, paths),
+                             "--device", "b1"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "LATPRED_DEVICE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert f"{paths[1]} runs at batch 4" in result.stderr
+    assert f"{paths[0]} runs at batch" not in result.stderr
 
 
 def test_unseen_shapes_and_ops_give_sane_predictions(shipped) -> None:
