@@ -188,8 +188,10 @@ def sample_specs(
                             + (f":{list(resolutions)}" if resolutions else ""))
         own = FAMILIES[family].macs_range
         budget = macs_range or (own if own and not small else default_range)
-        specs.append(_sample_within_budget(name, family, rng, small, budget, max_params,
-                                           resolutions))
+        own_params = FAMILIES[family].max_params
+        specs.append(_sample_within_budget(name, family, rng, small, budget,
+                                           own_params if own_params and not small
+                                           else max_params, resolutions))
     return specs
 
 

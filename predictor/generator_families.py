@@ -641,6 +641,21 @@ def build_gpt(p: Params) -> nn.Module:
     return GPT2(p["vocab"], p["dim"], p["depth"], p["heads"], context=p["seq_len"])
 
 
+def sample_gpt_step(rng: random.Random, small: bool) -> Params:
+    """A GPT-like decoder run on 1 to 8 tokens, as a generating step (or a speculative
+    one) is, without its KV cache: every weight matrix multiplies a few rows, so the
+    model streams its weights (memory-bound), where prompt-sized inputs are compute-bound.
+    Larger models than `sample_gpt`'s: their MACs are 1-8 per weight."""
+    dim = rng.choice((32, 64) if small else (256, 384, 512, 768, 1024, 1280))
+    return {
+        "seq_len": rng.choice((1, 2) if small else (1, 1, 2, 4, 8)),
+        "vocab": rng.choice((1000,) if small else (1000, 8192, 32000, 50257)),
+        "dim": dim,
+        "heads": _heads_for(rng, dim, small),
+        "depth": rng.randint(1, 2) if small else rng.randint(2, 16),
+    }
+
+
 # ----------------------------------------------------------------------------- rnn
 
 
@@ -830,6 +845,8 @@ class Family:
     default: bool = True
     # (min, max) MACs of a sampled model when not `small`; None: the generator's default.
     macs_range: tuple[float, float] | None = None
+    # Most parameters of a sampled model when not `small`; None: the generator's default.
+    max_params: int | None = None
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -845,6 +862,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("convnext", "cnn", sample_convnext, build_convnext, default=False),
     Family("gpt", "transformer", sample_gpt, build_gpt, default=False,
            input_shape=_token_shape, input_dtype="int64"),
+    Family("gpt_step", "transformer", sample_gpt_step, build_gpt, default=False,
+           input_shape=_token_shape, input_dtype="int64", macs_range=(5e5, 1e9),
+           max_params=40_000_000),
     Family("rnn", "rnn", sample_rnn, RNN, default=False,
            input_shape=lambda p: (1, p["seq_len"], p["features"])),
     Family("cnn_block", "cnn", sample_cnn_block, CNNBlock, default=False,

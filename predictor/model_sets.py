@@ -51,6 +51,11 @@ TRAINING_CONFIGS: dict[str, RuntimeConfig] = {c.name: c for c in (
     RuntimeConfig("ort-basic-2t", "onnxruntime", 2, "basic"),
     RuntimeConfig("ort-noopt-2t", "onnxruntime", 2, "disabled"),
     RuntimeConfig("torch-2t", "torch", 2),
+    # batches on the CPU: every other CPU configuration runs batch 1, and the network
+    # learned how latency grows with the batch from HELP's GPUs only (`torch` repeats the
+    # batch-1 example)
+    RuntimeConfig("torch-2t-b8", "torch", 2, batch=8),
+    RuntimeConfig("torch-1t-b8", "torch", 1, batch=8),
     # another CPU runtime (oneDNN-based kernels, fp32): more runtimes for the embedding
     RuntimeConfig("ov-1t", "openvino", 1),
     RuntimeConfig("ov-2t", "openvino", 2),

@@ -94,6 +94,7 @@ def test_kind_and_family_filters() -> None:
     ("seq_block", "transformer", {"MatMul", "Gemm", "Softmax", "LayerNormalization"}),
     ("convnext", "cnn", {"Conv", "LayerNormalization", "MatMul", "Transpose"}),
     ("gpt", "transformer", {"Gather", "MatMul", "Softmax", "LayerNormalization"}),
+    ("gpt_step", "transformer", {"Gather", "MatMul", "Softmax", "LayerNormalization"}),
 ])
 def test_opt_in_families_run_and_count_their_work(family, kind, ops) -> None:
     """Encoder-decoders and recurrent models are sampled only when named, so the default
@@ -151,7 +152,21 @@ def test_default_sample_within_budget() -> None:
         macs, params = estimate_cost(spec)
         low, high = FAMILIES[spec.family].macs_range or DEFAULT_MACS_RANGE
         assert low <= macs <= high, spec.name
-        assert params <= generator.DEFAULT_MAX_PARAMS
+        assert params <= (FAMILIES[spec.family].max_params or generator.DEFAULT_MAX_PARAMS)
+
+
+def test_generating_steps_stream_their_weights() -> None:
+    """`gpt_step` runs decoders on 1-8 tokens: a few MACs per weight (memory-bound), where
+    the prompt-sized `gpt` models do tens to hundreds, and models up to its own size cap."""
+    steps = sample_specs(10, 24, kinds="transformer", families=["gpt_step"])
+    prompts = sample_specs(10, 24, kinds="transformer", families=["gpt"])
+    assert {s.params["seq_len"] for s in steps} == {1, 2, 4, 8}
+    step_cost = np.array([estimate_cost(s) for s in steps], dtype=float)
+    prompt_cost = np.array([estimate_cost(s) for s in prompts], dtype=float)
+    assert np.median(step_cost[:, 0] / step_cost[:, 1]) < 8
+    assert np.median(prompt_cost[:, 0] / prompt_cost[:, 1]) > 8
+    assert step_cost[:, 1].max() > generator.DEFAULT_MAX_PARAMS
+    assert step_cost[:, 1].max() <= FAMILIES["gpt_step"].max_params
 
 
 def test_resolutions_and_cost_range_override() -> None:
