@@ -7,8 +7,8 @@ ConvTranspose decoder 4x). `stand_in_graph` rewrites such nodes before featurisa
 keeping their work (MACs, other FLOPs, bytes, shapes) and changing only the op type (or
 fused activation) to a trained one that runs a similar kernel:
 
-* Gemm over more than one row (an MLP on 2-D activations, a classifier at batch > 1)
-  -> MatMul: training Gemms are all one-row classifier heads;
+* Gemm of more than one row and more work than any training Gemm (an MLP on 2-D
+  activations) -> MatMul: training Gemms are all classifier heads;
 * ConvTranspose and int8 convolutions -> Conv, Einsum and int8 matmuls -> MatMul,
   (de)quantisation -> elementwise, the other normalisations -> LayerNorm,
   reductions -> ReduceMean, elementwise math -> Add / Relu / Sigmoid, data movement ->
@@ -81,6 +81,12 @@ def _pick(candidates: tuple[str, ...], trained: Collection[str]) -> str | None:
     return next((op for op in candidates if op in trained), None)
 
 
+# A Gemm of more rows than one and more MACs than this runs as MatMul: more work than any
+# training Gemm does (all classifier heads; the largest, ResNet-like heads at batch 32 on
+# the H200, do 41 M MACs), so that the graphs a checkpoint trained on keep their Gemms.
+GEMM_AS_MATMUL_MACS = 50_000_000
+
+
 def gemm_rows(node: OpNode) -> int:
     """Rows of a Gemm's output (M of its M x N result; transposed inputs alike)."""
     return math.prod(node.output_shape[:-1]) if len(node.output_shape) >= 2 else 1
@@ -88,13 +94,14 @@ def gemm_rows(node: OpNode) -> int:
 
 def stand_in_node(node: OpNode, trained: Collection[str]) -> OpNode:
     """`node` with an untrained op type / fused activation replaced by a trained stand-in
-    (unchanged where it is trained or has none), and a Gemm of more than one row as
-    MatMul."""
+    (unchanged where it is trained or has none), and a Gemm of more rows and work than
+    training Gemms have as MatMul."""
     changes = {}
-    if node.op_type == "Gemm" and gemm_rows(node) > 1 and "MatMul" in trained:
-        # Training graphs hold Gemm only as classifier heads of one row (batch-1 images),
-        # so the network learned it as a cheap op: a 512-row MLP (2-D activations) came
-        # out 8x too fast as Gemm and right as MatMul, the same GEMM kernel in runtimes.
+    if (node.op_type == "Gemm" and gemm_rows(node) > 1 and node.macs > GEMM_AS_MATMUL_MACS
+            and "MatMul" in trained):
+        # Training graphs hold Gemm only as classifier heads, so the network learned it as
+        # a cheap op: a 512-row MLP (2-D activations) came out 8x too fast as Gemm and
+        # right as MatMul, the same GEMM kernel in runtimes.
         changes["op_type"] = "MatMul"
         cols = node.output_shape[-1]
         depth = node.macs // max(gemm_rows(node) * cols, 1)

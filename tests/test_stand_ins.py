@@ -112,8 +112,9 @@ class _MatMulMLP(nn.Module):
 
 
 def test_gemm_over_many_rows_runs_as_matmul() -> None:
-    """Training Gemms are one-row classifier heads; a Gemm of many rows is the GEMM kernel
-    that MatMul nodes trained, and is predicted like the same MLP written with MatMuls."""
+    """Training Gemms are classifier heads; a Gemm of many rows and more work than those is
+    the GEMM kernel that MatMul nodes trained, and is predicted like the same MLP written
+    with MatMuls."""
     gemm_mlp = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256)).eval()
     rows = extract_graph(gemm_mlp, example_input=torch.randn(512, 256))
     assert {n.op_type for n in rows.nodes} == {"Gemm"}
@@ -123,6 +124,8 @@ def test_gemm_over_many_rows_runs_as_matmul() -> None:
         [(n.macs, n.input_shape, n.activation) for n in rows.nodes]
     one_row = extract_graph(gemm_mlp, example_input=torch.randn(1, 256))
     assert stand_in_graph(one_row, TRAINED) is one_row  # a classifier head stays a Gemm
+    head = extract_graph(nn.Linear(1280, 1000).eval(), example_input=torch.randn(32, 1280))
+    assert stand_in_graph(head, TRAINED) is head  # as at batch 32, where training has them
 
     predictor = Predictor.load()
     matmul_mlp = extract_graph(_MatMulMLP((256, 1024)).eval(),
