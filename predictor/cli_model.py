@@ -122,7 +122,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"note: {item} runs at batch {b}, and {args.device}'s measurements ran at "
                   f"batch {', '.join(map(str, calibrated))}: across batch sizes the "
                   "prediction extrapolates (calibrated at batch 1 on a 2-core CPU, ResNet-18 "
-                  f"at batch 16 came out at 0.6x its time); calibrate at batch {b} "
+                  f"at batch 16 came out at half its time); calibrate at batch {b} "
                   "(latpred calibrate --measurements FILE.csv --batch B, or --measure "
                   "--backend torch --batch B)", file=sys.stderr)
         board = args.device.split("@")[0]
