@@ -77,6 +77,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         upper_estimate,
     )
     from predictor.spaces.custom import load_plugins
+    from predictor.stand_ins import streams_weights
 
     load_plugins(args.plugin)
     args.models = expand_model_paths(args.models)
@@ -99,6 +100,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                  graph=args.graph)
         key, items = "arch", archs
         unfamiliar = [{}] * len(archs)
+        streaming = [False] * len(archs)
     else:
         from predictor.api import calibration_batches, device_batch
         from predictor.device_store import list_device_files
@@ -111,6 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                        metric=args.metric, batch=args.batch)
         key, items = "model", [str(m) for m in args.models]
         unfamiliar = [predictor.unfamiliar_ops(g) for g in graphs]
+        streaming = [streams_weights(g) for g in graphs]
         info = predictor.device_info(args.device)
         default_batch = device_batch(info)
         if args.batch is None and default_batch is not None:
@@ -137,9 +140,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows = [{key: item, "device": args.device, args.metric: float(v),
              f"{args.metric}_upper": float(u), **({"unfamiliar_ops": ops} if ops else {}),
              **({"uncertain": True} if flag else {}),
-             **({"below_calibration": True} if low else {})}
-            for item, v, u, ops, flag, low in zip(items, values, upper, unfamiliar, unsure,
-                                                  below, strict=True)]
+             **({"below_calibration": True} if low else {}),
+             **({"streams_weights": True} if stream else {})}
+            for item, v, u, ops, flag, low, stream in zip(items, values, upper, unfamiliar,
+                                                          unsure, below, streaming, strict=True)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -166,6 +170,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
               "often less accurate (upper estimate widened); calibrate with a model that "
               "small too", file=sys.stderr)
     for row in rows:
+        if "streams_weights" in row:
+            print(f"note: {row[key]} multiplies millions of weights by a few rows (a "
+                  "generating step): memory-bound, unlike any training model, and such "
+                  "steps came out at 0.3-0.5x their time (scripts/benchmark_workloads.py); "
+                  "calibrate with models like it (latpred calibrate --measure --include)",
+                  file=sys.stderr)
         if "unfamiliar_ops" in row:
             ops = ", ".join(f"{op} x{n}" for op, n in row["unfamiliar_ops"].items())
             print(f"note: {row[key]} has op types no training graph held ({ops}): its "

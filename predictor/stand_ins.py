@@ -208,6 +208,24 @@ def interpolation_ops(graph: OpGraph) -> dict[str, int]:
     return dict(Counter(f"{n.op_type} (cubic)" for n in graph.nodes if n.mode == "cubic"))
 
 
+# Models that multiply millions of weights by a few rows (a generating step of a decoder:
+# one token, each weight read once per MAC or so) are bound by reading their weights, a
+# regime training models are not in: on this CPU's held-out runtime, calibrated on the
+# reference set, two decoding steps came out at 0.28x and 0.46x their time
+# (`scripts/benchmark_workloads.py`, stop 40). Every training transformer multiplies at
+# least 16 tokens; a 16-token BERT does about 16 MACs per weight.
+STREAMING_MACS_PER_WEIGHT = 8
+STREAMING_MIN_WEIGHTS = 2_000_000
+
+
+def streams_weights(graph: OpGraph) -> bool:
+    """Whether `graph` reads more than `STREAMING_MIN_WEIGHTS` weights and does fewer than
+    `STREAMING_MACS_PER_WEIGHT` MACs per weight: memory-bound, its prediction
+    extrapolates (flagged by `latpred predict`)."""
+    weights = sum(n.params for n in graph.nodes if n.macs)
+    return weights > STREAMING_MIN_WEIGHTS and graph.macs < STREAMING_MACS_PER_WEIGHT * weights
+
+
 def _unfold_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     """(N, C, L) -> (N, C, 1, L); other ranks as they are."""
     return (*shape[:2], 1, shape[2]) if len(shape) == 3 else shape

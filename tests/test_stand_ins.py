@@ -140,6 +140,32 @@ def test_gemm_over_many_rows_runs_as_matmul() -> None:
     assert raw_gemm_ms < 0.5 * raw_matmul_ms
 
 
+def test_generating_steps_are_flagged_as_streaming_their_weights(tmp_path) -> None:
+    """One token through millions of weights is memory-bound, a regime no training model is
+    in: `latpred predict` flags it ("streams_weights" in --json, a note); the same layers on
+    a prompt of 64 tokens, or a small MLP on one, are not flagged."""
+    import json
+    import subprocess
+    import sys
+
+    from predictor.stand_ins import streams_weights
+
+    layers = nn.Sequential(nn.Linear(1024, 2048), nn.GELU(), nn.Linear(2048, 1024)).eval()
+    step = extract_graph(layers, example_input=torch.randn(1, 1, 1024))
+    prompt = extract_graph(layers, example_input=torch.randn(1, 64, 1024))
+    small = extract_graph(nn.Linear(256, 256).eval(), example_input=torch.randn(1, 1, 256))
+    assert streams_weights(step)
+    assert not streams_weights(prompt) and not streams_weights(small)
+    path = tmp_path / "step.onnx"
+    torch.onnx.export(layers, (torch.randn(1, 1, 1024),), str(path), dynamo=False)
+    result = subprocess.run([sys.executable, "-m", "predictor.cli", "predict", str(path),
+                             "--device", "epyc-ort-2t", "--json"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["streams_weights"] is True
+    assert "memory-bound" in result.stderr
+
+
 def test_int8_models_run_as_the_float_kernels_they_quantise(tmp_path) -> None:
     from onnxruntime.quantization import quantize_dynamic
 
