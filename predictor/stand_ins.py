@@ -97,18 +97,17 @@ def stand_in_node(node: OpNode, trained: Collection[str]) -> OpNode:
     (unchanged where it is trained or has none), and a Gemm of more rows and work than
     training Gemms have as MatMul."""
     changes = {}
-    if (node.op_type == "Gemm" and gemm_rows(node) > 1 and node.macs > GEMM_AS_MATMUL_MACS
-            and "MatMul" in trained):
+    rows = gemm_rows(node) if node.op_type == "Gemm" else 1
+    if rows > 1 and node.macs > GEMM_AS_MATMUL_MACS and "MatMul" in trained:
         # Training graphs hold Gemm only as classifier heads, so the network learned it as
         # a cheap op: a 512-row MLP (2-D activations) came out 8x too fast as Gemm and
-        # right as MatMul, the same GEMM kernel in runtimes.
+        # right as MatMul, the same GEMM kernel in runtimes. A bias (Gemm's input C) reads
+        # as the Add that `predictor.graph` fuses into a MatMul.
         changes["op_type"] = "MatMul"
         cols = node.output_shape[-1]
-        depth = node.macs // max(gemm_rows(node) * cols, 1)
-        if node.params > depth * cols and "Add" not in node.fused:  # Gemm's bias input C
-            # ... as the MatMul + Add it fuses (`predictor.graph`), bias and all
-            changes.update(fused=("Add", *node.fused),
-                           other_flops=node.other_flops + gemm_rows(node) * cols)
+        depth = node.macs // max(rows * cols, 1)
+        if node.params > depth * cols and "Add" not in node.fused:
+            changes.update(fused=("Add", *node.fused), other_flops=node.other_flops + rows * cols)
     elif node.op_type not in trained and node.op_type in STAND_INS:
         op = _pick(STAND_INS[node.op_type], trained)
         if op is not None:

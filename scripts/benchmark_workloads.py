@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> dict:
         graph_optimization=config.graph_optimization, max_seconds=args.max_seconds,
         include=paths)
     latency = {str(r["model"]): float(r["latency_ms"]) for r in rows}
-    refs = [r["model"] for r in rows if Path(str(r["model"])) not in set(paths)]
+    included = set(paths)
+    refs = [r["model"] for r in rows if Path(str(r["model"])) not in included]
     floor = info.get("call_floor_ms") if config.device in CALL_FLOOR_DEVICES else None
     predictor = Predictor.load(args.checkpoint)
     predictor.adapt("bench", refs, [latency[r] for r in refs],
