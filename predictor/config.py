@@ -32,6 +32,9 @@ class DataConfig:
             {set name: {"train": [devices], "valid": [devices]}}.
         model_set_share: share of training episodes drawn from model-set devices
             (default: uniform over all devices).
+        cross_batch_prob: share of training episodes, on a device timed at several
+            batches, whose queries are timed at another batch than the support
+            (`datasets.batch_siblings`): calibrated at one batch, predict at another.
     """
 
     spaces: tuple[str, ...] = ("nb201", "fbnet")
@@ -48,6 +51,7 @@ class DataConfig:
     mix_prob: float = 0.0  # share of training episodes on mixtures of two devices
     model_sets: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     model_set_share: float | None = None
+    cross_batch_prob: float = 0.0
 
 
 @dataclass(frozen=True)

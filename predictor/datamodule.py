@@ -89,7 +89,8 @@ class EpisodeDataModule(L.LightningDataModule):
         c = self.config
         dataset = EpisodeDataset(self.train_tasks, self.stores, c.shots, c.queries,
                                  c.episodes_per_epoch, seed=c.seed, max_shots=c.max_shots,
-                                 mix_prob=c.mix_prob, task_weights=self._task_weights())
+                                 mix_prob=c.mix_prob, task_weights=self._task_weights(),
+                                 cross_batch_prob=c.cross_batch_prob)
         if self.trainer is not None:
             dataset.set_epoch(self.trainer.current_epoch)
         return DataLoader(dataset, batch_size=c.episodes_per_step, shuffle=False,

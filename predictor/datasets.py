@@ -11,6 +11,7 @@ a space (NB201: indices 900..1899, FBNet: 4000..4999) never appears in training 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,12 +115,15 @@ class EpisodeDataset(torch.utils.data.Dataset):
         mix_prob: probability that an episode's device is a synthetic mixture of two
             training devices with the same graphs (task augmentation; see `mix_tasks`).
         task_weights: sampling weights of the tasks (default: uniform).
+        cross_batch_prob: probability that an episode on a task with batch siblings
+            (`batch_siblings`) takes its queries from a sibling, at the sibling's batch:
+            the support's embedding and calibration must then carry to another batch.
     """
 
     def __init__(self, tasks: Sequence[DeviceTask], stores: dict[tuple[str, int], GraphStore],
                  shots: int, queries: int, episodes: int, seed: int = 0,
                  max_shots: int | None = None, mix_prob: float = 0.0,
-                 task_weights: Sequence[float] | None = None):
+                 task_weights: Sequence[float] | None = None, cross_batch_prob: float = 0.0):
         if not tasks:
             raise ValueError("EpisodeDataset needs at least one device task")
         self.tasks = list(tasks)
@@ -137,6 +141,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
             if w.shape != (len(self.tasks),) or (w < 0).any() or w.sum() <= 0:
                 raise ValueError("task_weights: one non-negative weight per task, not all 0")
             self.task_p = w / w.sum()
+        self.cross_batch_prob = cross_batch_prob
+        self.siblings = batch_siblings(self.tasks) if cross_batch_prob > 0 else {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -149,17 +155,63 @@ class EpisodeDataset(torch.utils.data.Dataset):
         task_index = (int(rng.integers(len(self.tasks))) if self.task_p is None
                       else int(rng.choice(len(self.tasks), p=self.task_p)))
         task = self.tasks[task_index]
+        siblings = self.siblings.get(task_index)
+        if siblings and rng.random() < self.cross_batch_prob:
+            other = self.tasks[siblings[int(rng.integers(len(siblings)))]]
+            return self._cross_batch_episode(task, other, task_index, rng)
         if self.mix_prob > 0 and rng.random() < self.mix_prob:
             partners = [t for t in self.tasks if t.store_key == task.store_key and t is not task]
             if partners:
                 task = mix_tasks(task, partners[int(rng.integers(len(partners)))],
                                  float(rng.uniform(0.2, 0.8)))
-        shots = self.shots if self.max_shots is None else int(
-            rng.integers(self.shots, self.max_shots + 1))
+        shots = self._shots(rng)
         chosen = rng.choice(task.pool, size=min(shots + self.queries, task.pool.size),
                             replace=False)
         support, query = chosen[:shots], chosen[shots:]
         return make_episode(task, self.stores[task.store_key], support, query, task_index)
+
+    def _shots(self, rng: np.random.Generator) -> int:
+        return self.shots if self.max_shots is None else int(
+            rng.integers(self.shots, self.max_shots + 1))
+
+    def _cross_batch_episode(self, task: DeviceTask, other: DeviceTask, task_index: int,
+                             rng: np.random.Generator) -> Episode:
+        """Support from `task`, queries (other architectures) from its batch sibling `other`."""
+        shots = self._shots(rng)
+        pool = np.intersect1d(task.pool, other.pool)
+        chosen = rng.choice(pool, size=min(shots + self.queries, pool.size), replace=False)
+        support = torch.as_tensor(chosen[:shots], dtype=torch.long)
+        query = torch.as_tensor(chosen[shots:], dtype=torch.long)
+        return Episode(task.space, f"{task.device}->{other.device}", task_index,
+                       self.stores[task.store_key].batch(support),
+                       torch.from_numpy(np.log(task.latency_ms[support.numpy()])).float(),
+                       self.stores[other.store_key].batch(query),
+                       torch.from_numpy(np.log(other.latency_ms[query.numpy()])).float(),
+                       support, query)
+
+
+def hardware_key(task: DeviceTask) -> tuple[str, str]:
+    """(space, hardware) of a task: the same for one device's tables at different
+    batches (HELP's "1080ti_1" / "1080ti_32", a model set's "h200-torch-cuda" /
+    "h200-torch-cuda-b32")."""
+    from predictor.model_sets import SPACE_PREFIX
+
+    if task.space.startswith(SPACE_PREFIX):
+        return task.space, re.sub(r"-b\d+$", "", task.device)
+    from predictor.devices import get_device
+
+    return task.space, get_device(task.device).hardware
+
+
+def batch_siblings(tasks: Sequence[DeviceTask]) -> dict[int, list[int]]:
+    """For each task, the indices of the tasks of the same hardware and space at another
+    batch (tasks without any are left out)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, task in enumerate(tasks):
+        groups.setdefault(hardware_key(task), []).append(i)
+    siblings = {i: [j for j in group if tasks[j].batch_size != tasks[i].batch_size]
+                for group in groups.values() for i in group}
+    return {i: js for i, js in siblings.items() if js}
 
 
 def mix_tasks(a: DeviceTask, b: DeviceTask, weight: float) -> DeviceTask:

@@ -12,6 +12,7 @@ from predictor import corpus
 from predictor.datasets import (
     DeviceTask,
     EpisodeDataset,
+    batch_siblings,
     held_out_pools,
     load_device_task,
     make_episode,
@@ -139,6 +140,37 @@ def test_make_episode_explicit_indices(shared_data_dir: Path, stores: dict) -> N
 def test_empty_task_list_is_rejected(stores: dict) -> None:
     with pytest.raises(ValueError, match="at least one device task"):
         EpisodeDataset([], stores, shots=5, queries=5, episodes=1)
+
+
+def test_cross_batch_episodes_query_the_same_hardware_at_another_batch(
+        shared_data_dir: Path, stores: dict) -> None:
+    tasks = [small_task("fbnet", d, shared_data_dir) for d in ("1080ti_1", "1080ti_64", "raspi4")]
+    assert batch_siblings(tasks) == {0: [1], 1: [0]}  # raspi4 has one batch only
+    ds = EpisodeDataset(tasks, stores, shots=5, queries=10, episodes=30, seed=3,
+                        cross_batch_prob=1.0)
+    crossed = 0
+    for i in range(len(ds)):
+        ep = ds[i]
+        task = tasks[ep.task_index]
+        assert torch.allclose(ep.support_y, torch.log(torch.tensor(
+            task.latency_ms[ep.support_ids.numpy()])).float())
+        assert not set(ep.support_ids.tolist()) & set(ep.query_ids.tolist())
+        if task.device == "raspi4":
+            assert ep.device == "raspi4"
+            continue
+        crossed += 1
+        other = tasks[1 - ep.task_index]
+        assert ep.device == f"{task.device}->{other.device}"
+        assert torch.allclose(ep.query_y, torch.log(torch.tensor(
+            other.latency_ms[ep.query_ids.numpy()])).float())
+        # the queries are the sibling's graphs, at its batch (MACs scale with it)
+        expected = stores[("fbnet", other.batch_size)].batch(ep.query_ids)
+        assert torch.equal(ep.query.graph_attr, expected.graph_attr)
+        assert not torch.equal(ep.query.graph_attr,
+                               stores[("fbnet", task.batch_size)].batch(ep.query_ids).graph_attr)
+    assert crossed > 0
+    plain = EpisodeDataset(tasks, stores, shots=5, queries=10, episodes=30, seed=3)
+    assert all("->" not in plain[i].device for i in range(len(plain)))
 
 
 # ----------------------------------------------------------------------------- PyG dataset
