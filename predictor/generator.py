@@ -268,12 +268,15 @@ def _randomize_norms(module: nn.Module) -> None:
             layer.running_var.copy_(torch.empty_like(layer.running_var).uniform_(0.5, 1.5))
 
 
-def export_spec(spec: ModelSpec) -> onnx.ModelProto:
-    """The spec's model as ONNX (legacy exporter, BatchNorm folded); the spec is stored
-    as JSON in the model's metadata under `SPEC_METADATA_KEY`."""
+def export_spec(spec: ModelSpec, batch: int = 1) -> onnx.ModelProto:
+    """The spec's model as ONNX (legacy exporter, BatchNorm folded) at `batch` (the
+    example repeated, as torch measurements at a batch run it); the spec is stored as
+    JSON in the model's metadata under `SPEC_METADATA_KEY`."""
     from predictor.onnx_io import export_torch
 
     module, example = build_module(spec)
+    if batch != 1:
+        example = example.repeat(batch, *[1] * (example.dim() - 1))
     model = export_torch(module, example)
     onnx.helper.set_model_props(
         model, {SPEC_METADATA_KEY: json.dumps(spec.to_dict(), sort_keys=True)})
