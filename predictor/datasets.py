@@ -38,6 +38,9 @@ class DeviceTask:
     batch_size: int
     latency_ms: np.ndarray = field(repr=False)
     pool: np.ndarray = field(repr=False)
+    # The host's speed probe when the table was timed (`predictor.measure.SpeedProbe`), or
+    # None: tables of one machine timed on different days differ by the host's drift.
+    speed_probe_ms: float | None = None
 
     @property
     def store_key(self) -> tuple[str, int]:
@@ -182,11 +185,14 @@ class EpisodeDataset(torch.utils.data.Dataset):
         chosen = rng.choice(pool, size=min(shots + self.queries, pool.size), replace=False)
         support = torch.as_tensor(chosen[:shots], dtype=torch.long)
         query = torch.as_tensor(chosen[shots:], dtype=torch.long)
+        # the sibling's times at the support's host speed: batch scaling, not drift
+        drift = (np.log(task.speed_probe_ms / other.speed_probe_ms)
+                 if task.speed_probe_ms and other.speed_probe_ms else 0.0)
         return Episode(task.space, f"{task.device}->{other.device}", task_index,
                        self.stores[task.store_key].batch(support),
                        torch.from_numpy(np.log(task.latency_ms[support.numpy()])).float(),
                        self.stores[other.store_key].batch(query),
-                       torch.from_numpy(np.log(other.latency_ms[query.numpy()])).float(),
+                       torch.from_numpy(np.log(other.latency_ms[query.numpy()]) + drift).float(),
                        support, query)
 
 

@@ -288,4 +288,9 @@ def load_model_set_task(name: str, device: str, root: Path | None = None):
     pool = np.flatnonzero(np.isfinite(latency))
     batch = info.get("batch", "1")
     batch = int(batch) if str(batch).isdigit() else 1  # "as in model": specs export at 1
-    return DeviceTask(f"{SPACE_PREFIX}{name}", device, batch, latency, pool)
+    try:
+        probe = float(info.get("speed_probe_ms") or "nan")
+    except ValueError:  # "off"
+        probe = float("nan")
+    return DeviceTask(f"{SPACE_PREFIX}{name}", device, batch, latency, pool,
+                      probe if np.isfinite(probe) and probe > 0 else None)

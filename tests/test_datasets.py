@@ -171,6 +171,16 @@ def test_cross_batch_episodes_query_the_same_hardware_at_another_batch(
     assert crossed > 0
     plain = EpisodeDataset(tasks, stores, shots=5, queries=10, episodes=30, seed=3)
     assert all("->" not in plain[i].device for i in range(len(plain)))
+    # tables timed on days of different host speed: the queries come at the support's speed
+    from dataclasses import replace
+
+    slow, fast = replace(tasks[0], speed_probe_ms=0.4), replace(tasks[1], speed_probe_ms=0.2)
+    ep = EpisodeDataset([slow, fast], stores, shots=5, queries=10, episodes=1, seed=3,
+                        cross_batch_prob=1.0)[0]
+    other = fast if ep.task_index == 0 else slow
+    drift = np.log((slow if ep.task_index == 0 else fast).speed_probe_ms / other.speed_probe_ms)
+    assert torch.allclose(ep.query_y, torch.tensor(
+        np.log(other.latency_ms[ep.query_ids.numpy()]) + drift).float())
 
 
 # ----------------------------------------------------------------------------- PyG dataset

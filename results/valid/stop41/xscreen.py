@@ -3,6 +3,10 @@ model sets only): calibrate on 10 random models at one batch, predict the other 
 another batch of the same runtime; and the same-batch cell for reference. 20 draws.
 
     CKPT=... LATPRED_DEVICE_DIR=... STRATEGY=auto python results/valid/stop41/xscreen.py
+
+PROBE=1 rescales the query cell's latencies to the support cell's host speed (ratio of the
+CSVs' `speed_probe_ms`): the two were timed on different days, and this VM's speed drifts
+(zoo1's batch-8 passes ran 1.28x faster by the probe than its batch-1 passes).
 """
 import os
 import sys
@@ -29,9 +33,21 @@ CELLS = [  # (label, support cell, query cell)
 ]
 
 
+def probe_ms(cell: str) -> float:
+    from predictor.measurements import read_measurements_csv
+    from predictor.model_sets import set_dir
+
+    name, device = cell.split("/")
+    return float(read_measurements_csv(set_dir(name) / f"{device}.csv")[1]["speed_probe_ms"])
+
+
 def cell(label: str, sup_cell: str, test_cell: str) -> None:
     sup_rows, sup_store = valid_models(sup_cell)
     test_rows, test_store = valid_models(test_cell)
+    if os.environ.get("PROBE") and sup_cell != test_cell:
+        scale = probe_ms(sup_cell) / probe_ms(test_cell)
+        test_rows = [{**r, "latency_ms": r["latency_ms"] * scale} for r in test_rows]
+        label += f" (x{scale:.2f})"
     n, out = len(test_rows), []
     for seed in range(20):
         sup = np.random.default_rng(seed).choice(n, 10, replace=False)
@@ -45,7 +61,7 @@ def cell(label: str, sup_cell: str, test_cell: str) -> None:
                     100 * np.mean(np.abs(pred / true - 1) <= 0.1),
                     spearmanr(pred, true).statistic, np.mean(np.log(pred / true))))
     mape, within, rho, bias = np.mean(out, axis=0)
-    print(f"{label:44s} {strategy:9s} MAPE {mape:5.1f}  within10 {within:5.1f}  "
+    print(f"{label:52s} {strategy:9s} MAPE {mape:5.1f}  within10 {within:5.1f}  "
           f"Spearman {rho:.3f}  bias {bias:+.2f}", flush=True)
 
 
