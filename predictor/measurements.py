@@ -167,6 +167,16 @@ def _parse_row(raw: dict[str, str], folder: Path, where: str, key: str = "model"
     return row
 
 
+def recorded_speed_probe(info: dict) -> float | None:
+    """The host's speed probe in ms a measurements CSV records (`speed_probe_ms`), or None
+    where it records none ("off", missing, not a positive number)."""
+    try:
+        probe = float(info.get("speed_probe_ms") or "nan")
+    except ValueError:  # "off"
+        return None
+    return probe if probe > 0 else None  # nan > 0 is False
+
+
 def read_measurements_csv(path: Path | str, key: str = "model", value: str = "latency_ms"
                           ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Read a measurements CSV: (rows, provenance).

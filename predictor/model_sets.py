@@ -215,7 +215,7 @@ def record_call_floor(name: str, device: str, config: RuntimeConfig, *,
     from datetime import datetime, timezone
 
     from predictor.measure import call_floor_ms, speed_probe_for
-    from predictor.measurements import read_measurements_csv
+    from predictor.measurements import read_measurements_csv, recorded_speed_probe
     from predictor.shipped import SAME_HOST_FACTOR
     from predictor.storage import atomic_write_text
 
@@ -229,7 +229,7 @@ def record_call_floor(name: str, device: str, config: RuntimeConfig, *,
     if "call_floor_ms" in info:
         raise DataError(f"{path} records a call floor already ({info['call_floor_ms']} ms)")
     probe = speed_probe_for(config.backend, config.device, config.threads).time_ms()
-    recorded = float(info.get("speed_probe_ms") or "nan")
+    recorded = recorded_speed_probe(info) or float("nan")
     if not max(probe / recorded, recorded / probe) <= SAME_HOST_FACTOR:
         raise DataError(f"{path}: this host's speed probe ({probe:.4f} ms) is not within "
                         f"{SAME_HOST_FACTOR}x of the measurements' ({recorded:.4f} ms); "
@@ -275,7 +275,7 @@ def load_model_set_task(name: str, device: str, root: Path | None = None):
     """A device of a model set as a `DeviceTask` aligned with `model_set_store(name, batch=
     task.batch_size)`, the batch size its CSV's provenance records."""
     from predictor.datasets import DeviceTask
-    from predictor.measurements import read_measurements_csv
+    from predictor.measurements import read_measurements_csv, recorded_speed_probe
 
     specs = model_set_specs(name, root)
     path = set_dir(name, root) / f"{device}.csv"
@@ -288,9 +288,5 @@ def load_model_set_task(name: str, device: str, root: Path | None = None):
     pool = np.flatnonzero(np.isfinite(latency))
     batch = info.get("batch", "1")
     batch = int(batch) if str(batch).isdigit() else 1  # "as in model": specs export at 1
-    try:
-        probe = float(info.get("speed_probe_ms") or "nan")
-    except ValueError:  # "off"
-        probe = float("nan")
     return DeviceTask(f"{SPACE_PREFIX}{name}", device, batch, latency, pool,
-                      probe if np.isfinite(probe) and probe > 0 else None)
+                      recorded_speed_probe(info))

@@ -71,7 +71,7 @@ def default_device_sources(checkpoint: Checkpoint, root: Path | None = None
     """Training device -> the datasets ("nb201", "set:zoo1", ...) its default device pools:
     a HELP board in both spaces' tables, or a model-set runtime's sets timed on the host of
     the newest (`SAME_HOST_FACTOR`). A board in one table only has no default device."""
-    from predictor.measurements import read_measurements_csv
+    from predictor.measurements import read_measurements_csv, recorded_speed_probe
     from predictor.model_sets import SPACE_PREFIX, set_dir
 
     spaces: dict[str, list[str]] = defaultdict(list)
@@ -89,8 +89,7 @@ def default_device_sources(checkpoint: Checkpoint, root: Path | None = None
         for name in sets:
             _, info = read_measurements_csv(
                 set_dir(name.removeprefix(SPACE_PREFIX), root) / f"{device}.csv")
-            probe = info.get("speed_probe_ms")
-            stamps[name] = (info.get("date", ""), float(probe) if probe else None)
+            stamps[name] = (info.get("date", ""), recorded_speed_probe(info))
         newest_probe = max(stamps.values(), key=lambda stamp: stamp[0])[1]  # by date
         chosen[device] = [
             name for name in sets

@@ -34,11 +34,9 @@ CELLS = [  # (label, support cell, query cell)
 
 
 def probe_ms(cell: str) -> float:
-    from predictor.measurements import read_measurements_csv
-    from predictor.model_sets import set_dir
+    from predictor.model_sets import load_model_set_task
 
-    name, device = cell.split("/")
-    return float(read_measurements_csv(set_dir(name) / f"{device}.csv")[1]["speed_probe_ms"])
+    return load_model_set_task(*cell.split("/")).speed_probe_ms
 
 
 def cell(label: str, sup_cell: str, test_cell: str) -> None:
