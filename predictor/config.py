@@ -35,6 +35,9 @@ class DataConfig:
         cross_batch_prob: share of training episodes, on a device timed at several
             batches, whose queries are timed at another batch than the support
             (`datasets.batch_siblings`): calibrated at one batch, predict at another.
+        family_split_prob: share of training episodes, on a model-set device, whose
+            support holds some model families only and whose queries hold the others
+            (`datasets.family_split`): calibrated on CNNs, predict a transformer.
     """
 
     spaces: tuple[str, ...] = ("nb201", "fbnet")
@@ -52,6 +55,7 @@ class DataConfig:
     model_sets: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     model_set_share: float | None = None
     cross_batch_prob: float = 0.0
+    family_split_prob: float = 0.0
 
 
 @dataclass(frozen=True)

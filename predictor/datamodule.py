@@ -7,6 +7,7 @@ they belong to the benchmark scripts only.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -90,7 +91,8 @@ class EpisodeDataModule(L.LightningDataModule):
         dataset = EpisodeDataset(self.train_tasks, self.stores, c.shots, c.queries,
                                  c.episodes_per_epoch, seed=c.seed, max_shots=c.max_shots,
                                  mix_prob=c.mix_prob, task_weights=self._task_weights(),
-                                 cross_batch_prob=c.cross_batch_prob)
+                                 cross_batch_prob=c.cross_batch_prob,
+                                 family_split_prob=c.family_split_prob)
         if self.trainer is not None:
             dataset.set_epoch(self.trainer.current_epoch)
         return DataLoader(dataset, batch_size=c.episodes_per_step, shuffle=False,
@@ -106,5 +108,5 @@ class EpisodeDataModule(L.LightningDataModule):
 
 
 def _limit(task: DeviceTask, n: int) -> DeviceTask:
-    return DeviceTask(task.space, task.device, task.batch_size, task.latency_ms[:n],
-                      task.pool[task.pool < n])
+    return replace(task, latency_ms=task.latency_ms[:n], pool=task.pool[task.pool < n],
+                   families=None if task.families is None else task.families[:n])

@@ -41,6 +41,9 @@ class DeviceTask:
     # The host's speed probe when the table was timed (`predictor.measure.SpeedProbe`), or
     # None: tables of one machine timed on different days differ by the host's drift.
     speed_probe_ms: float | None = None
+    # (num_archs,) family label of each architecture (a model set's "resnet", "vit", ...),
+    # or None (a search space's cells are one family).
+    families: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def store_key(self) -> tuple[str, int]:
@@ -121,12 +124,17 @@ class EpisodeDataset(torch.utils.data.Dataset):
         cross_batch_prob: probability that an episode on a task with batch siblings
             (`batch_siblings`) takes its queries from a sibling, at the sibling's batch:
             the support's embedding and calibration must then carry to another batch.
+        family_split_prob: probability that an episode on a task of several model
+            families takes its support from a random part of the families only and its
+            queries from the others: calibrated on some kinds of models, predict others
+            (a user's 10 CNNs, then a transformer).
     """
 
     def __init__(self, tasks: Sequence[DeviceTask], stores: dict[tuple[str, int], GraphStore],
                  shots: int, queries: int, episodes: int, seed: int = 0,
                  max_shots: int | None = None, mix_prob: float = 0.0,
-                 task_weights: Sequence[float] | None = None, cross_batch_prob: float = 0.0):
+                 task_weights: Sequence[float] | None = None, cross_batch_prob: float = 0.0,
+                 family_split_prob: float = 0.0):
         if not tasks:
             raise ValueError("EpisodeDataset needs at least one device task")
         self.tasks = list(tasks)
@@ -146,6 +154,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
             self.task_p = w / w.sum()
         self.cross_batch_prob = cross_batch_prob
         self.siblings = batch_siblings(self.tasks) if cross_batch_prob > 0 else {}
+        self.family_split_prob = family_split_prob
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -168,6 +177,14 @@ class EpisodeDataset(torch.utils.data.Dataset):
                 task = mix_tasks(task, partners[int(rng.integers(len(partners)))],
                                  float(rng.uniform(0.2, 0.8)))
         shots = self._shots(rng)
+        split = (family_split(task, rng) if self.family_split_prob > 0
+                 and rng.random() < self.family_split_prob else None)
+        if split is not None and split[0].size >= shots:
+            support_pool, query_pool = split
+            support = rng.choice(support_pool, size=shots, replace=False)
+            query = rng.choice(query_pool, size=min(self.queries, query_pool.size),
+                               replace=False)
+            return make_episode(task, self.stores[task.store_key], support, query, task_index)
         chosen = rng.choice(task.pool, size=min(shots + self.queries, task.pool.size),
                             replace=False)
         support, query = chosen[:shots], chosen[shots:]
@@ -194,6 +211,21 @@ class EpisodeDataset(torch.utils.data.Dataset):
                        self.stores[other.store_key].batch(query),
                        torch.from_numpy(np.log(other.latency_ms[query.numpy()]) + drift).float(),
                        support, query)
+
+
+def family_split(task: DeviceTask, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(support pool, query pool) of a family-split episode: the task's pool split by a
+    random non-empty proper subset of its families; None for a task of one family."""
+    if task.families is None:
+        return None
+    families = task.families[task.pool]
+    names = np.unique(families)
+    if names.size < 2:
+        return None
+    shown = rng.choice(names, size=int(rng.integers(1, names.size)), replace=False)
+    in_support = np.isin(families, shown)
+    return task.pool[in_support], task.pool[~in_support]
 
 
 def hardware_key(task: DeviceTask) -> tuple[str, str]:
@@ -227,7 +259,7 @@ def mix_tasks(a: DeviceTask, b: DeviceTask, weight: float) -> DeviceTask:
     lat = weight * a.latency_ms / np.median(a.latency_ms[a.pool]) + \
         (1 - weight) * b.latency_ms / np.median(b.latency_ms[b.pool])
     return DeviceTask(a.space, f"{a.device}+{b.device}", a.batch_size, lat,
-                      np.intersect1d(a.pool, b.pool))
+                      np.intersect1d(a.pool, b.pool), families=a.families)
 
 
 def make_episode(task: DeviceTask, store: GraphStore, support: np.ndarray, query: np.ndarray,

@@ -289,4 +289,4 @@ def load_model_set_task(name: str, device: str, root: Path | None = None):
     batch = info.get("batch", "1")
     batch = int(batch) if str(batch).isdigit() else 1  # "as in model": specs export at 1
     return DeviceTask(f"{SPACE_PREFIX}{name}", device, batch, latency, pool,
-                      recorded_speed_probe(info))
+                      recorded_speed_probe(info), np.array([s.family for s in specs]))

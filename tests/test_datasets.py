@@ -183,6 +183,43 @@ def test_cross_batch_episodes_query_the_same_hardware_at_another_batch(
         np.log(other.latency_ms[ep.query_ids.numpy()]) + drift).float())
 
 
+def test_family_split_episodes_calibrate_on_some_families_and_query_the_others(
+        shared_data_dir: Path, stores: dict) -> None:
+    from dataclasses import replace
+
+    from predictor.datasets import family_split
+
+    base = small_task("fbnet", "raspi4", shared_data_dir)
+    labels = np.array(["cnn", "vit", "mixer"])[np.arange(base.latency_ms.size) % 3]
+    task = replace(base, families=labels)
+    ds = EpisodeDataset([task], stores, shots=5, queries=10, episodes=40, seed=1,
+                        family_split_prob=1.0)
+    shown_counts = set()
+    for i in range(len(ds)):
+        ep = ds[i]
+        support_families = set(labels[ep.support_ids.numpy()])
+        query_families = set(labels[ep.query_ids.numpy()])
+        assert support_families and query_families
+        assert not support_families & query_families  # queries: families the support lacks
+        shown_counts.add(len(support_families))
+        assert torch.allclose(ep.query_y, torch.log(torch.tensor(
+            task.latency_ms[ep.query_ids.numpy()])).float())
+    assert shown_counts <= {1, 2} and len(shown_counts) == 2  # any proper subset
+    # a task of one family (a search space's cells) has no split: plain episodes
+    assert family_split(base, np.random.default_rng(0)) is None
+    plain = EpisodeDataset([base], stores, shots=5, queries=10, episodes=5, seed=1,
+                           family_split_prob=1.0)
+    assert plain[0].support_ids.numel() == 5 and plain[0].query_ids.numel() == 10
+
+
+def test_model_set_tasks_carry_their_models_families() -> None:
+    from predictor.model_sets import load_model_set_task, model_set_specs
+
+    task = load_model_set_task("zoo1", "epyc-ort-2t")
+    assert list(task.families) == [s.family for s in model_set_specs("zoo1")]
+    assert {"resnet", "vit"} <= set(task.families)
+
+
 # ----------------------------------------------------------------------------- PyG dataset
 
 

@@ -4,6 +4,7 @@ another batch of the same runtime; and the same-batch cell for reference. 20 dra
 
     CKPT=... LATPRED_DEVICE_DIR=... STRATEGY=auto python results/valid/stop41/xscreen.py
 
+XCELLS=zoo2 screens zoo2's torch 1 thread instead (stop 42).
 PROBE=1 rescales the query cell's latencies to the support cell's host speed (ratio of the
 CSVs' `speed_probe_ms`): the two were timed on different days, and this VM's speed drifts
 (zoo1's batch-8 passes ran 1.28x faster by the probe than its batch-1 passes).
@@ -31,6 +32,11 @@ CELLS = [  # (label, support cell, query cell)
     ("zoo2 H200, 10 at batch 32 -> rest at 1", "zoo2/h200-torch-cuda-b32", "zoo2/h200-torch-cuda"),
     ("zoo1 torch 1t batch 8, 10 -> rest", "zoo1/epyc-torch-1t-b8", "zoo1/epyc-torch-1t-b8"),
 ]
+if os.environ.get("XCELLS") == "zoo2":  # stop 42's extra cells (zoo2's torch 1 thread)
+    CELLS = [
+        ("zoo2 torch 1t, 10 at batch 1 -> rest at 8", "zoo2/epyc-torch-1t", "zoo2/epyc-torch-1t-b8"),
+        ("zoo2 torch 1t, 10 at batch 8 -> rest at 1", "zoo2/epyc-torch-1t-b8", "zoo2/epyc-torch-1t"),
+    ]
 
 
 def probe_ms(cell: str) -> float:
