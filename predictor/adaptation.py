@@ -127,6 +127,11 @@ class DeviceState:
     # less this floor, so that a network with next to no work costs the floor, not a
     # fraction of the smallest calibration model (`with_call_floor`). 0: none known.
     call_floor_ms: float = 0.0
+    # A lower bound in ms on every prediction of the top-level state: the runtime's floor
+    # for a device adapted on latencies that include it (the shipped default devices of
+    # CPU runtimes, `shipped.recorded_call_floor`), so that a network with next to no work
+    # is not priced below what any call costs there. 0: none.
+    min_ms: float = 0.0
 
     def to_dict(self) -> dict:
         return {"z": self.z.detach().cpu(), "a": self.a.detach().cpu(), "b": self.b.detach().cpu(),
@@ -141,7 +146,8 @@ class DeviceState:
                 "weights": None if self.weights is None else self.weights.detach().cpu(),
                 "labels": list(self.labels),
                 "local_errors": self.local_errors, "local_x": self.local_x,
-                "local_mix": self.local_mix, "call_floor_ms": float(self.call_floor_ms)}
+                "local_mix": self.local_mix, "call_floor_ms": float(self.call_floor_ms),
+                "min_ms": float(self.min_ms)}
 
     @classmethod
     def from_dict(cls, d: dict) -> DeviceState:
@@ -152,7 +158,7 @@ class DeviceState:
                    d.get("kernel_sum"), None if base is None else cls.from_dict(base),
                    d.get("kernel_reach"), d.get("weights"), list(d.get("labels", [])),
                    d.get("local_errors"), d.get("local_x"), d.get("local_mix"),
-                   float(d.get("call_floor_ms", 0.0)))
+                   float(d.get("call_floor_ms", 0.0)), float(d.get("min_ms", 0.0)))
 
 
 def rank_loss(pred: torch.Tensor, y: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -663,7 +669,7 @@ def _network_members(state: DeviceState) -> list[DeviceState]:
 
 def predict(model: LatencyModel, batch: GraphBatch, state: DeviceState) -> torch.Tensor:
     """Calibrated log(latency in ms) (B,) of `batch` on the adapted device."""
-    return with_call_floor(_predict_states(model, batch, [state])[0], state.call_floor_ms)
+    return _floored(_predict_states(model, batch, [state])[0], state)
 
 
 def predict_with_spread(model: LatencyModel, batch: GraphBatch, state: DeviceState
@@ -672,11 +678,17 @@ def predict_with_spread(model: LatencyModel, batch: GraphBatch, state: DeviceSta
     and its `alternatives`): how far the candidate adaptations of the same measurements
     disagree on each graph, large where the device is unlike the training devices and
     the graph unlike the measured ones. Zeros for a state without alternatives."""
-    preds = [with_call_floor(p, state.call_floor_ms)
+    preds = [_floored(p, state)
              for p in _predict_states(model, batch, [state, *state.alternatives])]
     spread = (torch.stack(preds).std(dim=0, unbiased=False) if len(preds) > 1
               else torch.zeros_like(preds[0]))
     return preds[0], spread
+
+
+def _floored(log_ms: torch.Tensor, state: DeviceState) -> torch.Tensor:
+    """`log_ms` with `state`'s call floor added and its lower bound applied."""
+    log_ms = with_call_floor(log_ms, state.call_floor_ms)
+    return log_ms if state.min_ms <= 0 else log_ms.clamp(min=math.log(state.min_ms))
 
 
 def with_call_floor(log_ms: torch.Tensor, floor_ms: float) -> torch.Tensor:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from predictor.adaptation import (
@@ -134,7 +135,7 @@ class Predictor:
         if batch is not None and (type(batch) is not int or batch < 1):
             raise PredictorError(f"Bad batch {batch!r}: expected a positive integer")
         graphs = []
-        for m in models:
+        for m in _model_list(models):
             if isinstance(m, OpGraph):
                 graphs.append(m)
             elif isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], torch.nn.Module):
@@ -416,6 +417,19 @@ class Predictor:
         if batch is None:  # `_state` loaded the device and its info
             batch = device_batch(self._infos.get(device, {}))
         return state, self.graphs(models, input_shape, batch)
+
+
+def _model_list(models: Any) -> Sequence[Any]:
+    """`models` as a sequence of models: one model given alone (a path, ONNX bytes, a
+    ModelProto, an `OpGraph`, a (module, example input) pair) becomes a list of one, where
+    iterating it would walk a path's characters or a pair's halves."""
+    if isinstance(models, (str, os.PathLike, bytes, bytearray, onnx.ModelProto, OpGraph)):
+        return [models]
+    if isinstance(models, tuple) and len(models) == 2 and isinstance(models[0], torch.nn.Module):
+        return [models]
+    if isinstance(models, torch.nn.Module):
+        raise PredictorError("A torch module needs an example input: pass (module, example_input)")
+    return models
 
 
 def device_batch(info: dict[str, Any]) -> int | None:

@@ -85,7 +85,8 @@ def _state_to_json(state: DeviceState) -> dict[str, Any]:
             "local_errors": None if state.local_errors is None else state.local_errors.tolist(),
             "local_x": None if state.local_x is None else state.local_x.tolist(),
             "local_mix": None if state.local_mix is None else state.local_mix.tolist(),
-            **({"call_floor_ms": state.call_floor_ms} if state.call_floor_ms > 0 else {})}
+            **({"call_floor_ms": state.call_floor_ms} if state.call_floor_ms > 0 else {}),
+            **({"min_ms": state.min_ms} if state.min_ms > 0 else {})}
 
 
 def _alternative_to_json(state: dict[str, Any], members: list[dict[str, Any]]
@@ -119,7 +120,7 @@ def _state_from_json(d: dict[str, Any]) -> DeviceState:
                        else torch.tensor(d["local_x"], dtype=torch.float64),
                        None if d.get("local_mix") is None
                        else torch.tensor(d["local_mix"], dtype=torch.float64),
-                       float(d.get("call_floor_ms", 0.0)))
+                       float(d.get("call_floor_ms", 0.0)), float(d.get("min_ms", 0.0)))
 
 
 def save_device(name: str, state: DeviceState, fingerprint: str, info: dict[str, Any],

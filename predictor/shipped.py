@@ -99,6 +99,25 @@ def default_device_sources(checkpoint: Checkpoint, root: Path | None = None
     return chosen
 
 
+def recorded_call_floor(device: str, spaces: list[str], root: Path | None = None) -> float:
+    """The least call floor (`latpred data model-set floor`) the CPU latency tables of
+    `device` in `spaces` record, in ms; 0 where none records one (GPUs, HELP tables). The
+    least: a lower bound must not lift a model that really ran that fast there."""
+    from predictor.calibration import provenance_call_floor
+    from predictor.measurements import read_measurements_csv
+    from predictor.model_sets import SPACE_PREFIX, set_dir
+
+    floors = []
+    for space in spaces:
+        if space.startswith(SPACE_PREFIX):
+            _, info = read_measurements_csv(
+                set_dir(space.removeprefix(SPACE_PREFIX), root) / f"{device}.csv")
+            floor = provenance_call_floor(info)
+            if floor:
+                floors.append(floor)
+    return min(floors, default=0.0)
+
+
 def embed_default_device(checkpoint: Checkpoint, device: str, spaces: list[str], *,
                          known: list[DeviceState], data_dir: str | Path | None = None,
                          cache_root: str | Path | None = None, table_shots: int = TABLE_SHOTS,
@@ -129,10 +148,14 @@ def embed_default_device(checkpoint: Checkpoint, device: str, spaces: list[str],
         checkpoint.model, store.batch(range(len(store))), log_y, "auto",
         finetune_steps=config.finetune_steps or DEFAULT_FINETUNE_STEPS, lr=config.finetune_lr,
         known=known)
+    # Adapted on latencies that include the runtime's floor (adapting on latencies less
+    # it moved the ms-scale predictions, stop 38): the floor only bounds predictions below.
+    state.min_ms = recorded_call_floor(device, spaces)
     info = {"device": device, "kind": "default device",
             "sources": [space.removeprefix(SPACE_PREFIX) for space in spaces],
             "families": sorted(families), "models": len(store),
             "batch_size": task.batch_size, "strategy": strategy,
+            **({"min_ms": state.min_ms} if state.min_ms > 0 else {}),
             "cv_log_residuals": [round(float(r), 5) for r in residuals],
             "blend": {n: round(float(w), 4) for n, w in zip(state.labels, state.weights,
                                                              strict=True)}}

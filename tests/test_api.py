@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from predictor.api import Predictor
 from predictor.corpus import SPACES
@@ -62,6 +63,26 @@ def test_predict_search_space_graphs(shipped, tmp_path) -> None:
     assert ms[1] > ms[0]  # nine 3x3 convs per cell cost more than skips on a CPU
     with pytest.raises(UnknownDeviceError, match="silver_4114"):
         shipped.predict(paths, device="silver_411")  # a typo: the closest names suggested
+
+
+def test_one_model_given_alone_is_one_model(shipped, tmp_path) -> None:
+    """A path, its string, its bytes, a ModelProto or a (module, example input) pair given
+    alone is predicted as a list of one (not walked as characters or halves); a module
+    without its example input is a clear error."""
+    import onnx
+
+    from predictor.errors import PredictorError
+
+    module, x = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()), torch.randn(1, 3, 32, 32)
+    path = tmp_path / "conv.onnx"
+    torch.onnx.export(module, (x,), str(path), dynamo=False)
+    device = "silver_4114@nb201"
+    expected = shipped.predict([path], device=device)
+    assert expected.shape == (1,)
+    for alone in (path, str(path), path.read_bytes(), onnx.load(str(path)), (module, x)):
+        np.testing.assert_allclose(shipped.predict(alone, device=device), expected, rtol=1e-5)
+    with pytest.raises(PredictorError, match="example input"):
+        shipped.predict(module, device=device)
 
 
 def test_chunks_and_concurrent_callers_give_the_one_call_predictions(shipped, monkeypatch

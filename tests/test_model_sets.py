@@ -12,6 +12,7 @@ import torch
 from predictor import model_sets
 from predictor.datamodule import DataConfig, EpisodeDataModule
 from predictor.errors import DataError
+from predictor.graph_store import GraphStore
 from predictor.measurements import read_measurements_csv
 
 
@@ -213,6 +214,18 @@ def test_default_device_pools_every_set_of_a_runtime(small_set, monkeypatch) -> 
     predicted = np.concatenate([_predict_state(predictor, s, loaded) for s in stores])
     # adapted on exactly these: within a factor 1.5 on each
     assert np.all(np.abs(np.log(predicted / measured)) < np.log(1.5)), predicted / measured
+    # the least call floor the sets record bounds every prediction below, and only that
+    from dataclasses import replace
+
+    from predictor.measure import floor_model
+
+    floors = [float(read_measurements_csv(model_sets.set_dir(n) / "here-ort-2t.csv")[1]
+                    ["call_floor_ms"]) for n in ("tiny", "tiny2")]
+    assert state.min_ms == loaded.min_ms == info["min_ms"] == min(floors) > 0
+    probe = GraphStore.concat([*stores, predictor.graphs([floor_model()])])
+    unbounded = _predict_state(predictor, probe, replace(loaded, min_ms=0.0))
+    np.testing.assert_allclose(_predict_state(predictor, probe, loaded),
+                               np.maximum(unbounded, state.min_ms), rtol=1e-5)
 
 
 def _predict_state(predictor, store, state) -> np.ndarray:
