@@ -185,7 +185,8 @@ def read_measurements_csv(path: Path | str, key: str = "model", value: str = "la
     `arch,latency_ms` with `key="arch"` for search-space architectures; `value` names the
     measured column, e.g. "energy_mj", that every row must have), numbers parsed,
     relative model paths resolved against the CSV's folder; provenance values are the
-    strings of the `# key: value` comment lines.
+    strings of the `# key: value` comment lines. Header names are case-insensitive (rows
+    are keyed by their lower case); a leading byte-order mark is ignored.
 
     Raises:
         DataError: a missing file, a bad header, or a row whose latency is not finite > 0.
@@ -194,7 +195,8 @@ def read_measurements_csv(path: Path | str, key: str = "model", value: str = "la
     if not path.is_file():
         raise DataError(f"Measurements file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: spreadsheet programs start a CSV they save with a byte-order mark
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read measurements ({_first_line(exc)})") from None
     info: dict[str, str] = {}
@@ -213,7 +215,7 @@ def read_measurements_csv(path: Path | str, key: str = "model", value: str = "la
         except csv.Error as exc:
             raise DataError(f"{path}:{lineno}: bad CSV line ({exc})") from None
         if header is None:
-            header = fields
+            header = [f.lower() for f in fields]  # "Model,Latency_ms" is the same header
             if key not in header or value not in header:
                 raise DataError(f"{path}: the header must contain columns `{key},{value}`; "
                                 f"found {header}")

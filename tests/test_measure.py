@@ -412,6 +412,16 @@ def test_read_rejects_bad_latency(tmp_path: Path, latency: str) -> None:
         read_measurements_csv(path)
 
 
+def test_a_spreadsheets_csv_reads_as_written(tmp_path: Path) -> None:
+    """A byte-order mark, CRLF line ends and a capitalised header (what a spreadsheet
+    program saves) read as the plain file does."""
+    plain, saved = tmp_path / "plain.csv", tmp_path / "saved.csv"
+    plain.write_text("model,latency_ms,notes\na.onnx,1.5,x\nb.onnx,2.5,y\n")
+    saved.write_bytes(b"\xef\xbb\xbfModel,Latency_ms,Notes\r\na.onnx,1.5,x\r\nb.onnx,2.5,y\r\n")
+    assert read_measurements_csv(saved) == read_measurements_csv(plain)
+    assert [r["latency_ms"] for r in read_measurements_csv(saved)[0]] == [1.5, 2.5]
+
+
 def test_read_needs_latency_column(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     path.write_text("model,time_ms\na.onnx,1.0\n")
