@@ -4,7 +4,8 @@ The configuration is checked against what the checkpoint was trained on before a
 is predicted: a strategy or clock period never synthesised, a precision outside the
 trained range, or a reuse factor so small that a layer would get more parallel
 multipliers than any trained layer, is an `FpgaConfigError` that names the allowed
-values. Ops hls4ml (as modelled here) does not handle are an `UnsupportedOpError`.
+values. Ops hls4ml (as modelled here) does not handle are an `UnsupportedOpError`; an
+output activation (a classifier's Softmax) is left out of the prediction, with a note.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from predictor.fpga import FpgaCheckpoint, design_batch
 from predictor.fpga_data import TARGETS
 from predictor.fpga_training import predict_log1p, to_counts
 from predictor.graph import extract_graph
-from predictor.hls4ml import FpgaConfig, HlsLayer, hls_layers
+from predictor.hls4ml import FpgaConfig, HlsLayer, hls_layers, without_output_activations
 from predictor.onnx_io import InputShapes, ModelSource
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def predict_fpga(model: ModelSource, config: FpgaConfig,
     """
     if not isinstance(checkpoint, FpgaCheckpoint):
         checkpoint = FpgaCheckpoint.load(checkpoint)
-    graph = extract_graph(model, input_shape=input_shape)
+    graph, left_out = without_output_activations(extract_graph(model, input_shape=input_shape))
     layers = hls_layers(graph)
     ranges = checkpoint.ranges
     check_config(config, layers, ranges)
@@ -118,6 +119,9 @@ def predict_fpga(model: ModelSource, config: FpgaConfig,
     metrics: dict[str, float | None] = dict(zip(checkpoint.metrics, map(float, values), strict=True))
     metrics["ii_cycles"] = None
     notes = [II_NOTE]
+    if left_out:
+        notes.append(f"the output activation {', '.join(left_out)} is not included: hls4ml "
+                     "builds it from lookup tables, which no training synthesis records")
     adjusted = [layer for layer in layers if layer.reuse(config.reuse_factor) != config.reuse_factor]
     if adjusted:
         notes.append(f"hls4ml replaces ReuseFactor={config.reuse_factor} by the closest valid "

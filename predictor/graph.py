@@ -638,6 +638,12 @@ def _weight_types(op_type: str) -> frozenset[int]:
         else _FLOAT_TYPES
 
 
+def elementwise_flops(op_type: str, elements: int) -> int:
+    """The `other_flops` counted for an op of `op_type` (or fused into a node) that writes
+    `elements` values."""
+    return elements * _FLOPS_PER_ELEMENT.get(op_type, 1)
+
+
 def _einsum_macs(equation: bytes | str, shapes: list[Shape]) -> int:
     """Multiply-accumulates of a two-operand einsum: the product of the sizes of all its
     indices (each output element sums over the contracted ones); 0 when unparsable."""
@@ -734,9 +740,9 @@ def _describe(
         macs = directions * seq * batch * gates * hidden * (feat + hidden)
         other = directions * seq * batch * gates * hidden * 3
     elif node.op_type not in _ZERO_FLOP_OPS:
-        other = out_numel * _FLOPS_PER_ELEMENT.get(node.op_type, 1)
+        other = elementwise_flops(node.op_type, out_numel)
     for member in chain:  # fused BN / bias / activation still do per-element work
-        other += out_numel * _FLOPS_PER_ELEMENT.get(member.op_type, 1)
+        other += elementwise_flops(member.op_type, out_numel)
 
     activation = next((m.op_type for m in chain if m.op_type in ACTIVATION_OPS), "")
     return OpNode(

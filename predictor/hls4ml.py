@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from predictor.errors import FpgaConfigError, UnsupportedOpError
-from predictor.graph import OpGraph, OpNode
+from predictor.graph import OpGraph, OpNode, elementwise_flops
 
 STRATEGIES: tuple[str, ...] = ("latency", "resource")
 MAC_OPS = frozenset({"Gemm", "MatMul", "Conv"})
@@ -32,6 +32,11 @@ LAYOUT_OPS = frozenset({"Flatten", "Reshape"})
 # "" is a linear layer. Sigmoid/Tanh/Softmax use lookup tables in hls4ml (other costs).
 ACTIVATIONS = frozenset({"", "Relu"})
 SUPPORTED_OPS = MAC_OPS | LAYOUT_OPS | {"Relu"}
+# A classifier's output activation: hls4ml builds it from lookup tables after the last
+# layer. The training records name no activation layer, so its cost is not modelled; a
+# prediction leaves it out and says so, rather than refusing the model (hls4ml's jet tagger
+# ends in a Softmax).
+OUTPUT_ACTIVATIONS = frozenset({"Softmax", "LogSoftmax", "Sigmoid", "Tanh"})
 DSP_MIN_BITS = 5  # narrower products are built from LUTs (all 4-bit rows use 0 DSP)
 
 
@@ -173,6 +178,44 @@ def hls_layer(node: OpNode, index: int, batch: int = 1) -> HlsLayer | None:
         n_in, n_out = node.input_shape[-1], out[-1]
         positions = max(math.prod(out) // max(batch, 1) // max(n_out, 1), 1)
     return HlsLayer(index, node.name, node.op_type, int(n_in), int(n_out), int(positions))
+
+
+def _without_activation(node: OpNode) -> OpNode:
+    """`node` less its fused activation (the last of its fused ops of that type) and the
+    per-element work the extraction counted for it."""
+    fused = list(node.fused)
+    del fused[len(fused) - 1 - fused[::-1].index(node.activation)]
+    work = elementwise_flops(node.activation, math.prod(node.output_shape))
+    return replace(node, activation="", fused=tuple(fused),
+                   other_flops=max(node.other_flops - work, 0))
+
+
+def without_output_activations(graph: OpGraph) -> tuple[OpGraph, list[str]]:
+    """`graph` less the `OUTPUT_ACTIVATIONS` nodes that only lead to its outputs, and their
+    descriptions ("Softmax '/5/Softmax'"); the graph itself when there are none."""
+    consumers: list[set[int]] = [set() for _ in graph.nodes]
+    for src, dst in graph.edges:
+        consumers[src].add(dst)
+    dropped: set[int] = set()
+    for i in reversed(range(len(graph.nodes))):  # topological order: consumers come later
+        if graph.nodes[i].op_type in OUTPUT_ACTIVATIONS and consumers[i] <= dropped:
+            dropped.add(i)
+    # ... and one the extraction fused into the last layer (Gemm + Sigmoid)
+    fused = {i for i, node in enumerate(graph.nodes) if i not in dropped
+             and node.activation in OUTPUT_ACTIVATIONS and consumers[i] <= dropped}
+    if not dropped and not fused:
+        return graph, []
+    kept = [i for i in range(len(graph.nodes)) if i not in dropped]
+    index = {old: new for new, old in enumerate(kept)}
+    nodes = [_without_activation(graph.nodes[i]) if i in fused else graph.nodes[i]
+             for i in kept]
+    stripped = OpGraph(nodes, [(index[s], index[d]) for s, d in graph.edges
+                               if s in index and d in index],
+                       dict(graph.input_shapes), dict(graph.unknown_ops), graph.params)
+    left_out = [f"{graph.nodes[i].activation} (fused into {graph.nodes[i].op_type} "
+                f"'{graph.nodes[i].name}')" for i in sorted(fused)]
+    left_out += [f"{graph.nodes[i].op_type} '{graph.nodes[i].name}'" for i in sorted(dropped)]
+    return stripped, left_out
 
 
 def hls_layers(graph: OpGraph) -> list[HlsLayer]:

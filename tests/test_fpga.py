@@ -247,10 +247,28 @@ def test_cli_bad_configuration(tmp_path: Path, saved_checkpoint: Path, argv, err
         _cli(["fpga", str(_dense_model(tmp_path)), *argv, "--checkpoint", str(saved_checkpoint)])
 
 
-def test_unsupported_ops_are_named(tmp_path: Path, saved_checkpoint: Path) -> None:
+def test_an_output_activation_is_left_out_with_a_note(tmp_path: Path,
+                                                      saved_checkpoint: Path) -> None:
+    """A classifier's output Softmax / Sigmoid (hls4ml's jet tagger) is predicted as the
+    network without it, and the notes say so; inside the network it is still refused."""
+    checkpoint, config = FpgaCheckpoint.load(saved_checkpoint), FpgaConfig(8, 64)
+    plain = predict_fpga(_dense_model(tmp_path), config, checkpoint)
+    assert not any("output activation" in n for n in plain.notes)
+    for tail in (nn.Softmax(dim=-1), nn.Sequential(nn.Sigmoid(), nn.Tanh())):
+        tailed = predict_fpga(_dense_model(tmp_path, tail), config, checkpoint)
+        assert tailed.metrics == plain.metrics and tailed.layers == plain.layers
+        note = next(n for n in tailed.notes if "output activation" in n)
+        assert ("Softmax" in note) if isinstance(tail, nn.Softmax) else ("Sigmoid" in note
+                                                                         and "Tanh" in note)
+    inside = nn.Sequential(nn.Linear(16, 32), nn.Softmax(dim=-1), nn.Linear(32, 8))
+    path = tmp_path / "inside.onnx"
+    path.write_bytes(export_torch(inside, torch.randn(1, 16)).SerializeToString())
     with pytest.raises(UnsupportedOpError, match="Softmax"):
-        _cli(["fpga", str(_dense_model(tmp_path, nn.Softmax(dim=-1))), "--precision", "8",
-              "--reuse-factor", "64", "--checkpoint", str(saved_checkpoint)])
+        _cli(["fpga", str(path), "--precision", "8", "--reuse-factor", "64",
+              "--checkpoint", str(saved_checkpoint)])
+
+
+def test_unsupported_ops_are_named(tmp_path: Path, saved_checkpoint: Path) -> None:
 
     class Recurrent(nn.Module):
         def __init__(self) -> None:
